@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from taskhub.exceptions import ConflictError
+from tasks import services
+from tasks.models import Task
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = (
+        "title",
+        "status",
+        "kind",
+        "owner",
+        "progress",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "kind", "created_at")
+    search_fields = ("id", "title", "description", "owner__username")
+    list_select_related = ("owner",)
+    date_hierarchy = "created_at"
+    readonly_fields = (
+        "id",
+        "status",
+        "progress",
+        "result",
+        "error",
+        "attempts",
+        "stop_requested",
+        "worker",
+        "created_at",
+        "updated_at",
+        "queued_at",
+        "started_at",
+        "finished_at",
+    )
+    fields = (
+        "id",
+        "owner",
+        "title",
+        "description",
+        "kind",
+        "params",
+        "timeout",
+        "run_at",
+        *readonly_fields[1:],
+    )
+    actions = ("retry_tasks", "cancel_tasks")
+
+    def save_model(self, request: HttpRequest, obj: Task, form, change: bool) -> None:
+        if change:
+            # Only the descriptive fields are editable; status moves through the services.
+            super().save_model(request, obj, form, change)
+            return
+        created = services.task_create(
+            owner=obj.owner,
+            title=obj.title,
+            description=obj.description,
+            kind=obj.kind,
+            params=obj.params,
+            timeout=obj.timeout,
+            run_at=obj.run_at,
+        )
+        obj.pk = created.pk
+        obj.refresh_from_db()
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict:
+        from django.conf import settings
+
+        return {"timeout": settings.TASKHUB_DEFAULT_TIMEOUT, "kind": "simulate"}
+
+    @admin.action(description="Retry selected failed/cancelled tasks")
+    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        self._apply(request, queryset, services.task_retry, "retried")
+
+    @admin.action(description="Cancel selected unfinished tasks")
+    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        self._apply(request, queryset, services.task_cancel, "cancelled")
+
+    def _apply(self, request: HttpRequest, queryset: QuerySet[Task], action, verb: str) -> None:
+        done, refused = 0, []
+        for task in queryset:
+            try:
+                action(task=task)
+                done += 1
+            except ConflictError as exc:
+                refused.append(f"{task.title}: {exc}")
+        if done:
+            self.message_user(request, f"{done} task(s) {verb}.", messages.SUCCESS)
+        for message in refused:
+            self.message_user(request, message, messages.WARNING)

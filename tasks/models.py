@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class TaskStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    QUEUED = "queued", "Queued"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# The whole state machine: target status -> the statuses it may be reached from.
+# tasks.services.task_transition is the only writer of `status` and enforces this map
+# inside its UPDATE's WHERE clause, so a lost race is a no-op rather than a corrupt state.
+ALLOWED_SOURCES: dict[str, frozenset[str]] = {
+    TaskStatus.QUEUED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.IN_PROGRESS: frozenset({TaskStatus.QUEUED}),
+    TaskStatus.COMPLETED: frozenset({TaskStatus.IN_PROGRESS}),
+    TaskStatus.FAILED: frozenset({TaskStatus.IN_PROGRESS}),
+    TaskStatus.CANCELLED: frozenset(
+        {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.IN_PROGRESS}
+    ),
+    # Retry.
+    TaskStatus.PENDING: frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED}),
+}
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class StopRequest(models.TextChoices):
+    """Why a running processor is asked to stop at its next checkpoint."""
+
+    NONE = "", "None"
+    CANCEL = "cancel", "Cancel requested"
+    SHUTDOWN = "shutdown", "Worker shutting down"
+
+
+class Task(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Null for tasks made through the anonymous legacy API: found by id only.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="tasks",
+        null=True,
+        blank=True,
+    )
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    kind = models.CharField(max_length=64, default="simulate")
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING)
+    progress = models.PositiveSmallIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    timeout = models.PositiveIntegerField(help_text="Seconds the processor may run.")
+    attempts = models.PositiveIntegerField(default=1)
+    run_at = models.DateTimeField(null=True, blank=True, help_text="Not before this time.")
+    stop_requested = models.CharField(
+        max_length=16, choices=StopRequest.choices, blank=True, default=StopRequest.NONE
+    )
+    # The Celery worker node running the task, so a stopping worker finds its own rows.
+    worker = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The API's "my tasks, newest first", optionally by status.
+            models.Index(fields=["owner", "-created_at"], name="task_owner_created_idx"),
+            models.Index(fields=["owner", "status", "-created_at"], name="task_owner_status_idx"),
+            # The dispatcher's claim: only pending rows, oldest first; partial so it stays
+            # small however many finished tasks accumulate.
+            models.Index(
+                fields=["created_at"],
+                name="task_pending_idx",
+                condition=models.Q(status="pending"),
+            ),
+            # The resend sweep (queued) and the reaper (in_progress).
+            models.Index(
+                fields=["status", "queued_at"],
+                name="task_active_idx",
+                condition=models.Q(status__in=["queued", "in_progress"]),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(progress__gte=0, progress__lte=100),
+                name="task_progress_0_100",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=TaskStatus.values), name="task_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES

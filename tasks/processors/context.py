@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+
+from tasks.models import StopRequest, Task
+
+
+class StopRequested(Exception):
+    """Raised at a checkpoint when the task was cancelled or its worker is shutting down."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProcessorContext:
+    """What a processor sees of its task, and how it reports back."""
+
+    # A tight loop calling checkpoint() must not turn into a query storm.
+    CHECKPOINT_MIN_INTERVAL = 0.1
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.task_id = task.pk
+        self.title = task.title
+        self.description = task.description
+        self.params: dict[str, Any] = dict(task.params or {})
+        self.timeout = task.timeout
+        self._last_progress_at = 0.0
+        self._last_progress = -1
+        self._last_checkpoint_at = 0.0
+
+    def report_progress(self, percent: float) -> None:
+        """Record progress 0-100. Throttled: progress pushes are for eyes, not for logs."""
+        from tasks.services import task_report_progress
+
+        value = max(0, min(100, int(percent)))
+        now = time.monotonic()
+        if value == self._last_progress:
+            return
+        if value < 100 and now - self._last_progress_at < settings.TASKHUB_PROGRESS_MIN_INTERVAL:
+            return
+        self._last_progress, self._last_progress_at = value, now
+        task_report_progress(task=self.task, progress=value)
+
+    def checkpoint(self) -> None:
+        """Raise StopRequested if the task was cancelled or the worker is stopping."""
+        now = time.monotonic()
+        if now - self._last_checkpoint_at < self.CHECKPOINT_MIN_INTERVAL:
+            return
+        self._last_checkpoint_at = now
+        reason = (
+            Task.objects.filter(pk=self.task_id).values_list("stop_requested", flat=True).first()
+        )
+        if reason:
+            raise StopRequested(reason)
+        if reason is None:  # the row was deleted under us
+            raise StopRequested(StopRequest.CANCEL)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep in short slices, checking for a stop request between them."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.checkpoint()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, 0.2))

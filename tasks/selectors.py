@@ -1,0 +1,46 @@
+"""Every read of tasks, scoped to the user asking: no endpoint can forget the owner."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+from django.http import Http404
+
+from tasks.models import Task
+
+ORDERING_FIELDS = ("created_at", "updated_at", "title", "status", "progress")
+
+
+def task_list_for(
+    *,
+    user: AbstractBaseUser,
+    status: str | None = None,
+    kind: str | None = None,
+    ordering: str | None = None,
+) -> QuerySet[Task]:
+    tasks = Task.objects.filter(owner=user)
+    if status:
+        tasks = tasks.filter(status=status)
+    if kind:
+        tasks = tasks.filter(kind=kind)
+    if ordering and ordering.lstrip("-") in ORDERING_FIELDS:
+        # The id breaks ties so pages never repeat or skip a row.
+        tasks = tasks.order_by(ordering, "-id")
+    else:
+        tasks = tasks.order_by("-created_at", "-id")
+    return tasks
+
+
+def task_get_for(*, user: AbstractBaseUser, task_id: UUID | str) -> Task:
+    """The user's task, or Http404 — also for someone else's, which must not be confirmed."""
+    task = Task.objects.filter(owner=user, pk=task_id).first()
+    if task is None:
+        raise Http404("No such task.")
+    return task
+
+
+def task_get_anonymous(*, task_id: UUID | str) -> Task | None:
+    """A task of the legacy API, found by its id alone (it has no owner)."""
+    return Task.objects.filter(pk=task_id, owner__isnull=True).first()

@@ -1,0 +1,391 @@
+"""Every write to a Task: create, the status transitions, cancel, retry, dispatch, reap.
+
+REST, the legacy API, gRPC, the admin and the Celery tasks all call these functions, so
+the state machine lives here once (tasks.models.ALLOWED_SOURCES) and every transition
+writes its event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from notifications import protocol
+from notifications.services import publish, publish_ephemeral
+from taskhub.exceptions import ConflictError
+from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
+from tasks.processors import registry
+
+logger = logging.getLogger("tasks")
+
+INTERRUPTED_BY_SHUTDOWN = "interrupted by worker shutdown; retry to run it again"
+WORKER_LOST = "the worker running this task stopped responding; retry to run it again"
+
+
+# --- Events ------------------------------------------------------------------------------
+
+
+def task_event_data(task: Task, *, previous_status: str | None) -> dict[str, Any]:
+    """The `task.updated` payload (design.md, "Event protocol")."""
+    data: dict[str, Any] = {
+        "task_id": str(task.id),
+        "status": task.status,
+        "previous_status": previous_status,
+        "title": task.title,
+        "kind": task.kind,
+        "progress": task.progress,
+        "attempts": task.attempts,
+        "updated_at": protocol.format_ts(task.updated_at),
+    }
+    if task.status == TaskStatus.COMPLETED:
+        data["result"] = task.result
+    elif task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        data["error"] = task.error
+    return data
+
+
+def _record_change(task: Task, *, previous_status: str | None) -> None:
+    """Write the task.updated event in the caller's transaction (owned tasks only: a legacy
+    anonymous task has nobody to tell)."""
+    logger.info(
+        "task %s status %s -> %s (attempt %s)",
+        task.id,
+        previous_status or "-",
+        task.status,
+        task.attempts,
+    )
+    if task.owner_id is None:
+        return
+    publish(
+        user_id=task.owner_id,
+        type=protocol.TASK_UPDATED,
+        data=task_event_data(task, previous_status=previous_status),
+        task_id=task.id,
+    )
+
+
+# --- Create ------------------------------------------------------------------------------
+
+
+def _validate_new_task(*, kind: str, params: Any, timeout: int) -> None:
+    errors: dict[str, list[str]] = {}
+    if kind not in registry.available_kinds():
+        known = ", ".join(sorted(registry.available_kinds()))
+        errors["kind"] = [f"Unknown kind {kind!r}; known kinds: {known}."]
+    if not isinstance(params, dict):
+        errors["params"] = ["Must be a JSON object."]
+    elif len(json.dumps(params)) > settings.TASKHUB_MAX_PARAMS_BYTES:
+        errors["params"] = [f"Must be at most {settings.TASKHUB_MAX_PARAMS_BYTES} bytes of JSON."]
+    if not 1 <= timeout <= settings.TASKHUB_MAX_TIMEOUT:
+        errors["timeout"] = [f"Must be between 1 and {settings.TASKHUB_MAX_TIMEOUT} seconds."]
+    if errors:
+        raise ValidationError(errors)
+
+
+def task_create(
+    *,
+    owner: AbstractBaseUser | None,
+    title: str,
+    description: str = "",
+    kind: str = "simulate",
+    params: dict[str, Any] | None = None,
+    timeout: int | None = None,
+    run_at: datetime | None = None,
+) -> Task:
+    """Insert a pending task; the dispatcher queues it (nudged right after commit)."""
+    params = {} if params is None else params
+    timeout = settings.TASKHUB_DEFAULT_TIMEOUT if timeout is None else timeout
+    _validate_new_task(kind=kind, params=params, timeout=timeout)
+    with transaction.atomic():
+        task = Task.objects.create(
+            owner=owner,
+            title=title,
+            description=description,
+            kind=kind,
+            params=params,
+            timeout=timeout,
+            run_at=run_at,
+        )
+        _record_change(task, previous_status=None)
+        transaction.on_commit(nudge_dispatcher, robust=True)
+    return task
+
+
+def nudge_dispatcher() -> None:
+    """Ask for a dispatch now instead of at the next beat tick (after commit only)."""
+    from tasks.tasks import dispatch_pending_tasks
+
+    dispatch_pending_tasks.apply_async(expires=settings.TASKHUB_QUEUED_RESEND_AFTER)
+
+
+# --- Transitions -------------------------------------------------------------------------
+
+
+def task_transition(*, task_id: UUID | str, to: str, **changes: Any) -> Task | None:
+    """Move a task to `to` if its current status allows it; return None if not.
+
+    The row lock makes the check and the write one atomic step: of two racing
+    transitions (a cancel and a start, say) the second waits, sees the new status and
+    gives up, so the loser is a no-op rather than a corrupt state.
+    """
+    sources = ALLOWED_SOURCES[to]
+    with transaction.atomic():
+        task = Task.objects.select_for_update().filter(pk=task_id, status__in=sources).first()
+        if task is None:
+            return None
+        previous_status = task.status
+        task.status = to
+        for field, value in changes.items():
+            setattr(task, field, value)
+        task.save(update_fields=["status", "updated_at", *changes])
+        _record_change(task, previous_status=previous_status)
+    return task
+
+
+def task_start(*, task_id: UUID | str, worker: str) -> Task | None:
+    """queued -> in_progress, claimed by `worker`. None if someone else got there first."""
+    return task_transition(
+        task_id=task_id,
+        to=TaskStatus.IN_PROGRESS,
+        started_at=timezone.now(),
+        worker=worker,
+        progress=0,
+        stop_requested=StopRequest.NONE,
+    )
+
+
+def task_complete(*, task_id: UUID | str, result: Any) -> Task | None:
+    return task_transition(
+        task_id=task_id,
+        to=TaskStatus.COMPLETED,
+        result=result,
+        progress=100,
+        finished_at=timezone.now(),
+    )
+
+
+def task_fail(*, task_id: UUID | str, error: str) -> Task | None:
+    return task_transition(
+        task_id=task_id, to=TaskStatus.FAILED, error=error[:5000], finished_at=timezone.now()
+    )
+
+
+def task_mark_cancelled(*, task_id: UUID | str) -> Task | None:
+    return task_transition(
+        task_id=task_id,
+        to=TaskStatus.CANCELLED,
+        error="cancelled by the owner",
+        finished_at=timezone.now(),
+    )
+
+
+def task_report_progress(*, task: Task, progress: int) -> None:
+    """Store progress (0-100) of a running task and push an ephemeral task.progress."""
+    progress = max(0, min(100, int(progress)))
+    now = timezone.now()
+    updated = Task.objects.filter(pk=task.pk, status=TaskStatus.IN_PROGRESS).update(
+        progress=progress, updated_at=now
+    )
+    if updated and task.owner_id is not None:
+        publish_ephemeral(
+            user_id=task.owner_id,
+            type=protocol.TASK_PROGRESS,
+            data={"task_id": str(task.pk), "progress": progress, "status": task.status},
+        )
+
+
+# --- Cancel and retry --------------------------------------------------------------------
+
+
+def task_cancel(*, task: Task) -> Task:
+    """pending/queued -> cancelled at once; in_progress -> the processor is asked to stop
+    at its next checkpoint and the runner records `cancelled`. A finished task is a
+    conflict."""
+    cancelled = (
+        task_mark_cancelled(task_id=task.pk) if task.status != TaskStatus.IN_PROGRESS else None
+    )
+    if cancelled is not None:
+        return cancelled
+    requested = Task.objects.filter(pk=task.pk, status=TaskStatus.IN_PROGRESS).update(
+        stop_requested=StopRequest.CANCEL, updated_at=timezone.now()
+    )
+    if requested:
+        logger.info("task %s cancel requested while in_progress", task.pk)
+        _revoke_run_message(task)
+        task.refresh_from_db()
+        return task
+    task.refresh_from_db()
+    if task.status in TERMINAL_STATUSES:
+        raise ConflictError(
+            f"Task is already {task.status}; only an unfinished task can be cancelled."
+        )
+    # The task moved between our reads (queued -> in_progress, say): try again once more.
+    return task_cancel(task=task)
+
+
+def _revoke_run_message(task: Task) -> None:
+    from tasks.tasks import run_task
+
+    try:
+        run_task.app.control.revoke(run_message_id(task))
+    except Exception:  # the cooperative stop still works without the broadcast
+        logger.warning("revoke of task %s failed", task.pk, exc_info=True)
+
+
+def task_retry(*, task: Task) -> Task:
+    """failed/cancelled -> pending with attempts + 1 and the previous outcome cleared."""
+    retried = task_transition(
+        task_id=task.pk,
+        to=TaskStatus.PENDING,
+        attempts=task.attempts + 1,
+        progress=0,
+        result=None,
+        error="",
+        stop_requested=StopRequest.NONE,
+        worker="",
+        queued_at=None,
+        started_at=None,
+        finished_at=None,
+    )
+    if retried is None:
+        task.refresh_from_db()
+        raise ConflictError(
+            f"Task is {task.status}; only a failed or cancelled task can be retried."
+        )
+    logger.info("task %s retried, attempt %s", task.pk, retried.attempts)
+    transaction.on_commit(nudge_dispatcher, robust=True)
+    return retried
+
+
+# --- Dispatcher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """What the runner message needs; sent only after the claiming transaction commits."""
+
+    task_id: str
+    attempt: int
+    timeout: int
+
+
+def run_message_id(task: Task) -> str:
+    # One Celery id per attempt: a revoke of attempt 1 never blocks attempt 2.
+    return f"{task.pk}:{task.attempts}"
+
+
+def dispatch_pending_tasks(*, limit: int | None = None) -> list[RunOrder]:
+    """Claim due pending tasks, mark them queued and send their run messages after commit;
+    re-send the messages of tasks queued too long ago (message lost with a broker restart).
+
+    SKIP LOCKED lets two dispatchers run at once: each claims different rows, and a row
+    is claimed at most once because the claim also flips it out of `pending`.
+    """
+    limit = limit or settings.TASKHUB_DISPATCH_BATCH_SIZE
+    now = timezone.now()
+    orders: list[RunOrder] = []
+    with transaction.atomic():
+        due = list(
+            Task.objects.select_for_update(skip_locked=True)
+            .filter(status=TaskStatus.PENDING)
+            .exclude(run_at__gt=now)
+            .order_by("created_at")[:limit]
+        )
+        # Event counters are locked per owner in a fixed order, so two dispatchers working
+        # on overlapping owners cannot deadlock.
+        due.sort(key=lambda task: (task.owner_id or 0, task.created_at))
+        for task in due:
+            task.status = TaskStatus.QUEUED
+            task.queued_at = now
+            task.save(update_fields=["status", "queued_at", "updated_at"])
+            _record_change(task, previous_status=TaskStatus.PENDING)
+            orders.append(RunOrder(str(task.pk), task.attempts, task.timeout))
+
+        stale = list(
+            Task.objects.select_for_update(skip_locked=True)
+            .filter(
+                status=TaskStatus.QUEUED,
+                queued_at__lt=now - timedelta(seconds=settings.TASKHUB_QUEUED_RESEND_AFTER),
+            )
+            .order_by("queued_at")[:limit]
+        )
+        for task in stale:
+            logger.warning(
+                "task %s queued since %s: re-sending its run message", task.pk, task.queued_at
+            )
+            Task.objects.filter(pk=task.pk).update(queued_at=now)
+            orders.append(RunOrder(str(task.pk), task.attempts, task.timeout))
+
+        if orders:
+            transaction.on_commit(lambda: send_run_messages(orders), robust=True)
+    return orders
+
+
+def send_run_messages(orders: Iterable[RunOrder]) -> None:
+    from tasks.tasks import run_task
+
+    for order in orders:
+        run_task.apply_async(
+            args=[order.task_id],
+            task_id=f"{order.task_id}:{order.attempt}",
+            # The soft limit raises inside the processor so the runner can record a clean
+            # "timed out"; the hard limit is the backstop for a processor that ignores it.
+            soft_time_limit=order.timeout,
+            time_limit=order.timeout + 30,
+        )
+
+
+# --- Shutdown and the reaper -------------------------------------------------------------
+
+
+def tasks_request_stop_on_worker(*, worker: str) -> int:
+    """Ask every processor running on `worker` to stop at its next checkpoint."""
+    return Task.objects.filter(status=TaskStatus.IN_PROGRESS, worker=worker).update(
+        stop_requested=StopRequest.SHUTDOWN, updated_at=timezone.now()
+    )
+
+
+def tasks_interrupt_on_worker(*, worker: str, error: str = INTERRUPTED_BY_SHUTDOWN) -> int:
+    """Record every task still in_progress on `worker` as failed (retryable)."""
+    ids = list(
+        Task.objects.filter(status=TaskStatus.IN_PROGRESS, worker=worker).values_list(
+            "pk", flat=True
+        )
+    )
+    interrupted = [task_id for task_id in ids if task_fail(task_id=task_id, error=error)]
+    for task_id in interrupted:
+        logger.warning("task %s in_progress -> failed: %s", task_id, error)
+    return len(interrupted)
+
+
+def reap_stalled_tasks() -> int:
+    """Fail in_progress tasks whose deadline passed long ago: their worker died without a
+    word (SIGKILL, OOM, lost machine), so nobody else will ever finish them."""
+    now = timezone.now()
+    grace = timedelta(seconds=settings.TASKHUB_REAPER_GRACE)
+    reaped = 0
+    candidates = Task.objects.filter(status=TaskStatus.IN_PROGRESS).values_list(
+        "pk", "started_at", "timeout", "stop_requested"
+    )
+    for task_id, started_at, timeout, stop_requested in candidates:
+        if started_at is None or started_at + timedelta(seconds=timeout) + grace > now:
+            continue
+        if stop_requested == StopRequest.CANCEL:
+            done = task_mark_cancelled(task_id=task_id)
+        else:
+            done = task_fail(task_id=task_id, error=WORKER_LOST)
+        if done is not None:
+            reaped += 1
+            logger.warning("reaper ended stalled task %s as %s", task_id, done.status)
+    return reaped

@@ -1,0 +1,65 @@
+"""Graceful shutdown of a Celery worker: no task is left in_progress by a stop.
+
+On SIGTERM Celery's warm shutdown stops consuming and waits for running tasks. We make
+that wait short and bounded: running processors are asked to stop at their next
+checkpoint (the runner then records them as failed, "interrupted by shutdown", which a
+retry runs again). Whatever is still running after WORKER_SHUTDOWN_GRACE seconds is
+recorded the same way from here, and the worker is moved on to a cold shutdown, which
+ends the pool's child processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from celery.signals import worker_process_shutdown, worker_shutting_down
+from django.conf import settings
+from django.db import connections
+
+logger = logging.getLogger("tasks")
+
+
+@worker_shutting_down.connect
+def _stop_running_tasks(sender: str, sig: str, how: str, exitcode: int, **kwargs: object) -> None:
+    from tasks import services
+
+    if how != "Warm":
+        return
+    worker = str(sender)
+    try:
+        asked = services.tasks_request_stop_on_worker(worker=worker)
+    except Exception:
+        logger.exception("could not ask running tasks to stop")
+        asked = 0
+    finally:
+        connections.close_all()
+    logger.warning(
+        "worker %s shutting down (%s): asked %s running task(s) to stop", worker, sig, asked
+    )
+    if asked:
+        timer = threading.Timer(settings.TASKHUB_SHUTDOWN_GRACE, _end_the_wait, args=(worker,))
+        timer.daemon = True
+        timer.start()
+
+
+def _end_the_wait(worker: str) -> None:
+    from tasks import services
+
+    try:
+        interrupted = services.tasks_interrupt_on_worker(worker=worker)
+    finally:
+        connections.close_all()
+    if interrupted:
+        logger.warning(
+            "worker %s: %s task(s) did not stop in time; cold shutdown", worker, interrupted
+        )
+        # Celery turns SIGQUIT into a cold shutdown: the pool's children are terminated.
+        os.kill(os.getpid(), signal.SIGQUIT)
+
+
+@worker_process_shutdown.connect
+def _close_db_connections(**kwargs: object) -> None:
+    connections.close_all()
