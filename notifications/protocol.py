@@ -6,7 +6,7 @@ drift apart. See ../shared/design.md, "Event protocol".
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.utils import timezone
@@ -32,7 +32,7 @@ ERROR = "error"
 def format_ts(moment: datetime | None = None) -> str:
     """ISO 8601 in UTC with microseconds and a `Z`, as the protocol shows."""
     moment = moment or timezone.now()
-    return moment.astimezone(timezone.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def envelope(

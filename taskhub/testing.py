@@ -6,6 +6,7 @@ They run with the test database pytest-django created, so a test that uses them 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,8 +28,13 @@ BIN_DIR = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,
-               message: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -100,18 +106,20 @@ class ManagedProcess:
     def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
         def seen() -> bool:
             if self.proc.poll() is not None and text not in self.output:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.output[-4000:]}")
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.output[-4000:]}"
+                )
             return text in self.output
 
         wait_until(seen, timeout=timeout, message=f"{self.name} to print {text!r}")
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send `sig` and wait; SIGKILL the whole process group if it does not exit."""
-        self.signal(sig)
+        self.send_signal(sig)
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -120,19 +128,30 @@ class ManagedProcess:
 
     def kill_group(self) -> None:
         """SIGKILL the process and its children (a crash, as the OOM killer does it)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
 
-def start_worker(*, concurrency: int = 2, extra_env: dict[str, str] | None = None) -> ManagedProcess:
+def start_worker(
+    *, concurrency: int = 2, extra_env: dict[str, str] | None = None
+) -> ManagedProcess:
     node = f"test-{uuid.uuid4().hex[:8]}@%h"
     worker = ManagedProcess(
         "worker",
-        [str(BIN_DIR / "celery"), "-A", "taskhub", "worker", "-n", node, "--loglevel=INFO",
-         "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"],
+        [
+            str(BIN_DIR / "celery"),
+            "-A",
+            "taskhub",
+            "worker",
+            "-n",
+            node,
+            "--loglevel=INFO",
+            "--concurrency",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+        ],
         process_env(**(extra_env or {})),
     )
     worker.wait_for_output(" ready.", timeout=60)
@@ -142,15 +161,24 @@ def start_worker(*, concurrency: int = 2, extra_env: dict[str, str] | None = Non
 def start_beat(*, extra_env: dict[str, str] | None = None, schedule_dir: Path) -> ManagedProcess:
     beat = ManagedProcess(
         "beat",
-        [str(BIN_DIR / "celery"), "-A", "taskhub", "beat", "--loglevel=INFO",
-         "--schedule", str(schedule_dir / "beat-schedule")],
+        [
+            str(BIN_DIR / "celery"),
+            "-A",
+            "taskhub",
+            "beat",
+            "--loglevel=INFO",
+            "--schedule",
+            str(schedule_dir / "beat-schedule"),
+        ],
         process_env(**(extra_env or {})),
     )
     beat.wait_for_output("beat: Starting", timeout=60)
     return beat
 
 
-def start_daphne(*, port: int | None = None, extra_env: dict[str, str] | None = None) -> tuple[ManagedProcess, str]:
+def start_daphne(
+    *, port: int | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[ManagedProcess, str]:
     port = port or free_port()
     web = ManagedProcess(
         "web",

@@ -29,6 +29,7 @@ from tasks.processors import registry
 
 logger = logging.getLogger("tasks")
 
+NOT_STARTED = frozenset({TaskStatus.PENDING, TaskStatus.QUEUED})
 INTERRUPTED_BY_SHUTDOWN = "interrupted by worker shutdown; retry to run it again"
 WORKER_LOST = "the worker running this task stopped responding; retry to run it again"
 
@@ -132,14 +133,23 @@ def nudge_dispatcher() -> None:
 # --- Transitions -------------------------------------------------------------------------
 
 
-def task_transition(*, task_id: UUID | str, to: str, **changes: Any) -> Task | None:
+def task_transition(
+    *,
+    task_id: UUID | str,
+    to: str,
+    only_from: frozenset[str] | None = None,
+    **changes: Any,
+) -> Task | None:
     """Move a task to `to` if its current status allows it; return None if not.
+
+    `only_from` narrows the allowed sources further for one caller (a cancel request must
+    not end a running task at once: the runner does that when the processor stops).
 
     The row lock makes the check and the write one atomic step: of two racing
     transitions (a cancel and a start, say) the second waits, sees the new status and
     gives up, so the loser is a no-op rather than a corrupt state.
     """
-    sources = ALLOWED_SOURCES[to]
+    sources = ALLOWED_SOURCES[to] if only_from is None else ALLOWED_SOURCES[to] & only_from
     with transaction.atomic():
         task = Task.objects.select_for_update().filter(pk=task_id, status__in=sources).first()
         if task is None:
@@ -181,10 +191,13 @@ def task_fail(*, task_id: UUID | str, error: str) -> Task | None:
     )
 
 
-def task_mark_cancelled(*, task_id: UUID | str) -> Task | None:
+def task_mark_cancelled(
+    *, task_id: UUID | str, only_from: frozenset[str] | None = None
+) -> Task | None:
     return task_transition(
         task_id=task_id,
         to=TaskStatus.CANCELLED,
+        only_from=only_from,
         error="cancelled by the owner",
         finished_at=timezone.now(),
     )
@@ -212,26 +225,25 @@ def task_cancel(*, task: Task) -> Task:
     """pending/queued -> cancelled at once; in_progress -> the processor is asked to stop
     at its next checkpoint and the runner records `cancelled`. A finished task is a
     conflict."""
-    cancelled = (
-        task_mark_cancelled(task_id=task.pk) if task.status != TaskStatus.IN_PROGRESS else None
-    )
-    if cancelled is not None:
-        return cancelled
-    requested = Task.objects.filter(pk=task.pk, status=TaskStatus.IN_PROGRESS).update(
-        stop_requested=StopRequest.CANCEL, updated_at=timezone.now()
-    )
-    if requested:
-        logger.info("task %s cancel requested while in_progress", task.pk)
-        _revoke_run_message(task)
-        task.refresh_from_db()
-        return task
-    task.refresh_from_db()
-    if task.status in TERMINAL_STATUSES:
-        raise ConflictError(
-            f"Task is already {task.status}; only an unfinished task can be cancelled."
+    # The task may move on between our reads (queued -> in_progress, say); each step below
+    # is atomic on its own, so looking again is enough. Two looks cover any one move.
+    for _ in range(3):
+        cancelled = task_mark_cancelled(task_id=task.pk, only_from=NOT_STARTED)
+        if cancelled is not None:
+            return cancelled
+        requested = Task.objects.filter(pk=task.pk, status=TaskStatus.IN_PROGRESS).update(
+            stop_requested=StopRequest.CANCEL, updated_at=timezone.now()
         )
-    # The task moved between our reads (queued -> in_progress, say): try again once more.
-    return task_cancel(task=task)
+        task.refresh_from_db()
+        if requested:
+            logger.info("task %s cancel requested while in_progress", task.pk)
+            _revoke_run_message(task)
+            return task
+        if task.status in TERMINAL_STATUSES:
+            raise ConflictError(
+                f"Task is already {task.status}; only an unfinished task can be cancelled."
+            )
+    raise ConflictError("Task is changing state too fast to cancel; try again.")
 
 
 def _revoke_run_message(task: Task) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
 from tasks import selectors, services
 from tasks.models import Task, TaskStatus
@@ -38,6 +37,12 @@ def _error(message: str, status: int) -> HttpResponse:
     return _go_json({"error": message}, status=status)
 
 
+def _method_not_allowed(allowed: str) -> HttpResponse:
+    response = _error(f"method not allowed; use {allowed}", 405)
+    response["Allow"] = allowed
+    return response
+
+
 def _go_time(task: Task) -> str:
     # Go marshals time.Time as RFC 3339 with nanoseconds, trailing zeros trimmed.
     text = task.created_at.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
@@ -54,8 +59,9 @@ def _legacy_result(task: Task) -> str:
 
 
 @csrf_exempt
-@require_POST
 def legacy_task_create(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _method_not_allowed("POST")
     try:
         payload = json.loads(request.body or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -72,8 +78,9 @@ def legacy_task_create(request: HttpRequest) -> HttpResponse:
     return _go_json({"task_id": str(task.pk), "status": "success"})
 
 
-@require_GET
 def legacy_task_check_result(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed("GET")
     task_id = request.GET.get("task_id", "")
     if not task_id:
         return _error("query parameter task_id is required", 400)

@@ -1,0 +1,144 @@
+"""The dispatcher: the only code that moves pending -> queued and sends run messages."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from notifications.models import Event
+from tasks import services
+from tasks.models import Task, TaskStatus
+from tasks.tests.factories import make_task
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Run messages the dispatcher sends, kept instead of going to the broker so that no
+    worker of another test picks them up. Everything up to the send is real."""
+    orders: list[services.RunOrder] = []
+    monkeypatch.setattr(services, "send_run_messages", lambda batch: orders.extend(batch))
+    return orders
+
+
+@pytest.mark.django_db
+def test_due_pending_tasks_are_queued_and_sent_after_commit(
+    alice, sent, django_capture_on_commit_callbacks
+):
+    task = make_task(owner=alice)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        orders = services.dispatch_pending_tasks()
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.QUEUED
+    assert task.queued_at is not None
+    assert [order.task_id for order in orders] == [str(task.pk)]
+    assert [order.task_id for order in sent] == [str(task.pk)]
+    assert Event.objects.get(task_id=task.pk).data["status"] == "queued"
+
+
+@pytest.mark.django_db
+def test_nothing_is_sent_when_the_claim_rolls_back(alice, sent, django_capture_on_commit_callbacks):
+    make_task(owner=alice)
+
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        services.dispatch_pending_tasks()
+        raise RuntimeError("the claiming transaction fails")
+
+    assert sent == []
+    assert Task.objects.get().status == TaskStatus.PENDING
+
+
+@pytest.mark.django_db
+def test_a_task_scheduled_for_later_waits_for_its_time(alice, sent):
+    later = make_task(owner=alice, run_at=timezone.now() + timedelta(hours=1))
+    due = make_task(owner=alice, run_at=timezone.now() - timedelta(seconds=1))
+
+    orders = services.dispatch_pending_tasks()
+
+    assert [order.task_id for order in orders] == [str(due.pk)]
+    later.refresh_from_db()
+    assert later.status == TaskStatus.PENDING
+
+
+@pytest.mark.django_db
+def test_a_queued_task_whose_message_was_lost_is_sent_again(alice, sent, settings):
+    stale = make_task(
+        owner=alice,
+        status=TaskStatus.QUEUED,
+        queued_at=timezone.now() - timedelta(seconds=settings.TASKHUB_QUEUED_RESEND_AFTER + 5),
+    )
+    fresh = make_task(owner=alice, status=TaskStatus.QUEUED, queued_at=timezone.now())
+
+    orders = services.dispatch_pending_tasks()
+
+    assert [order.task_id for order in orders] == [str(stale.pk)]
+    stale.refresh_from_db()
+    assert stale.status == TaskStatus.QUEUED
+    assert stale.queued_at > timezone.now() - timedelta(seconds=5)
+    assert fresh.pk not in {order.task_id for order in orders}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_locked_by_another_dispatcher_is_skipped_not_waited_for(alice, sent):
+    locked = make_task(owner=alice)
+    free = make_task(owner=alice)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def other_dispatcher_holds_a_row() -> None:
+        with transaction.atomic():
+            list(Task.objects.select_for_update().filter(pk=locked.pk))
+            holding.set()
+            release.wait(10)
+        connection.close()
+
+    thread = threading.Thread(target=other_dispatcher_holds_a_row)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        orders = services.dispatch_pending_tasks()
+    finally:
+        release.set()
+        thread.join()
+
+    assert [order.task_id for order in orders] == [str(free.pk)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dispatchers_at_once_enqueue_each_task_exactly_once(alice, bob, sent):
+    tasks = [make_task(owner=alice if n % 2 else bob, title=f"t{n}") for n in range(300)]
+    start = threading.Barrier(2)
+    claimed: list[list[services.RunOrder]] = [[], []]
+    errors: list[BaseException] = []
+
+    def dispatcher(slot: int) -> None:
+        try:
+            start.wait(10)
+            while batch := services.dispatch_pending_tasks(limit=25):
+                claimed[slot].extend(batch)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=dispatcher, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    all_ids = [order.task_id for order in claimed[0] + claimed[1]]
+    assert sorted(all_ids) == sorted(str(task.pk) for task in tasks)
+    assert claimed[0] and claimed[1], "both dispatchers should have claimed some rows"
+    queued_events = Event.objects.filter(type="task.updated", data__status="queued").count()
+    assert queued_events == len(tasks)

@@ -1,0 +1,140 @@
+"""Create, cancel, retry and progress through tasks.services."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from notifications.models import Event
+from taskhub.exceptions import ConflictError
+from tasks import services
+from tasks.models import StopRequest, Task, TaskStatus
+from tasks.tests.factories import make_task
+
+pytestmark = pytest.mark.django_db
+
+
+def test_create_inserts_a_pending_task_with_the_default_timeout(alice, settings):
+    task = services.task_create(owner=alice, title="Resize photos")
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.PENDING
+    assert task.kind == "simulate"
+    assert task.timeout == settings.TASKHUB_DEFAULT_TIMEOUT == 240
+    assert task.attempts == 1
+
+
+def test_create_writes_the_created_event_in_the_same_transaction(alice):
+    task = services.task_create(owner=alice, title="Resize photos")
+
+    event = Event.objects.get(task_id=task.pk)
+    assert event.type == "task.updated"
+    assert event.data["status"] == "pending"
+    assert event.data["previous_status"] is None
+    assert event.seq == 1
+
+
+def test_create_nudges_the_dispatcher_only_after_commit(alice, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.task_create(owner=alice, title="Resize photos")
+
+    assert services.nudge_dispatcher in callbacks
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad_field"),
+    [
+        ({"kind": "no-such-kind"}, "kind"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": 10**7}, "timeout"),
+        ({"params": ["not", "an", "object"]}, "params"),
+        ({"params": {"blob": "x" * 100_000}}, "params"),
+    ],
+)
+def test_create_refuses_bad_input_naming_the_field(alice, fields, bad_field):
+    with pytest.raises(ValidationError) as excinfo:
+        services.task_create(owner=alice, title="t", **fields)
+
+    assert bad_field in excinfo.value.message_dict
+    assert not Task.objects.exists()
+
+
+def test_anonymous_task_writes_no_event():
+    task = services.task_create(owner=None, title="legacy")
+
+    assert not Event.objects.filter(task_id=task.pk).exists()
+
+
+@pytest.mark.parametrize("status", [TaskStatus.PENDING, TaskStatus.QUEUED])
+def test_cancel_of_a_task_not_started_is_immediate(alice, status):
+    task = make_task(owner=alice, status=status)
+
+    cancelled = services.task_cancel(task=task)
+
+    assert cancelled.status == TaskStatus.CANCELLED
+    assert cancelled.finished_at is not None
+
+
+def test_cancel_of_a_running_task_asks_the_processor_to_stop(alice):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+
+    result = services.task_cancel(task=task)
+
+    assert result.status == TaskStatus.IN_PROGRESS
+    assert result.stop_requested == StopRequest.CANCEL
+
+
+@pytest.mark.parametrize("status", [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED])
+def test_cancel_of_a_finished_task_is_a_conflict(alice, status):
+    task = make_task(owner=alice, status=status)
+
+    with pytest.raises(ConflictError):
+        services.task_cancel(task=task)
+
+    task.refresh_from_db()
+    assert task.status == status
+
+
+@pytest.mark.parametrize("status", [TaskStatus.FAILED, TaskStatus.CANCELLED])
+def test_retry_returns_a_finished_task_to_pending_with_one_more_attempt(alice, status):
+    task = make_task(owner=alice, status=status, error="boom", progress=40)
+
+    retried = services.task_retry(task=task)
+
+    retried.refresh_from_db()
+    assert retried.status == TaskStatus.PENDING
+    assert retried.attempts == 2
+    assert retried.error == ""
+    assert retried.progress == 0
+
+
+@pytest.mark.parametrize(
+    "status", [TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED]
+)
+def test_retry_of_a_task_that_did_not_fail_is_a_conflict(alice, status):
+    task = make_task(owner=alice, status=status)
+
+    with pytest.raises(ConflictError):
+        services.task_retry(task=task)
+
+
+def test_progress_is_stored_only_while_running(alice):
+    running = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+    done = make_task(owner=alice, status=TaskStatus.COMPLETED, progress=100)
+
+    services.task_report_progress(task=running, progress=42)
+    services.task_report_progress(task=done, progress=10)
+
+    running.refresh_from_db()
+    done.refresh_from_db()
+    assert running.progress == 42
+    assert done.progress == 100
+
+
+def test_events_of_one_user_are_numbered_without_gaps(alice, bob):
+    for title in ("one", "two", "three"):
+        services.task_create(owner=alice, title=title)
+    services.task_create(owner=bob, title="bob's")
+
+    assert list(Event.objects.filter(user=alice).values_list("seq", flat=True)) == [1, 2, 3]
+    assert list(Event.objects.filter(user=bob).values_list("seq", flat=True)) == [1]
