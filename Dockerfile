@@ -1,0 +1,17 @@
+# One image for every TaskHub process; docker-compose.yml picks the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY . .
+# Static files are collected at build time and served by whitenoise.
+RUN DEBUG=1 python manage.py collectstatic --noinput
+
+RUN useradd --system --uid 1000 taskhub && mkdir -p /app/.data && chown taskhub /app/.data
+USER taskhub
+EXPOSE 8000 50051
+CMD ["sh", "-c", "daphne -b 0.0.0.0 -p ${PORT:-8000} taskhub.asgi:application"]
