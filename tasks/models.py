@@ -16,8 +16,8 @@ class TaskStatus(models.TextChoices):
 
 
 # The whole state machine: target status -> the statuses it may be reached from.
-# tasks.services.task_transition is the only writer of `status` and enforces this map
-# inside its UPDATE's WHERE clause, so a lost race is a no-op rather than a corrupt state.
+# Only tasks.services writes `status`, always checking this map under the row's lock, so a
+# lost race is a no-op rather than a corrupt state.
 ALLOWED_SOURCES: dict[str, frozenset[str]] = {
     TaskStatus.QUEUED: frozenset({TaskStatus.PENDING}),
     TaskStatus.IN_PROGRESS: frozenset({TaskStatus.QUEUED}),

@@ -157,7 +157,9 @@ def task_transition(
         previous_status = task.status
         task.status = to
         for field, value in changes.items():
-            setattr(task, field, value)
+            # A callable derives the value from the locked row (retry's attempts + 1), so a
+            # caller holding a stale instance cannot write a stale value.
+            setattr(task, field, value(task) if callable(value) else value)
         task.save(update_fields=["status", "updated_at", *changes])
         _record_change(task, previous_status=previous_status)
     return task
@@ -260,7 +262,7 @@ def task_retry(*, task: Task) -> Task:
     retried = task_transition(
         task_id=task.pk,
         to=TaskStatus.PENDING,
-        attempts=task.attempts + 1,
+        attempts=lambda locked: locked.attempts + 1,
         progress=0,
         result=None,
         error="",
