@@ -1,0 +1,104 @@
+"""Exceptions of the layers below -> gRPC status codes, the way taskhub.exceptions maps them
+to HTTP statuses for REST, so the servicer's methods hold no try/except of their own.
+
+| raised below                                    | gRPC status         | REST |
+|-------------------------------------------------|---------------------|------|
+| django ValidationError / serializer errors      | INVALID_ARGUMENT    | 400  |
+| Http404 (selectors), malformed id               | NOT_FOUND           | 404  |
+| taskhub.exceptions.ConflictError                | FAILED_PRECONDITION | 409  |
+| database unreachable (OperationalError)         | UNAVAILABLE         | 503  |
+| anything else (logged)                          | INTERNAL            | 500  |
+
+INVALID_ARGUMENT carries a google.rpc.BadRequest with one FieldViolation per message
+(`grpc_status.rpc_status.from_call()` on the client), and the same text in the message
+for clients that only read that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+from django.core.exceptions import ValidationError
+from django.db import OperationalError
+from django.http import Http404
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from taskhub.exceptions import ConflictError
+
+logger = logging.getLogger("tasks.grpc")
+
+NON_FIELD = "non_field_errors"
+
+
+class RpcAbort(Exception):
+    """End the current RPC with `code`; raised anywhere below a servicer method."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        field_errors: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field_errors = dict(field_errors or {})
+
+
+def invalid_argument(field_errors: Mapping[str, Sequence[Any]]) -> RpcAbort:
+    errors = {
+        field: [str(message) for message in messages] for field, messages in field_errors.items()
+    }
+    summary = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+    return RpcAbort(
+        grpc.StatusCode.INVALID_ARGUMENT, f"Invalid request: {summary}", field_errors=errors
+    )
+
+
+def to_rpc_abort(exc: BaseException) -> RpcAbort:
+    """The status a client gets for `exc`."""
+    if isinstance(exc, RpcAbort):
+        return exc
+    if isinstance(exc, ValidationError):
+        if hasattr(exc, "error_dict"):
+            return invalid_argument(exc.message_dict)
+        return invalid_argument({NON_FIELD: exc.messages})
+    if isinstance(exc, Http404):
+        return RpcAbort(grpc.StatusCode.NOT_FOUND, "No such task.")
+    if isinstance(exc, ConflictError):
+        return RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, OperationalError):
+        logger.warning("gRPC call failed: database unavailable", exc_info=exc)
+        return RpcAbort(grpc.StatusCode.UNAVAILABLE, "The database is unavailable; try again.")
+    logger.error("gRPC call failed", exc_info=exc)
+    return RpcAbort(grpc.StatusCode.INTERNAL, "Internal server error.")
+
+
+def abort(context: grpc.ServicerContext, failure: RpcAbort) -> None:
+    """End the RPC with `failure` (raises, as grpc's abort always does)."""
+    if not failure.field_errors:
+        context.abort(failure.code, failure.message)
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+            for field, messages in failure.field_errors.items()
+            for message in messages
+        ]
+    )
+    detail = any_pb2.Any()
+    detail.Pack(bad_request)
+    context.abort_with_status(
+        rpc_status.to_status(
+            status_pb2.Status(
+                code=getattr(code_pb2, failure.code.name),
+                message=failure.message,
+                details=[detail],
+            )
+        )
+    )
