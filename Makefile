@@ -1,0 +1,62 @@
+# TaskHub: `make run` on a machine with only Python 3.11 (see docs/running.md).
+# Environment: DATABASE_URL + REDIS_URL (both set: use them, start nothing embedded),
+# HOST/PORT (web, 127.0.0.1:8000), WORKER_CONCURRENCY, GRPC_PORT, PYTEST_ARGS (make test).
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test services lint fmt bench proto clean
+
+help:
+	@echo "make run       start everything (embedded PostgreSQL + Valkey unless DATABASE_URL and REDIS_URL are set)"
+	@echo "make test      run the tests (PYTEST_ARGS='-k lifecycle -x' to pass pytest arguments)"
+	@echo "make services  only the embedded PostgreSQL + Valkey, in the foreground"
+	@echo "make lint | fmt | bench | proto | venv | clean"
+
+# Re-installs when requirements.txt is newer than the stamp; creates .venv when missing.
+# PYTHON=/path/to/python3.11 if it is not on PATH under that name.
+$(STAMP): requirements.txt
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing requirements.txt into $(VENV) (the first time takes a few minutes)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m taskhub.launcher run
+
+test: $(STAMP)
+	$(PY) -m taskhub.launcher test $(PYTEST_ARGS)
+
+services: $(STAMP)
+	$(PY) -m taskhub.launcher services
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	@if [ -f bench/run.py ]; then $(PY) bench/run.py; else echo "no bench/run.py yet"; fi
+
+# As in docs/grpc.md: protoc writes `import taskhub_pb2`; inside the package it must be relative.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=tasks/grpc/gen \
+		--grpc_python_out=tasks/grpc/gen --pyi_out=tasks/grpc/gen proto/taskhub.proto
+	sed -i.bak 's/^import taskhub_pb2 as taskhub__pb2$$/from . import taskhub_pb2 as taskhub__pb2/' \
+		tasks/grpc/gen/taskhub_pb2_grpc.py && rm tasks/grpc/gen/taskhub_pb2_grpc.py.bak
+
+# Keeps .venv. Refuses while a launcher holds .data (its servers would run on deleted files).
+clean:
+	@for lock in .data/launcher.lock .data/test/launcher.lock; do \
+		if [ -f $$lock ] && command -v flock >/dev/null 2>&1 && ! flock -n $$lock true; then \
+			echo "a launcher (pid $$(cat $$lock)) is using $$(dirname $$lock); stop it first" >&2; \
+			exit 1; fi; done
+	rm -rf .data staticfiles .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,591 @@
+"""The run launcher behind `make run`, `make test` and `make services`.
+
+    python -m taskhub.launcher run              # backing services, migrate, web/worker/beat/grpc
+    python -m taskhub.launcher test [pytest...] # backing services, then pytest
+    python -m taskhub.launcher services         # only the backing services, in the foreground
+
+With DATABASE_URL and REDIS_URL both set, those are used and nothing is embedded; otherwise
+PostgreSQL and Valkey are started from pip packages with their data under ./.data (or
+TASKHUB_DATA_DIR; `test` uses <data>/test, so it can run next to `run`). See docs/running.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
+
+from taskhub import embedded
+from taskhub.embedded import EmbeddedError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Not resolved: .venv/bin/python is a symlink to the base interpreter, the scripts are here.
+BIN_DIR = Path(sys.executable).parent
+GRPC_COMMAND = PROJECT_DIR / "tasks" / "management" / "commands" / "grpcserver.py"
+NAME_WIDTH = 6
+SELF = "launch"
+
+log = logging.getLogger("taskhub.launcher")
+
+
+class LaunchError(RuntimeError):
+    """Start-up cannot go on; the message tells the user what to do."""
+
+
+# --- output --------------------------------------------------------------------------------
+
+_COLORS = {"web": 36, "worker": 33, "beat": 35, "grpc": 34, "setup": 32, SELF: 1}
+
+
+class Console:
+    """Prefixed lines from many reader threads, never interleaved mid-line."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        # Re-entrant: a signal handler may log while the main thread is inside write().
+        self._lock = threading.RLock()
+        self._broken = False
+        self._color = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def line(self, name: str, text: str) -> None:
+        prefix = f"{name:<{NAME_WIDTH}} |"
+        if self._color:
+            prefix = f"\033[{_COLORS.get(name, 0)}m{prefix}\033[0m"
+        with self._lock:
+            if self._broken:
+                return  # keep draining the children's pipes, or they block on a full pipe
+            try:
+                self._stream.write(f"{prefix} {text}\n")
+                self._stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._broken = True
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            text = f"{record.levelname}: {text}"
+        self.console.line(SELF, text)
+
+
+def _pump(console: Console, name: str, stream: IO[bytes]) -> None:
+    with stream:
+        for raw in iter(stream.readline, b""):
+            console.line(name, raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+
+def start_pump(console: Console, name: str, stream: IO[bytes] | None) -> threading.Thread:
+    assert stream is not None
+    thread = threading.Thread(target=_pump, args=(console, name, stream), daemon=True)
+    thread.start()
+    return thread
+
+
+# --- signals -------------------------------------------------------------------------------
+
+
+class Signals:
+    """SIGINT/SIGTERM/SIGHUP only record; the main loop decides. A second one forces."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._event = threading.Event()
+
+    def install(self) -> None:
+        # Explicitly, also for SIGINT: a shell starts background jobs with SIGINT ignored,
+        # and an ignored signal would stay ignored in every child after exec.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.received)
+
+    @property
+    def forced(self) -> bool:
+        return len(self.received) >= 2
+
+    def first_name(self) -> str:
+        return signal.Signals(self.received[0]).name if self.received else "?"
+
+    def wait(self, timeout: float) -> None:
+        if not self._event.is_set():
+            self._event.wait(timeout)
+
+
+# --- backing services ----------------------------------------------------------------------
+
+
+def data_root() -> Path:
+    raw = os.environ.get("TASKHUB_DATA_DIR") or str(PROJECT_DIR / ".data")
+    return Path(raw).expanduser().resolve()
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def external_urls() -> tuple[str, str] | None:
+    """DATABASE_URL/REDIS_URL to use as they are, or None to start the embedded servers."""
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    if database_url and redis_url:
+        source = os.environ.get(embedded.ENV_FILE_MARKER)
+        # A shell that sourced .data/env keeps the URLs after that launcher is gone; taking
+        # them at face value would point everything at servers that no longer run.
+        if source and not embedded.lock_is_held(Path(source)):
+            log.info("DATABASE_URL/REDIS_URL come from %s/env, whose launcher is gone", source)
+            return None
+        return database_url, redis_url
+    if database_url or redis_url:
+        only = "DATABASE_URL" if database_url else "REDIS_URL"
+        log.warning("only %s is set: starting both embedded servers (set both to use yours)", only)
+    return None
+
+
+@dataclass
+class Backing:
+    database_url: str
+    redis_url: str
+    servers: embedded.Embedded | None
+    locked: bool  # we hold the data dir's lock, so crash leftovers can be told apart
+
+    def dead_server(self) -> embedded.ServerProcess | None:
+        return self.servers.dead_server() if self.servers else None
+
+
+@contextlib.contextmanager
+def backing_services(
+    data_dir: Path,
+    signals: Signals,
+    urls: tuple[str, str] | None,
+    *,
+    always_lock: bool,
+    preflight: Callable[[], None] | None = None,
+) -> Iterator[Backing]:
+    """`urls` (from the env), or embedded servers that are stopped when the block ends.
+
+    `preflight` runs after a crashed launcher's leftovers are gone (a dying grpcserver
+    still holds its port for its grace period) and before anything is started.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = embedded.DataDirLock(data_dir)
+    if urls is None or always_lock:
+        lock.acquire()
+    servers: embedded.Embedded | None = None
+    try:
+        if lock.held:
+            embedded.stop_leftover_children(data_dir)
+        if preflight is not None:
+            preflight()
+        if urls is None:
+            servers = embedded.start_embedded(data_dir, lambda: signals.requested)
+            urls = (servers.database_url, servers.redis_url)
+            log.info("env for other shells: source %s", data_dir / "env")
+        else:
+            log.info(
+                "using DATABASE_URL=%s and REDIS_URL=%s; nothing embedded",
+                redact(urls[0]),
+                redact(urls[1]),
+            )
+        yield Backing(urls[0], urls[1], servers, lock.held)
+    finally:
+        if servers is not None:
+            servers.stop()
+        lock.release()
+
+
+def child_env(backing: Backing, data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop(embedded.ENV_FILE_MARKER, None)
+    env.update(
+        DATABASE_URL=backing.database_url,
+        REDIS_URL=backing.redis_url,
+        PYTHONUNBUFFERED="1",
+        PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
+    )
+    if backing.locked:
+        # Only under the lock: the next launcher kills whatever still carries this marker.
+        env[embedded.CHILD_MARKER] = str(data_dir)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "taskhub.settings")
+    # A development run: settings require SECRET_KEY unless DEBUG is on.
+    env.setdefault("DEBUG", "1")
+    return env
+
+
+# --- child processes -----------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    pump: threading.Thread
+
+
+def start_child(console: Console, name: str, args: list[str], env: dict[str, str]) -> Child:
+    proc = embedded.spawn(
+        args,
+        death_signal=signal.SIGTERM,
+        env=env,
+        cwd=PROJECT_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return Child(name, proc, start_pump(console, name, proc.stdout))
+
+
+def stop_timeout() -> float:
+    try:
+        return float(os.environ.get("TASKHUB_STOP_TIMEOUT") or 30)
+    except ValueError:
+        return 30.0
+
+
+def stop_children(children: list[Child], signals: Signals) -> None:
+    started = time.monotonic()
+    for child in children:
+        if child.proc.poll() is None:
+            # The leader only: celery's main process must drive its pool's shutdown (and
+            # record interrupted tasks); signalling the whole group would bypass it.
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = started + stop_timeout()
+    while any(c.proc.poll() is None for c in children):
+        if signals.forced:
+            log.warning("second signal: killing the remaining processes now")
+            break
+        if time.monotonic() > deadline:
+            late = ", ".join(c.name for c in children if c.proc.poll() is None)
+            log.warning("%s did not exit within %.0f s: SIGKILL", late, stop_timeout())
+            break
+        time.sleep(0.1)
+    for child in children:
+        # Also reaps what the leader left in its group (e.g. pool processes).
+        embedded.signal_group(child.proc.pid, signal.SIGKILL)
+        code = child.proc.wait()
+        child.pump.join(timeout=2)
+        log.info("%s exited with %s", child.name, describe_exit(code))
+    log.info("app processes stopped in %.1f s", time.monotonic() - started)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+def run_step(
+    console: Console, name: str, args: list[str], env: dict[str, str], signals: Signals
+) -> int:
+    """A start-up command with prefixed output; KeyboardInterrupt if a stop is requested."""
+    child = start_child(console, name, args, env)
+    while child.proc.poll() is None:
+        if signals.requested:
+            stop_children([child], signals)
+            raise KeyboardInterrupt
+        signals.wait(0.1)
+    child.pump.join(timeout=5)
+    return child.proc.returncode
+
+
+def python() -> str:
+    return str(BIN_DIR / "python")
+
+
+def script(name: str) -> str:
+    path = BIN_DIR / name
+    if not path.exists():
+        raise LaunchError(f"{path} is missing: run `make venv`")
+    return str(path)
+
+
+def static_root_probe(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    code = (
+        "from django.conf import settings; "
+        "print('STATIC_ROOT=' + str(getattr(settings, 'STATIC_ROOT', None) or ''))"
+    )
+    return embedded.spawn(
+        [python(), "manage.py", "shell", "-c", code],
+        env=env,
+        cwd=PROJECT_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def setup_database(console: Console, env: dict[str, str], signals: Signals) -> None:
+    started = time.monotonic()
+    # Django starts in about a second: probe STATIC_ROOT while migrate runs.
+    probe = static_root_probe(env)
+    try:
+        code = run_step(
+            console, "setup", [python(), "manage.py", "migrate", "--noinput"], env, signals
+        )
+        if code != 0:
+            raise LaunchError(f"manage.py migrate failed with code {code} (output above)")
+        try:
+            out, _ = probe.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise LaunchError("manage.py shell (reading STATIC_ROOT) hung for 120 s") from None
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    lines = out.decode("utf-8", "replace").splitlines()
+    static_root = next((ln[12:] for ln in lines if ln.startswith("STATIC_ROOT=")), "")
+    if static_root:
+        args = [python(), "manage.py", "collectstatic", "--noinput", "--verbosity", "0"]
+        if run_step(console, "setup", args, env, signals) != 0:
+            raise LaunchError("manage.py collectstatic failed (output above)")
+    elif probe.returncode != 0:
+        console.line("setup", "\n".join(lines[-20:]))
+        raise LaunchError("could not read the settings (manage.py shell failed, output above)")
+    log.info(
+        "migrate%s done in %.1f s",
+        " + collectstatic" if static_root else "",
+        time.monotonic() - started,
+    )
+
+
+def app_commands(env: dict[str, str], data_dir: Path) -> list[tuple[str, list[str]]]:
+    host = env.get("HOST") or "127.0.0.1"
+    port = env.get("PORT") or "8000"
+    worker = [script("celery"), "-A", "taskhub", "worker", "--loglevel=INFO"]
+    if env.get("WORKER_CONCURRENCY"):
+        worker += ["--concurrency", env["WORKER_CONCURRENCY"]]
+    commands = [
+        ("web", [script("daphne"), "-b", host, "-p", port, "taskhub.asgi:application"]),
+        ("worker", worker),
+        (
+            "beat",
+            [
+                script("celery"),
+                "-A",
+                "taskhub",
+                "beat",
+                "--loglevel=INFO",
+                "--schedule",
+                str(data_dir / "celerybeat-schedule"),
+            ],
+        ),
+    ]
+    if GRPC_COMMAND.exists():
+        commands.append(("grpc", [python(), "manage.py", "grpcserver"]))
+    return commands
+
+
+def port_owner(port: int) -> str:
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="inet"):
+            listening = conn.status == psutil.CONN_LISTEN and conn.pid
+            if listening and conn.laddr and conn.laddr.port == port:
+                proc = psutil.Process(conn.pid)
+                return f" by pid {conn.pid} ({' '.join(proc.cmdline())[:100]})"
+    return ""
+
+
+def check_listen_ports(env: dict[str, str]) -> None:
+    """Fail before starting anything rather than after a minute of start-up."""
+    wanted = [("PORT", env.get("HOST") or "127.0.0.1", env.get("PORT") or "8000")]
+    if GRPC_COMMAND.exists():
+        wanted.append(("GRPC_PORT", "0.0.0.0", env.get("GRPC_PORT") or "50051"))
+    for var, host, raw in wanted:
+        try:
+            port = int(raw)
+        except ValueError:
+            raise LaunchError(f"{var} must be a port number, got {raw!r}") from None
+        if not embedded.port_is_free(port, host):
+            raise LaunchError(
+                f"cannot listen on {host}:{port}: in use{port_owner(port)}; set {var}=<free port>"
+            )
+
+
+# --- modes ---------------------------------------------------------------------------------
+
+
+def supervise(children: list[Child], backing: Backing, signals: Signals) -> int:
+    code = 0
+    while True:
+        if signals.requested:
+            log.info("%s: stopping (again to force)", signals.first_name())
+            break
+        dead = next((c for c in children if c.proc.poll() is not None), None)
+        if dead is not None:
+            log.error(
+                "%s exited unexpectedly with %s", dead.name, describe_exit(dead.proc.returncode)
+            )
+            code = 1
+            break
+        server = backing.dead_server()
+        if server is not None:
+            log.error(
+                "%s exited unexpectedly with code %s; see %s",
+                server.name,
+                server.proc.returncode,
+                server.log_path,
+            )
+            code = 1
+            break
+        signals.wait(0.25)
+    stop_children(children, signals)
+    return code
+
+
+def cmd_run(console: Console, signals: Signals) -> int:
+    data_dir = data_root()
+    preflight = functools.partial(check_listen_ports, dict(os.environ))
+    urls = external_urls()
+    with backing_services(
+        data_dir, signals, urls, always_lock=True, preflight=preflight
+    ) as backing:
+        env = child_env(backing, data_dir)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(data_dir))
+        setup_database(console, env, signals)
+        children: list[Child] = []
+        try:
+            for name, args in app_commands(env, data_dir):
+                children.append(start_child(console, name, args, env))
+        except BaseException:
+            stop_children(children, signals)
+            raise
+        host, port = env.get("HOST") or "127.0.0.1", env.get("PORT") or "8000"
+        log.info("started %s; http://%s:%s/", ", ".join(c.name for c in children), host, port)
+        code = supervise(children, backing, signals)
+    if code == 0:
+        log.info("stopped (forced)" if signals.forced else "stopped cleanly")
+    else:
+        log.error("stopped after a failure (exit %d)", code)
+    return code
+
+
+def fresh_metrics_dir(data_dir: Path) -> Path:
+    """Where every app process writes its Prometheus samples, so the web's /metrics sums
+    the worker's counters too (docs/metrics.md). Emptied before any process starts: the
+    files of an earlier run would otherwise be summed in."""
+    metrics_dir = data_dir / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    return metrics_dir
+
+
+def cmd_test(pytest_args: list[str], signals: Signals) -> int:
+    data_dir = data_root() / "test"
+    with backing_services(data_dir, signals, external_urls(), always_lock=False) as backing:
+        env = child_env(backing, data_dir)
+        # In the terminal's process group, unlike the app processes: Ctrl-C reaches pytest
+        # directly (it prints its summary) and --pdb can read the terminal.
+        proc = embedded.spawn(
+            [python(), "-m", "pytest", *pytest_args],
+            death_signal=signal.SIGTERM,
+            own_group=False,
+            env=env,
+            cwd=PROJECT_DIR,
+        )
+        forwarded = 0
+        while proc.poll() is None:
+            # SIGINT from the terminal already reached pytest; forward the others (kill).
+            others = [s for s in signals.received if s != signal.SIGINT]
+            if len(others) > forwarded:
+                proc.send_signal(signal.SIGTERM)
+                forwarded = len(others)
+            if len(signals.received) >= 3:
+                proc.kill()
+            time.sleep(0.1)
+        code = proc.returncode
+    return 128 - code if code < 0 else code
+
+
+def cmd_services(signals: Signals) -> int:
+    data_dir = data_root()
+    if external_urls() is not None:
+        log.info("DATABASE_URL and REDIS_URL are set: nothing to start")
+        return 0
+    with backing_services(data_dir, signals, None, always_lock=True) as backing:
+        print(f"export DATABASE_URL={backing.database_url}", flush=True)
+        print(f"export REDIS_URL={backing.redis_url}", flush=True)
+        log.info("running; Ctrl-C stops them (the same lines are in %s)", data_dir / "env")
+        while not signals.requested:
+            server = backing.dead_server()
+            if server is not None:
+                log.error("%s exited unexpectedly; see %s", server.name, server.log_path)
+                return 1
+            signals.wait(0.5)
+        log.info("%s: stopping", signals.first_name())
+    return 0
+
+
+USAGE = """usage: python -m taskhub.launcher run | test [pytest args...] | services
+
+  run       backing services (embedded unless DATABASE_URL and REDIS_URL are set), migrate,
+            then web, worker, beat (and grpc) with prefixed output; Ctrl-C stops all
+  test      backing services (embedded ones under <data>/test), then pytest with the args
+  services  only the embedded backing services, in the foreground; prints their env
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    mode, rest = args[0], args[1:]
+    if mode not in ("run", "test", "services") or (rest and mode != "test"):
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    os.chdir(PROJECT_DIR)
+    console = Console(sys.stdout)
+    log.addHandler(_ConsoleHandler(console))
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    signals = Signals()
+    signals.install()
+    try:
+        if mode == "run":
+            return cmd_run(console, signals)
+        if mode == "test":
+            return cmd_test(rest, signals)
+        return cmd_services(signals)
+    except (EmbeddedError, LaunchError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.info("%s during start-up: stopped", signals.first_name())
+        return 2 if mode == "test" else 0  # pytest's own code for "interrupted"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
