@@ -6,10 +6,11 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from taskhub.pagination import CappedPageNumberPagination
-from tasks import selectors, services
+from tasks import cache, selectors, services
 from tasks.api.serializers import (
     TaskCreateInputSerializer,
     TaskListFilterSerializer,
@@ -17,15 +18,45 @@ from tasks.api.serializers import (
 )
 
 
+def _is_popular_first_page(request: Request) -> bool:
+    """The reads worth caching (tasks/cache.py): the first page of the user's list in the
+    default order and page size, all tasks or one status (e.g. "my pending tasks")."""
+    params = request.query_params
+    return set(params) <= {"status", "page"} and params.get("page", "1") == "1"
+
+
 class TaskListCreateApi(APIView):
     @extend_schema(parameters=[TaskListFilterSerializer], responses=TaskOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
         filters = TaskListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
+        if _is_popular_first_page(request):
+            return self._cached_first_page(request, status=filters.validated_data.get("status"))
         tasks = selectors.task_list_for(user=request.user, **filters.validated_data)
         paginator = CappedPageNumberPagination()
         page = paginator.paginate_queryset(tasks, request, view=self)
         return paginator.get_paginated_response(TaskOutputSerializer(page, many=True).data)
+
+    def _cached_first_page(self, request: Request, *, status: str | None) -> Response:
+        def fill() -> dict:
+            paginator = CappedPageNumberPagination()
+            tasks = selectors.task_list_for(user=request.user, status=status)
+            page = paginator.paginate_queryset(tasks, request, view=self)
+            rows = [dict(row) for row in TaskOutputSerializer(page, many=True).data]
+            return {"count": paginator.page.paginator.count, "results": rows}
+
+        page = cache.task_list_first_page_cached(user=request.user, status=status, fill=fill)
+        # The links are the request's own (its host), so they are built here, not cached.
+        has_next = page["count"] > CappedPageNumberPagination.page_size
+        next_link = replace_query_param(request.build_absolute_uri(), "page", 2)
+        return Response(
+            {
+                "count": page["count"],
+                "next": next_link if has_next else None,
+                "previous": None,
+                "results": page["results"],
+            }
+        )
 
     @extend_schema(request=TaskCreateInputSerializer, responses={201: TaskOutputSerializer})
     def post(self, request: Request) -> Response:
@@ -38,8 +69,11 @@ class TaskListCreateApi(APIView):
 class TaskDetailApi(APIView):
     @extend_schema(responses=TaskOutputSerializer)
     def get(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get_for(user=request.user, task_id=task_id)
-        return Response(TaskOutputSerializer(task).data)
+        def fill() -> dict:
+            task = selectors.task_get_for(user=request.user, task_id=task_id)
+            return dict(TaskOutputSerializer(task).data)
+
+        return Response(cache.task_detail_cached(user=request.user, task_id=task_id, fill=fill))
 
 
 class TaskCancelApi(APIView):

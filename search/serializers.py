@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from tasks.api.serializers import TaskOutputSerializer
+from tasks.models import TaskStatus
+
+
+class SearchFilterSerializer(serializers.Serializer):
+    # Not trimmed: a trailing space tells the search the last word is finished (no prefix
+    # match). Emptiness and length are checked by search.selectors.task_search_for.
+    query = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
+    kind = serializers.CharField(max_length=64, required=False)
+
+
+class SearchHitOutputSerializer(serializers.Serializer):
+    task = TaskOutputSerializer()
+    rank = serializers.FloatField()
+    title_snippet = serializers.CharField(
+        help_text="The title, HTML-escaped, matches in <mark>…</mark> (the only markup)."
+    )
+    description_snippet = serializers.CharField(
+        help_text="About 200 characters of the description around the first match, "
+        "HTML-escaped, matches in <mark>…</mark> (the only markup)."
+    )
+
+
+class SearchPageOutputSerializer(serializers.Serializer):
+    """The response envelope, for the OpenAPI schema (DRF's pagination builds it)."""
+
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = SearchHitOutputSerializer(many=True)

@@ -1,0 +1,141 @@
+"""Versioned cache of the task API's hot reads: a task's detail and a user's first list page.
+
+Entries are never deleted; they go dead. Every key embeds a version number kept in its own
+cache key (one per task, one per owner), and tasks.change_hooks bumps the versions AFTER
+the transaction that changed the task commits. A cached read therefore never shows a task
+older than its last committed change. The race that matters:
+
+    reader: read version v -> miss -> read the database -> store under v
+    writer:                      commit -> bump version to v+1
+
+If the reader's database read came before the commit (an old status), it also read the
+version before the bump (the bump follows the commit), so it stores under v, which nobody
+reads any more: the entry is born dead. A reader that sees v+1 reads the database after
+the commit. That is why the version is read before the database, and the bump runs after
+commit, never before. (A bump lost to a crash between commit and bump, or to a Redis
+outage, leaves an entry stale for at most CACHE_TTL seconds.)
+
+A missing version (never set, expired, evicted) starts at a random 62-bit number, so it
+can never come back to a number an older entry still lives under.
+
+Only the API reads through here. The dispatcher, the runner and the reaper read the
+database directly and never fill or consult the cache; they only bump, through services.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
+
+from taskhub.metrics import CACHE_HITS, CACHE_MISSES
+
+logger = logging.getLogger(__name__)
+
+TASK_DETAIL = "task_detail"
+TASK_LIST = "task_list"
+
+# Versions outlive the entries made under them many times over; an expired one is simply
+# restarted (see above).
+VERSION_TTL = 24 * 3600
+
+
+def _task_version_key(task_id: UUID | str) -> str:
+    return f"tasks:version:task:{task_id}"
+
+
+def _owner_version_key(owner_id: int) -> str:
+    return f"tasks:version:owner:{owner_id}"
+
+
+def _fresh_version() -> int:
+    return secrets.randbits(62) | (1 << 32)
+
+
+def _bump(key: str) -> None:
+    for _ in range(3):
+        try:
+            cache.incr(key)
+            return
+        except ValueError:  # no such key: start it (unless another process just did)
+            if cache.add(key, _fresh_version(), timeout=VERSION_TTL):
+                return
+    logger.warning("cache version %s could not be bumped", key)
+
+
+def task_versions_bump(*, task_id: UUID | str, owner_id: int | None) -> None:
+    """Make every cached read of this task (and of its owner's lists) dead. Call after
+    commit only (tasks.change_hooks does)."""
+    try:
+        _bump(_task_version_key(task_id))
+        if owner_id is not None:
+            _bump(_owner_version_key(owner_id))
+    except Exception:
+        logger.warning(
+            "cache version bump for task %s failed; its cached reads may be stale for up "
+            "to CACHE_TTL seconds",
+            task_id,
+            exc_info=True,
+        )
+
+
+def _version(key: str) -> int:
+    version = cache.get(key)
+    if version is None:
+        fresh = _fresh_version()
+        if cache.add(key, fresh, timeout=VERSION_TTL):
+            return fresh
+        version = cache.get(key)
+    # Evicted again in between: an unused number is as good as any (a miss, never stale).
+    return int(version) if version is not None else _fresh_version()
+
+
+def _read_through(name: str, version_key: str, key: str, fill: Callable[[], Any]) -> Any:
+    try:
+        # The version first, the database (in fill) after: see the module docstring.
+        versioned_key = f"{key}:v{_version(version_key)}"
+        cached = cache.get(versioned_key)
+    except Exception:
+        logger.warning("cache unavailable; reading %s from the database", name, exc_info=True)
+        return fill()
+    if cached is not None:
+        CACHE_HITS.labels(cache=name).inc()
+        return cached
+    CACHE_MISSES.labels(cache=name).inc()
+    value = fill()
+    try:
+        cache.set(versioned_key, value, timeout=settings.CACHES["default"]["TIMEOUT"])
+    except Exception:
+        logger.warning("cache unavailable; %s not stored", name, exc_info=True)
+    return value
+
+
+def _user_key(user: AbstractBaseUser) -> str:
+    # Ids come back when a database is recreated (a test run, a restored dump) while Redis
+    # keeps its keys; the join time tells a new user 7 from an old one.
+    joined = getattr(user, "date_joined", None)
+    return f"{user.pk}.{int(joined.timestamp() * 1_000_000) if joined else 0}"
+
+
+def task_detail_cached(
+    *, user: AbstractBaseUser, task_id: UUID | str, fill: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The task's API representation as `fill()` makes it, cached per reader: `fill` runs
+    the owner-scoped lookup (Http404 for someone else's task, which is not cached)."""
+    key = f"tasks:detail:{_user_key(user)}:{task_id}"
+    return _read_through(TASK_DETAIL, _task_version_key(task_id), key, fill)
+
+
+def task_list_first_page_cached(
+    *, user: AbstractBaseUser, status: str | None, fill: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The first page of the user's list (default order and page size), optionally one
+    status: `{"count": n, "results": [...]}` as `fill()` makes it."""
+    key = f"tasks:list:{_user_key(user)}:{status or 'all'}"
+    return _read_through(TASK_LIST, _owner_version_key(user.pk), key, fill)

@@ -1,0 +1,43 @@
+"""What follows a committed change to a task, besides its event: tasks.services calls these.
+
+After commit, never before: a cache version bumped before the commit would let a reader
+refill the cache with the old row under the new version (tasks/cache.py explains the
+race), and a metric counted before the commit would count changes that were rolled back.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db import transaction
+
+from taskhub import metrics
+from tasks import cache
+from tasks.models import Task
+
+
+def task_changed(task: Task, *, previous_status: str | None) -> None:
+    """A create or a status change was written in the current transaction."""
+    # Copied now: the instance may change again before the callback runs.
+    task_id, owner_id, kind = task.pk, task.owner_id, task.kind
+    outcome = task.status if task.is_terminal else None
+    started_at, finished_at = task.started_at, task.finished_at
+
+    def after_commit() -> None:
+        cache.task_versions_bump(task_id=task_id, owner_id=owner_id)
+        metrics.task_change_observed(
+            kind=kind,
+            created=previous_status is None,
+            outcome=outcome,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+
+    transaction.on_commit(after_commit, robust=True)
+
+
+def task_progressed(*, task_id: UUID | str, owner_id: int | None) -> None:
+    """A running task's progress was written: cached reads show progress, so they die too."""
+    transaction.on_commit(
+        lambda: cache.task_versions_bump(task_id=task_id, owner_id=owner_id), robust=True
+    )
