@@ -48,3 +48,34 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} #{self.seq} for user {self.user_id}"
+
+
+class Notification(models.Model):
+    """One entry of a user's inbox (a task that finished, say); `notification.new` tells
+    their open sockets."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+    )
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True, default="")
+    # What it is about, if a task; no foreign key: notifications never import tasks.
+    task_id = models.UUIDField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The inbox page: newest first per user.
+            models.Index(fields=["user", "-created_at"], name="notification_user_idx"),
+            # unread_count and read-all touch only unread rows.
+            models.Index(
+                fields=["user"],
+                name="notification_unread_idx",
+                condition=models.Q(read_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} for user {self.user_id}"

@@ -13,9 +13,11 @@ from django.utils import timezone
 
 PROTOCOL_VERSION = 1
 
-# Server -> client, persisted (carry an `id`).
+# Server -> client, persisted in the user's event log (carry an `id`).
 TASK_UPDATED = "task.updated"
 NOTIFICATION_NEW = "notification.new"
+# Chat messages are persisted in chat's own tables, not per user: their envelopes carry no
+# `id` (the message's id is in `data`), and a rejoining client gets chat.history instead.
 CHAT_MESSAGE_POSTED = "chat.message.posted"
 CHAT_MESSAGE_EDITED = "chat.message.edited"
 PERSISTED_TYPES = frozenset({TASK_UPDATED, NOTIFICATION_NEW})

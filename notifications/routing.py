@@ -1,4 +1,4 @@
-"""WebSocket routing: /ws (and /ws/) to the event consumer."""
+"""WebSocket routing: /ws (and /ws/) to the event consumer, behind Origin and auth checks."""
 
 from __future__ import annotations
 
@@ -6,5 +6,6 @@ from channels.routing import URLRouter
 from django.urls import re_path
 
 from notifications.consumers import EventConsumer
+from notifications.middleware import WebsocketAuthStack
 
-websocket_application = URLRouter([re_path(r"^ws/?$", EventConsumer.as_asgi())])
+websocket_application = WebsocketAuthStack(URLRouter([re_path(r"^ws/?$", EventConsumer.as_asgi())]))

@@ -8,15 +8,21 @@ user's Channels group only after that transaction commits.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
+from django.utils import timezone
 
-from notifications import protocol
-from notifications.models import Event
+from notifications import protocol, selectors
+from notifications.models import Event, Notification
+from notifications.redis_client import async_redis
+from taskhub import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | No
         )
         frame = protocol.envelope(type, data, id=event.seq, ts=event.created_at)
         transaction.on_commit(lambda: push_to_user_rollback_unsafe(user_id=user_id, frame=frame))
+        transaction.on_commit(metrics.EVENTS_PUBLISHED.labels(type=type).inc)
     return event
 
 
@@ -73,3 +80,111 @@ def push_to_user_rollback_unsafe(*, user_id: int, frame: dict[str, Any]) -> None
         )
     except Exception:
         logger.warning("push to user %s failed; the event log keeps it", user_id, exc_info=True)
+
+
+# --- Inbox -------------------------------------------------------------------------------
+
+
+def notification_data(notification: Notification) -> dict[str, Any]:
+    """The `notification.new` payload and the REST representation of a notification."""
+    return {
+        "id": notification.pk,
+        "title": notification.title,
+        "body": notification.body,
+        "task_id": str(notification.task_id) if notification.task_id else None,
+        "read_at": protocol.format_ts(notification.read_at) if notification.read_at else None,
+        "created_at": protocol.format_ts(notification.created_at),
+    }
+
+
+def notify(
+    *, user_id: int, title: str, body: str = "", task_id: UUID | None = None
+) -> Notification:
+    """Put a notification in the user's inbox and tell their sockets (`notification.new`,
+    a persisted event), in the caller's transaction."""
+    with transaction.atomic():
+        notification = Notification.objects.create(
+            user_id=user_id, title=title[:200], body=body, task_id=task_id
+        )
+        # No task_id on the event itself: a task's history (/api/tasks/{id}/events/) is
+        # its task.updated events, one per transition; data.task_id links the two.
+        publish(
+            user_id=user_id, type=protocol.NOTIFICATION_NEW, data=notification_data(notification)
+        )
+    return notification
+
+
+def notification_mark_read(*, notification: Notification) -> Notification:
+    """Mark one notification read (idempotent: the first read time stays)."""
+    if notification.read_at is None:
+        now = timezone.now()
+        updated = Notification.objects.filter(pk=notification.pk, read_at__isnull=True).update(
+            read_at=now
+        )
+        if updated:
+            notification.read_at = now
+        else:
+            notification.refresh_from_db(fields=["read_at"])
+    return notification
+
+
+def notification_mark_all_read(*, user: AbstractBaseUser) -> int:
+    """Mark every unread notification of the user read; returns how many changed."""
+    return Notification.objects.filter(user=user, read_at__isnull=True).update(
+        read_at=timezone.now()
+    )
+
+
+# --- Connection registry (Redis) ---------------------------------------------------------
+#
+# One sorted set per user and one for all, member = the consumer's channel name, score =
+# the time its socket last renewed the entry. A count is the members renewed recently, so
+# a server that crashes without unregistering stops being counted after 3 refresh periods
+# instead of leaking a connection slot forever (as a plain INCR/DECR counter would).
+
+_REGISTER_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+
+def _registry_args(*, channel_name: str, limit: int) -> list[Any]:
+    now = time.time()
+    stale_after = selectors.presence_stale_after()
+    return [channel_name, now, now - stale_after, limit, int(stale_after) + 1]
+
+
+async def connection_register(*, user_id: int, channel_name: str) -> bool:
+    """Count a new socket of the user; False (and nothing counted) when the user already
+    holds WS_MAX_CONNECTIONS_PER_USER sockets. Check and add are one atomic script, so two
+    sockets opening at once cannot both take the last slot."""
+    keys = [selectors.user_connections_key(user_id), selectors.CONNECTIONS_KEY]
+    args = _registry_args(
+        channel_name=channel_name, limit=settings.TASKHUB_WS_MAX_CONNECTIONS_PER_USER
+    )
+    return bool(await async_redis().eval(_REGISTER_SCRIPT, len(keys), *keys, *args))
+
+
+async def connection_refresh(*, user_id: int, channel_name: str) -> None:
+    """Renew a socket's entries (call every WS_PRESENCE_REFRESH seconds)."""
+    keys = [selectors.user_connections_key(user_id), selectors.CONNECTIONS_KEY]
+    # No limit on a renewal: the socket already holds its slot.
+    args = _registry_args(channel_name=channel_name, limit=2**31)
+    await async_redis().eval(_REGISTER_SCRIPT, len(keys), *keys, *args)
+
+
+async def connection_unregister(*, user_id: int, channel_name: str) -> None:
+    client = async_redis()
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zrem(selectors.user_connections_key(user_id), channel_name)
+        pipe.zrem(selectors.CONNECTIONS_KEY, channel_name)
+        await pipe.execute()

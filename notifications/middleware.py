@@ -1,0 +1,128 @@
+"""ASGI middleware in front of the WebSocket consumer: Origin check and authentication.
+
+Both refuse by accepting the handshake and then closing with a 44xx code, not by failing
+the handshake: a browser reports a refused handshake as a bare 1006 and the client could
+not tell a bad token (4401, log in again) from a foreign page (4403) or a network fault.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.tokens import AccessToken
+
+CLOSE_FORBIDDEN_ORIGIN = 4403
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin1")
+    return None
+
+
+def token_subprotocol(scope: dict[str, Any]) -> str | None:
+    """The offered subprotocol that carries the JWT, if any (a JWT has three dot-separated
+    parts; other subprotocols a client offers are ignored)."""
+    for subprotocol in scope.get("subprotocols") or []:
+        if subprotocol.count(".") == 2:
+            return subprotocol
+    return None
+
+
+def subprotocol_to_accept(scope: dict[str, Any]) -> str | None:
+    """A browser drops a connection whose handshake does not select one of the
+    subprotocols it offered, so every accept (a refusal's too) selects the token's."""
+    return scope.get("auth_subprotocol") or token_subprotocol(scope)
+
+
+async def close_with(code: int, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Accept the handshake, then close it with `code` (see the module docstring)."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    accept: dict[str, Any] = {"type": "websocket.accept"}
+    subprotocol = subprotocol_to_accept(scope)
+    if subprotocol:
+        accept["subprotocol"] = subprotocol
+    await send(accept)
+    await send({"type": "websocket.close", "code": code})
+
+
+class WebsocketOriginValidator(OriginValidator):
+    """channels' AllowedHostsOriginValidator, with two differences: a missing Origin is
+    allowed (non-browser clients send none, and only browsers carry a victim's cookies
+    across sites), and a foreign Origin is closed with 4403. ALLOWED_HOSTS is read per
+    connection so settings overrides apply."""
+
+    def __init__(self, application: Any) -> None:
+        super().__init__(application, allowed_origins=[])
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return await self.application(scope, receive, send)
+        self.allowed_origins = list(settings.ALLOWED_HOSTS)
+        try:
+            parsed = urlparse(origin)
+        except ValueError:
+            parsed = None
+        if parsed is not None and self.valid_origin(parsed):
+            return await self.application(scope, receive, send)
+        return await close_with(CLOSE_FORBIDDEN_ORIGIN, scope, receive, send)
+
+
+@database_sync_to_async
+def _active_user(user_id: Any) -> Any:
+    user_model = get_user_model()
+    lookup = {jwt_settings.USER_ID_FIELD: user_id}
+    return user_model.objects.filter(**lookup, is_active=True).first()
+
+
+async def user_from_token(raw_token: str) -> Any:
+    """The active user a valid access token names, else AnonymousUser."""
+    try:
+        token = AccessToken(raw_token)
+    except TokenError:
+        return AnonymousUser()
+    user_id = token.get(jwt_settings.USER_ID_CLAIM)
+    if user_id is None:
+        return AnonymousUser()
+    return await _active_user(user_id) or AnonymousUser()
+
+
+class JWTAuthMiddleware:
+    """Authenticate by a JWT access token in the `token` query parameter or offered as a
+    Sec-WebSocket-Protocol value. Without a token the session user (set by the
+    AuthMiddlewareStack around this) stands; with a bad token the connection is anonymous
+    even if a session cookie came along: an explicit credential that fails must not be
+    papered over by another one."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+        raw_token = (query.get("token") or [None])[0]
+        subprotocol = token_subprotocol(scope)
+        if raw_token is None and subprotocol is not None:
+            raw_token = subprotocol
+        if raw_token is not None:
+            scope = dict(scope)
+            scope["user"] = await user_from_token(raw_token)
+            scope["auth_subprotocol"] = subprotocol
+        return await self.application(scope, receive, send)
+
+
+def WebsocketAuthStack(application: Any) -> Any:  # channels names its stacks this way
+    """Origin check, then session cookie auth, then JWT auth, then the app."""
+    return WebsocketOriginValidator(AuthMiddlewareStack(JWTAuthMiddleware(application)))

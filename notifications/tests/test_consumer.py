@@ -1,0 +1,317 @@
+"""The /ws consumer through the full ASGI app on the real Redis channel layer: auth,
+welcome, live pushes, isolation between users, errors and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.test import Client as DjangoClient
+from django.test import override_settings
+
+from conftest import access_token_for
+from notifications import protocol, selectors
+from notifications.redis_client import sync_redis
+from notifications.tests.conftest import open_socket, publish_event, publish_event_data
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+# --- Auth and welcome --------------------------------------------------------------------
+
+
+async def test_welcome_names_the_user_the_version_and_the_newest_event_id(alice, connect):
+    await publish_event(alice)
+    await publish_event(alice)
+    client = await connect(alice)
+    data = client.welcome["data"]
+    assert data["user"] == {"id": alice.pk, "username": "alice"}
+    assert data["server_version"] == "1.0.0"
+    assert data["last_event_id"] == 2
+    assert "id" not in client.welcome
+
+
+async def test_welcome_last_event_id_is_zero_for_a_new_user(alice, connect):
+    client = await connect(alice)
+    assert client.welcome["data"]["last_event_id"] == 0
+
+
+async def test_a_bad_token_is_closed_with_4401(transactional_db):
+    client = await open_socket(token="not-a-jwt")
+    code, frames = await client.receive_close()
+    assert code == 4401
+    assert frames[0]["data"]["code"] == "unauthenticated"
+
+
+async def test_no_credentials_at_all_is_closed_with_4401(transactional_db):
+    client = await open_socket()
+    code, _ = await client.receive_close()
+    assert code == 4401
+
+
+async def test_an_inactive_users_token_is_closed_with_4401(alice, transactional_db):
+    token = await sync_to_async(access_token_for)(alice)
+    alice.is_active = False
+    await sync_to_async(alice.save)()
+    client = await open_socket(token=token)
+    code, _ = await client.receive_close()
+    assert code == 4401
+
+
+async def test_a_token_offered_as_subprotocol_authenticates_and_is_selected(alice, connect):
+    token = await sync_to_async(access_token_for)(alice)
+    client = await open_socket(subprotocols=["taskhub", token])
+    assert client.subprotocol == token
+    welcome = await client.receive_type("welcome")
+    assert welcome["data"]["user"]["username"] == "alice"
+    await client.close()
+
+
+async def test_the_session_cookie_authenticates_a_browser(alice, transactional_db):
+    browser = DjangoClient()
+    await sync_to_async(browser.force_login)(alice)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    client = await open_socket(headers=[(b"cookie", cookie), (b"origin", b"http://localhost:8000")])
+    welcome = await client.receive_type("welcome")
+    assert welcome["data"]["user"]["username"] == "alice"
+    await client.close()
+
+
+async def test_a_foreign_origin_is_closed_with_4403(alice, transactional_db):
+    token = await sync_to_async(access_token_for)(alice)
+    client = await open_socket(token=token, headers=[(b"origin", b"https://evil.example")])
+    code, frames = await client.receive_close()
+    assert code == 4403
+    assert frames == []
+
+
+async def test_an_allowed_origin_and_a_missing_origin_are_both_served(alice, connect):
+    token = await sync_to_async(access_token_for)(alice)
+    browser = await open_socket(token=token, headers=[(b"origin", b"http://127.0.0.1:8000")])
+    await browser.receive_type("welcome")
+    await browser.close()
+    await connect(alice)  # no Origin header: a non-browser client
+
+
+# --- Live events -------------------------------------------------------------------------
+
+
+async def test_a_published_event_reaches_every_socket_of_its_user(alice, connect):
+    first, second = await connect(alice), await connect(alice)
+    event_id = await publish_event(alice, n=7)
+    for client in (first, second):
+        frame = await client.receive_type("task.updated")
+        assert frame["id"] == event_id
+        assert frame["data"] == {"n": 7}
+        assert frame["ts"].endswith("Z")
+
+
+async def test_bob_never_receives_alice_task_events(alice, bob, connect):
+    alice_socket, bob_socket = await connect(alice), await connect(bob)
+    for n in range(3):
+        await publish_event(alice, n=n)
+    assert [e["data"]["n"] for e in await alice_socket.receive_events(3)] == [0, 1, 2]
+    await bob_socket.assert_nothing_more()
+
+
+async def test_ephemeral_frames_are_sent_without_id(alice, connect):
+    client = await connect(alice)
+    await get_channel_layer().group_send(
+        protocol.user_group(alice.pk),
+        {"type": "event.push", "frame": protocol.envelope("chat.typing", {"room": "x"})},
+    )
+    frame = await client.receive_type("chat.typing")
+    assert "id" not in frame
+
+
+async def test_a_group_message_with_reply_to_adds_ref_only_for_that_socket(alice, connect):
+    poster = await connect(alice)
+    # The only member of alice's group so far is the poster's channel.
+    group_key = f"taskhub:asgi:group:{protocol.user_group(alice.pk)}"
+    [poster_channel] = await sync_to_async(sync_redis().zrange)(group_key, 0, -1)
+    other = await connect(alice)
+    await get_channel_layer().group_send(
+        protocol.user_group(alice.pk),
+        {
+            "type": "event.push",
+            "frame": protocol.envelope("chat.message.posted", {"text": "hi"}),
+            "reply_to": poster_channel.decode(),
+            "ref": "c-1",
+        },
+    )
+    assert (await poster.receive())["ref"] == "c-1"
+    assert "ref" not in await other.receive()
+
+
+async def test_progress_faster_than_the_interval_is_coalesced_to_the_newest(alice, connect):
+    group = protocol.user_group(alice.pk)
+    with override_settings(TASKHUB_PROGRESS_MIN_INTERVAL=0.3):
+        client = await connect(alice)
+        for percent in (10, 20, 30, 40):
+            frame = protocol.envelope("task.progress", {"task_id": "t1", "progress": percent})
+            await get_channel_layer().group_send(group, {"type": "event.push", "frame": frame})
+        first = await client.receive_type("task.progress")
+        last = await client.receive_type("task.progress")
+    assert first["data"]["progress"] == 10
+    assert last["data"]["progress"] == 40
+    await client.assert_nothing_more()
+
+
+async def test_progress_after_the_task_finished_is_dropped(alice, connect):
+    client = await connect(alice)
+    await publish_event_data(alice, {"task_id": "t9", "status": "completed"})
+    await client.receive_type("task.updated")
+    late = protocol.envelope("task.progress", {"task_id": "t9", "progress": 90})
+    await get_channel_layer().group_send(
+        protocol.user_group(alice.pk), {"type": "event.push", "frame": late}
+    )
+    await client.assert_nothing_more()
+
+
+# --- Client messages and errors ----------------------------------------------------------
+
+
+async def test_ping_is_answered_with_pong_carrying_the_ref(alice, connect):
+    client = await connect(alice)
+    await client.send({"type": "ping", "ref": 42})
+    pong = await client.receive_type("pong")
+    assert pong["ref"] == 42
+
+
+async def test_an_unknown_type_gets_an_unknown_type_error_with_the_ref(alice, connect):
+    client = await connect(alice)
+    await client.send({"type": "launch.rocket", "ref": "r1"})
+    error = await client.receive_type("error")
+    assert error["data"]["code"] == "unknown_type"
+    assert error["data"]["ref"] == "r1"
+    assert error["ref"] == "r1"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["{not json", "[1, 2]", '"hello"', "{}", '{"type": 5}', '{"type": "ping", "ref": [1]}'],
+)
+async def test_malformed_frames_get_a_bad_request_error_and_the_socket_stays(alice, connect, raw):
+    client = await connect(alice)
+    await client.send(raw)
+    error = await client.receive_type("error")
+    assert error["data"]["code"] == "bad_request"
+    await client.assert_nothing_more()
+
+
+async def test_repeated_bad_frames_close_with_4400(alice, connect):
+    client = await connect(alice)
+    with override_settings(TASKHUB_WS_MAX_BAD_FRAMES=3):
+        for _ in range(3):
+            await client.send("nope")
+        code, frames = await client.receive_close()
+    assert code == 4400
+    assert [f["data"]["code"] for f in frames] == ["bad_request"] * 3
+
+
+async def test_an_oversized_frame_closes_with_4400_and_others_are_still_served(alice, bob, connect):
+    client, bystander = await connect(alice), await connect(bob)
+    with override_settings(TASKHUB_WS_MAX_FRAME_BYTES=1024):
+        await client.send({"type": "ping", "pad": "x" * 2000})
+        code, frames = await client.receive_close()
+    assert code == 4400
+    assert frames[0]["data"]["code"] == "too_large"
+    await bystander.assert_nothing_more()
+    event_id = await publish_event(bob)
+    assert (await bystander.receive_type("task.updated"))["id"] == event_id
+
+
+async def test_a_flood_closes_with_4429_and_others_are_still_served(alice, bob, connect):
+    bystander = await connect(bob)
+    with override_settings(TASKHUB_WS_MAX_MESSAGES_PER_SECOND=5):
+        flooder = await connect(alice)
+        for _ in range(50):
+            await flooder.send({"type": "ping"})
+        code, frames = await flooder.receive_close()
+    assert code == 4429
+    assert frames[-1]["data"]["code"] == "rate_limited"
+    assert 1 <= len([f for f in frames if f["type"] == "pong"]) <= 5
+    await bystander.assert_nothing_more()
+    event_id = await publish_event(bob)
+    assert (await bystander.receive_type("task.updated"))["id"] == event_id
+
+
+async def test_too_many_connections_of_one_user_close_with_4429(alice, bob, connect):
+    with override_settings(TASKHUB_WS_MAX_CONNECTIONS_PER_USER=2):
+        first = await connect(alice)
+        await connect(alice)
+        third = await connect(alice, welcome=False)
+        code, frames = await third.receive_close()
+        assert code == 4429
+        assert frames[0]["data"]["code"] == "too_many_connections"
+        await connect(bob)  # another user's sockets do not count
+        await first.close()
+        await connect(alice)  # a closed socket gives its slot back
+
+
+async def test_a_silent_client_is_closed_with_4408(alice, connect):
+    with override_settings(TASKHUB_WS_IDLE_TIMEOUT=1.0):
+        client = await connect(alice)
+        code, frames = await client.receive_close(timeout=10)
+    assert code == 4408
+    assert frames[0]["data"]["code"] == "idle"
+
+
+async def test_pings_keep_a_socket_open_past_the_idle_timeout(alice, connect):
+    with override_settings(TASKHUB_WS_IDLE_TIMEOUT=1.0):
+        client = await connect(alice)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.5
+        while loop.time() < until:
+            await client.assert_nothing_more()
+            await asyncio.sleep(0.3)
+
+
+async def test_active_connections_are_counted_and_released(alice, bob, connect):
+    count = sync_to_async(selectors.active_connection_count)
+    assert await count() == 0
+    first = await connect(alice)
+    await connect(bob)
+    assert await count() == 2
+    await first.close()
+    assert await count() == 1
+
+
+async def test_chat_messages_go_to_chat_ws_handle_with_the_consumer_api(
+    alice, connect, monkeypatch
+):
+    calls = []
+
+    async def handle(consumer, message):
+        calls.append(message["type"])
+        await consumer.join_group("chat.room.test")
+        await consumer.reply("chat.history", {"room": message["room"]}, ref=message.get("ref"))
+
+    import chat
+
+    monkeypatch.delattr(chat, "ws", raising=False)
+    monkeypatch.setitem(sys.modules, "chat.ws", types.SimpleNamespace(handle=handle))
+    client = await connect(alice)
+    await client.send({"type": "subscribe.chat", "room": "lobby", "ref": 3})
+    history = await client.receive_type("chat.history")
+    assert history["ref"] == 3
+    assert calls == ["subscribe.chat"]
+    frame = protocol.envelope("chat.message.posted", {"text": "hi"})
+    await get_channel_layer().group_send("chat.room.test", {"type": "event.push", "frame": frame})
+    assert (await client.receive())["data"] == {"text": "hi"}
+
+
+async def test_chat_messages_without_chat_ws_get_an_unavailable_error(alice, connect, monkeypatch):
+    import chat
+
+    monkeypatch.delattr(chat, "ws", raising=False)
+    monkeypatch.setitem(sys.modules, "chat.ws", None)
+    client = await connect(alice)
+    await client.send({"type": "chat.typing", "room": "lobby", "ref": "t"})
+    error = await client.receive_type("error")
+    assert error["data"]["code"] == "unavailable"
+    assert error["ref"] == "t"
