@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from chat import selectors, services
+from chat.models import ChatRoom, Message, ParticipantRole
+
+
+class UserRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class RoomOutputSerializer(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    is_public = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    created_by = serializers.SerializerMethodField()
+    role = serializers.ChoiceField(choices=ParticipantRole.choices, allow_null=True)
+    unread_count = serializers.IntegerField(
+        allow_null=True, help_text="Messages after your read mark; null if not a participant."
+    )
+
+    def get_created_by(self, room: ChatRoom) -> dict[str, Any] | None:
+        return services.chat_user_data(room.created_by)
+
+
+class RoomCreateInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    slug = serializers.SlugField(max_length=50, required=False, allow_blank=True)
+    is_public = serializers.BooleanField(required=False, default=True)
+
+
+class MessageOutputSerializer(serializers.Serializer):
+    """The same shape the WebSocket carries (chat.services.chat_message_data)."""
+
+    id = serializers.IntegerField()
+    room = serializers.SlugField()
+    author = UserRefSerializer(allow_null=True)
+    text = serializers.CharField()
+    created_at = serializers.CharField()
+    edited_at = serializers.CharField(allow_null=True)
+
+    def to_representation(self, message: Message) -> dict[str, Any]:
+        return services.chat_message_data(message, room_slug=self.context.get("room_slug"))
+
+
+class MessagePageOutputSerializer(serializers.Serializer):
+    results = MessageOutputSerializer(many=True)
+    has_more = serializers.BooleanField(
+        help_text="More messages lie beyond this page in the direction asked."
+    )
+
+
+class MessagePageInputSerializer(serializers.Serializer):
+    before = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    after = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
+    limit = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=selectors.MAX_PAGE_LIMIT,
+        default=selectors.DEFAULT_PAGE_LIMIT,
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "before" in attrs and "after" in attrs:
+            raise serializers.ValidationError("Give `before` or `after`, not both.")
+        return attrs
+
+
+class MarkReadInputSerializer(serializers.Serializer):
+    message_id = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, allow_null=True, default=None
+    )
+
+
+class UnreadOutputSerializer(serializers.Serializer):
+    room = serializers.SlugField()
+    unread_count = serializers.IntegerField()
+    last_read_message_id = serializers.IntegerField(allow_null=True)

@@ -1,0 +1,265 @@
+"""Every write to chat data: rooms, membership, messages, read marks, typing.
+
+The REST API and the WebSocket commands (chat/ws.py) both call these, so the rules
+(who may post, edit, read) live here once. Broadcasts to a room's Channels group run in
+transaction.on_commit: nobody hears of a message that was rolled back.
+
+Errors: Django's ValidationError (bad input), PermissionDenied (not allowed) and Http404
+(not visible to this user). The REST exception handler and ws.py map them to 400/403/404
+and to `error` frames `invalid`/`forbidden`/`not_found`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.text import slugify
+
+from chat import selectors
+from chat.models import ChatParticipant, ChatRoom, Message, ParticipantRole
+from notifications import protocol
+
+logger = logging.getLogger("chat")
+
+
+# --- Wire shapes and the room group --------------------------------------------------------
+
+
+def room_group(room_id: int) -> str:
+    """The Channels group of every socket subscribed to a room (ASCII, < 100 chars).
+
+    Built from the database id only, never from client input, so a slug can never smuggle
+    characters a channel layer refuses.
+    """
+    return f"chat.{int(room_id)}"
+
+
+def chat_user_data(user: AbstractBaseUser | None) -> dict[str, Any] | None:
+    """{id, username}, or None for a deleted user (clients show "deleted user")."""
+    if user is None:
+        return None
+    return {"id": user.pk, "username": user.get_username()}
+
+
+def chat_message_data(message: Message, *, room_slug: str | None = None) -> dict[str, Any]:
+    """One message as the protocol carries it (design.md: {id, room, author, text,
+    created_at, edited_at}). Pass room_slug to spare a query when the room is known."""
+    return {
+        "id": message.id,
+        "room": room_slug if room_slug is not None else message.room.slug,
+        "author": chat_user_data(message.author),
+        "text": message.text,
+        "created_at": protocol.format_ts(message.created_at),
+        "edited_at": protocol.format_ts(message.edited_at) if message.edited_at else None,
+    }
+
+
+def _broadcast_rollback_unsafe(
+    *, room_id: int, frame: dict[str, Any], reply_to: str | None = None, ref: Any = None
+) -> None:
+    """Send a frame to every socket subscribed to the room, now.
+
+    Only call after commit. The consumer forwards `frame`, adding `ref` on the socket whose
+    channel is `reply_to` (the sender's), so the sender's own copy doubles as its ack. A
+    failure is logged and swallowed: the message is stored and history will show it.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            room_group(room_id),
+            {"type": "event.push", "frame": frame, "reply_to": reply_to, "ref": ref},
+        )
+    except Exception:
+        logger.warning("chat broadcast to room %s failed", room_id, exc_info=True)
+
+
+def _broadcast_on_commit(
+    *, room_id: int, frame: dict[str, Any], reply_to: str | None, ref: Any
+) -> None:
+    transaction.on_commit(
+        lambda: _broadcast_rollback_unsafe(room_id=room_id, frame=frame, reply_to=reply_to, ref=ref)
+    )
+
+
+# --- Rooms and membership ------------------------------------------------------------------
+
+
+def chat_room_create(
+    *, creator: AbstractBaseUser, name: str, slug: str | None = None, is_public: bool = True
+) -> ChatRoom:
+    """A new room with its creator as owner. The slug defaults to the slugified name."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "A room needs a name."})
+    slug = slugify(slug if slug else name)[:50].strip("-")
+    if not slug:
+        raise ValidationError({"slug": "Give a slug of letters, digits, - or _."})
+    try:
+        with transaction.atomic():
+            room = ChatRoom.objects.create(
+                name=name, slug=slug, is_public=is_public, created_by=creator
+            )
+            ChatParticipant.objects.create(room=room, user=creator, role=ParticipantRole.OWNER)
+    except IntegrityError as exc:
+        # The unique slug is the only constraint a fresh room can break; checking first
+        # would race with a concurrent create of the same slug.
+        raise ValidationError({"slug": f"A room with slug {slug!r} already exists."}) from exc
+    return room
+
+
+def chat_room_join(*, room: ChatRoom, user: AbstractBaseUser) -> ChatParticipant:
+    """Make the user a participant; idempotent. A private room takes only its members
+    (this service never adds anyone to one), so joining it is refused."""
+    participant = selectors.chat_participant_get(room=room, user=user)
+    if participant is not None:
+        return participant
+    if not room.is_public:
+        raise PermissionDenied("This room is private.")
+    # ON CONFLICT DO NOTHING: two tabs subscribing at once must not fail on the unique key.
+    ChatParticipant.objects.bulk_create(
+        [ChatParticipant(room=room, user=user, role=ParticipantRole.MEMBER)],
+        ignore_conflicts=True,
+    )
+    return ChatParticipant.objects.get(room=room, user=user)
+
+
+def chat_room_leave(*, room: ChatRoom, user: AbstractBaseUser) -> None:
+    """Stop being a participant (idempotent). Messages stay. Sockets already subscribed
+    keep their subscription until they unsubscribe or disconnect (docs/chat.md)."""
+    ChatParticipant.objects.filter(room=room, user=user).delete()
+
+
+def chat_room_mark_read(
+    *, room: ChatRoom, user: AbstractBaseUser, message_id: int | None = None
+) -> ChatParticipant:
+    """Move the user's read watermark to `message_id` (default: the newest message).
+
+    The watermark only moves forward: one conditional UPDATE, so a late request from a
+    stale tab cannot mark newer messages unread again.
+    """
+    participant = selectors.chat_participant_get(room=room, user=user)
+    if participant is None:
+        raise PermissionDenied("Join the room first.")
+    if message_id is None:
+        message_id = (
+            Message.objects.filter(room=room).order_by("-id").values_list("id", flat=True).first()
+        )
+        if message_id is None:
+            return participant
+    elif not Message.objects.filter(room=room, pk=message_id).exists():
+        raise ValidationError({"message_id": "No such message in this room."})
+    ChatParticipant.objects.filter(pk=participant.pk).filter(
+        Q(last_read_message__isnull=True) | Q(last_read_message_id__lt=message_id)
+    ).update(last_read_message_id=message_id)
+    participant.refresh_from_db()
+    return participant
+
+
+# --- Messages ------------------------------------------------------------------------------
+
+
+def _clean_text(text: Any) -> str:
+    if not isinstance(text, str):
+        raise ValidationError({"text": "Text must be a string."})
+    text = text.strip()
+    if not text:
+        raise ValidationError({"text": "A message cannot be empty."})
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail in the database.
+    if "\x00" in text:
+        raise ValidationError({"text": "A message cannot contain NUL characters."})
+    limit = selectors.max_message_chars()
+    if len(text) > limit:
+        raise ValidationError({"text": f"A message is at most {limit} characters."})
+    return text
+
+
+def chat_message_post(
+    *,
+    room: ChatRoom,
+    author: AbstractBaseUser,
+    text: Any,
+    reply_to: str | None = None,
+    ref: Any = None,
+) -> Message:
+    """Store a message from a participant and broadcast `chat.message.posted` after commit.
+
+    reply_to/ref: the poster's channel and request ref, so its own copy carries the ref.
+    """
+    text = _clean_text(text)
+    if selectors.chat_participant_get(room=room, user=author) is None:
+        raise PermissionDenied("Join the room before posting.")
+    with transaction.atomic():
+        message = Message.objects.create(room=room, author=author, text=text)
+        frame = protocol.envelope(
+            protocol.CHAT_MESSAGE_POSTED,
+            chat_message_data(message, room_slug=room.slug),
+            ts=message.created_at,
+        )
+        _broadcast_on_commit(room_id=room.id, frame=frame, reply_to=reply_to, ref=ref)
+    return message
+
+
+def chat_message_edit(
+    *,
+    message: Message,
+    editor: AbstractBaseUser,
+    text: Any,
+    reply_to: str | None = None,
+    ref: Any = None,
+) -> Message:
+    """Replace a message's text (its author only), stamp edited_at, broadcast
+    `chat.message.edited` after commit."""
+    text = _clean_text(text)
+    if message.author_id is None or message.author_id != editor.pk:
+        raise PermissionDenied("Only the author can edit a message.")
+    with transaction.atomic():
+        # The row lock orders concurrent edits: the last to commit is the last broadcast.
+        locked = Message.objects.select_for_update().get(pk=message.pk)
+        locked.text = text
+        locked.edited_at = timezone.now()
+        locked.save(update_fields=["text", "edited_at"])
+        room = message.room
+        locked.author = editor
+        frame = protocol.envelope(
+            protocol.CHAT_MESSAGE_EDITED,
+            chat_message_data(locked, room_slug=room.slug),
+            ts=locked.edited_at,
+        )
+        _broadcast_on_commit(room_id=room.id, frame=frame, reply_to=reply_to, ref=ref)
+    return locked
+
+
+def typing_interval() -> float:
+    return settings.CHAT_TYPING_INTERVAL
+
+
+def chat_typing_send(*, room: ChatRoom, user: AbstractBaseUser) -> bool:
+    """Tell the room the user is typing: ephemeral, at most one per user per room per
+    CHAT_TYPING_INTERVAL seconds (default 2). Returns False when the hint was dropped.
+
+    The limit is a Redis SET NX with expiry (cache.add), so it holds across the user's
+    tabs and across web processes. Extra hints are dropped silently: a keystroke-rate
+    error stream would cost more than the hint it refuses.
+    """
+    if selectors.chat_participant_get(room=room, user=user) is None:
+        raise PermissionDenied("Join the room first.")
+    if not cache.add(f"chat:typing:{room.id}:{user.pk}", 1, timeout=typing_interval()):
+        return False
+    frame = protocol.envelope(
+        protocol.CHAT_TYPING, {"room": room.slug, "user": chat_user_data(user)}
+    )
+    # Sent at once: a typing hint reports no write, so there is no commit to wait for.
+    _broadcast_rollback_unsafe(room_id=room.id, frame=frame)
+    return True

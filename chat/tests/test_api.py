@@ -1,0 +1,168 @@
+"""The chat REST API as a client uses it: rooms, membership, history pages, read marks."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat.models import ChatParticipant, ChatRoom
+
+pytestmark = pytest.mark.django_db
+
+
+def test_anonymous_requests_are_refused(client_for, general):
+    response = client_for(None).get("/api/chat/rooms/")
+    assert response.status_code == 401
+
+
+def test_room_list_shows_public_rooms_and_the_users_private_ones(
+    client_for, general, alice, bob, private_room
+):
+    slugs = [r["slug"] for r in client_for(bob).get("/api/chat/rooms/").json()["results"]]
+    assert slugs == ["general"]
+    alice_rooms = client_for(alice).get("/api/chat/rooms/").json()["results"]
+    assert {r["slug"]: r["role"] for r in alice_rooms} == {
+        "general": None,
+        private_room.slug: "owner",
+    }
+
+
+def test_creating_a_room(client_for, alice):
+    response = client_for(alice).post(
+        "/api/chat/rooms/", {"name": "Team Sync", "is_public": False}, format="json"
+    )
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["slug"] == "team-sync"
+    assert body["is_public"] is False
+    assert body["role"] == "owner"
+    assert body["created_by"] == {"id": alice.id, "username": "alice"}
+    assert body["unread_count"] == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"name": ""}, {"name": "x" * 101}, {"name": "ok", "slug": "not a slug"}, {"name": 5j}],
+)
+def test_bad_room_input_is_a_400_with_field_errors(client_for, alice, payload):
+    if payload.get("name") == 5j:
+        payload = {"name": ["list"]}
+    response = client_for(alice).post("/api/chat/rooms/", payload, format="json")
+    assert response.status_code == 400
+    assert isinstance(response.json(), dict)
+
+
+def test_a_duplicate_slug_is_a_400(client_for, alice, bob, general):
+    response = client_for(bob).post(
+        "/api/chat/rooms/", {"name": "Another", "slug": "general"}, format="json"
+    )
+    assert response.status_code == 400
+    assert "slug" in response.json()
+
+
+def test_join_and_leave_a_public_room(client_for, general, bob):
+    api = client_for(bob)
+    joined = api.post("/api/chat/rooms/general/join/")
+    assert joined.status_code == 200
+    assert joined.json()["role"] == "member"
+    assert api.post("/api/chat/rooms/general/join/").status_code == 200  # idempotent
+    assert ChatParticipant.objects.filter(room=general, user=bob).count() == 1
+    assert api.post("/api/chat/rooms/general/leave/").status_code == 204
+    assert not ChatParticipant.objects.filter(room=general, user=bob).exists()
+
+
+def test_alices_private_room_is_a_404_for_bob_everywhere(
+    client_for, bob, alice, private_room, post
+):
+    post(private_room, alice, "secret")
+    api = client_for(bob)
+    base = f"/api/chat/rooms/{private_room.slug}/"
+    assert api.get(base).status_code == 404
+    assert api.post(base + "join/").status_code == 404
+    assert api.post(base + "leave/").status_code == 404
+    assert api.get(base + "messages/").status_code == 404
+    assert api.get(base + "unread/").status_code == 404
+    assert api.post(base + "read/").status_code == 404
+    assert not ChatParticipant.objects.filter(room=private_room, user=bob).exists()
+    # The same 404 as for a room that does not exist: nothing confirms the room is there.
+    assert api.get("/api/chat/rooms/no-such-room/").json() == api.get(base).json()
+
+
+def test_message_history_pages_back_with_before(client_for, general, alice, bob, post):
+    ids = [post(general, alice, f"m{n}").id for n in range(5)]
+    api = client_for(bob)  # a public room's history is readable without joining
+    first = api.get("/api/chat/rooms/general/messages/?limit=2").json()
+    assert [m["id"] for m in first["results"]] == ids[3:]
+    assert first["has_more"] is True
+    message = first["results"][-1]
+    assert message["author"] == {"id": alice.id, "username": "alice"}
+    assert message["room"] == "general"
+    assert message["text"] == "m4"
+    assert message["edited_at"] is None
+    assert message["created_at"].endswith("Z")
+
+    older = api.get(f"/api/chat/rooms/general/messages/?before={ids[3]}&limit=2").json()
+    assert [m["id"] for m in older["results"]] == ids[1:3]
+    newer = api.get(f"/api/chat/rooms/general/messages/?after={ids[1]}").json()
+    assert [m["id"] for m in newer["results"]] == ids[2:]
+    assert newer["has_more"] is False
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "before=-1",
+        "after=x",
+        "before=3&after=1",
+        "before=99999999999999999999999",
+    ],
+)
+def test_bad_history_parameters_are_a_400(client_for, general, bob, query):
+    response = client_for(bob).get(f"/api/chat/rooms/general/messages/?{query}")
+    assert response.status_code == 400
+    assert isinstance(response.json(), dict)
+
+
+def test_a_deleted_users_messages_show_no_author(client_for, general, alice, bob, post):
+    post(general, bob, "bye")
+    bob.delete()
+    results = client_for(alice).get("/api/chat/rooms/general/messages/").json()["results"]
+    assert results[0]["text"] == "bye"
+    assert results[0]["author"] is None
+
+
+def test_unread_count_and_mark_read(client_for, general, alice, bob, post):
+    api = client_for(bob)
+    assert api.get("/api/chat/rooms/general/unread/").status_code == 403  # join first
+    api.post("/api/chat/rooms/general/join/")
+    first = post(general, alice, "one")
+    post(general, alice, "two")
+    assert api.get("/api/chat/rooms/general/unread/").json() == {
+        "room": "general",
+        "unread_count": 2,
+        "last_read_message_id": None,
+    }
+    marked = api.post("/api/chat/rooms/general/read/", {"message_id": first.id}, format="json")
+    assert marked.json()["unread_count"] == 1
+    listed = api.get("/api/chat/rooms/").json()["results"]
+    assert listed[0]["unread_count"] == 1
+    assert api.post("/api/chat/rooms/general/read/").json()["unread_count"] == 0
+
+
+def test_marking_read_a_message_of_another_room_is_a_400(
+    client_for, general, alice, private_room, post
+):
+    client_for(alice).post("/api/chat/rooms/general/join/")
+    secret = post(private_room, alice, "secret")
+    response = client_for(alice).post(
+        "/api/chat/rooms/general/read/", {"message_id": secret.id}, format="json"
+    )
+    assert response.status_code == 400
+    assert "message_id" in response.json()
+
+
+def test_the_general_room_is_not_duplicated_by_rest(client_for, general, alice):
+    client_for(alice).post("/api/chat/rooms/general/join/")
+    assert ChatRoom.objects.filter(slug="general").count() == 1

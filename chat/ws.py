@@ -1,0 +1,209 @@
+"""The chat commands of the `/ws` connection.
+
+notifications.consumers.EventConsumer owns the socket; for the client types in COMMANDS
+it calls `await handle(consumer, message)`. This module uses only the consumer's API:
+`user`, `channel_name`, `reply()`, `reply_error()`, `join_group()`, `leave_group()`.
+Rules live in chat.services/selectors; the database is reached through
+database_sync_to_async, never the sync ORM on the event loop.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.http import Http404
+
+from chat import selectors, services
+from chat.models import ChatRoom
+from notifications import protocol
+
+SUBSCRIBE = "subscribe.chat"
+UNSUBSCRIBE = "unsubscribe.chat"
+POST = "chat.message.post"
+EDIT = "chat.message.edit"
+TYPING = "chat.typing"
+COMMANDS = frozenset({SUBSCRIBE, UNSUBSCRIBE, POST, EDIT, TYPING})
+
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}\Z")
+
+# The rooms each socket is subscribed to. Weak keys: the entry goes with the consumer.
+# The consumer leaves every group on disconnect itself; this only answers "is this socket
+# subscribed?" (the ack path of post/edit, unsubscribe-all).
+_subscriptions: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _detail(exc: ValidationError) -> str:
+    if hasattr(exc, "message_dict"):
+        return " ".join(m for messages in exc.message_dict.values() for m in messages)
+    return " ".join(exc.messages)
+
+
+async def handle(consumer: Any, message: dict[str, Any]) -> None:
+    """Run one chat command; every refusal is an `error` frame carrying the client's ref."""
+    ref = message.get("ref")
+    command = _HANDLERS.get(message.get("type"))  # type: ignore[arg-type]
+    try:
+        if command is None:
+            raise CommandError("bad_request", "Unknown chat command.")
+        await command(consumer, message, ref)
+    except CommandError as exc:
+        await consumer.reply_error(exc.code, exc.detail, ref=ref)
+    except ValidationError as exc:
+        await consumer.reply_error("invalid", _detail(exc), ref=ref)
+    except PermissionDenied as exc:
+        await consumer.reply_error("forbidden", str(exc) or "Not allowed.", ref=ref)
+    except (Http404, ObjectDoesNotExist) as exc:
+        await consumer.reply_error("not_found", str(exc) or "Not found.", ref=ref)
+
+
+# --- Input -------------------------------------------------------------------------------
+
+
+def _room_slug(message: dict[str, Any]) -> str:
+    slug = message.get("room")
+    if not isinstance(slug, str) or not _SLUG.match(slug):
+        raise CommandError("bad_request", "`room` must be a room slug.")
+    return slug
+
+
+def _message_id(message: dict[str, Any]) -> int:
+    value = message.get("message_id")
+    # bool is an int in Python; `true` is not a message id.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise CommandError("bad_request", "`message_id` must be a positive integer.")
+    return value
+
+
+def _text(message: dict[str, Any]) -> str:
+    text = message.get("text")
+    if not isinstance(text, str):
+        raise CommandError("bad_request", "`text` must be a string.")
+    return text
+
+
+# --- Database work (sync, run in a thread) -----------------------------------------------
+
+
+def _room_for(user: Any, slug: str) -> ChatRoom:
+    """The room, if the user may see it. A private room the user is not in answers exactly
+    like a room that does not exist (design.md: never confirm what you may not see)."""
+    room = selectors.chat_room_find(slug=slug)
+    if room is None or not selectors.chat_room_is_readable_by(room=room, user=user):
+        raise Http404("No such room.")
+    return room
+
+
+def _open_room(user: Any, slug: str) -> ChatRoom:
+    """subscribe.chat: a public room makes the subscriber a participant; a private one
+    takes members only (anyone else gets `not_found`, as for a room that does not exist)."""
+    room = _room_for(user, slug)
+    services.chat_room_join(room=room, user=user)
+    return room
+
+
+def _history(room: ChatRoom) -> list[dict[str, Any]]:
+    return [
+        services.chat_message_data(m, room_slug=room.slug)
+        for m in selectors.chat_message_latest(room=room)
+    ]
+
+
+def _post(user: Any, slug: str, text: str, reply_to: str | None, ref: Any) -> tuple[int, dict]:
+    room = _room_for(user, slug)
+    message = services.chat_message_post(
+        room=room, author=user, text=text, reply_to=reply_to, ref=ref
+    )
+    return room.id, services.chat_message_data(message, room_slug=room.slug)
+
+
+def _edit(
+    user: Any, message_id: int, text: str, reply_to: str | None, ref: Any
+) -> tuple[int, dict]:
+    message = selectors.chat_message_get_for(user=user, message_id=message_id)
+    edited = services.chat_message_edit(
+        message=message, editor=user, text=text, reply_to=reply_to, ref=ref
+    )
+    return message.room_id, services.chat_message_data(edited, room_slug=message.room.slug)
+
+
+def _typing(user: Any, slug: str) -> None:
+    services.chat_typing_send(room=_room_for(user, slug), user=user)
+
+
+# --- Commands ----------------------------------------------------------------------------
+
+
+async def _subscribe(consumer: Any, message: dict[str, Any], ref: Any) -> None:
+    slug = _room_slug(message)
+    room = await database_sync_to_async(_open_room)(consumer.user, slug)
+    # Join the group before reading history: a message committed in between is then in
+    # both (clients de-duplicate by id) rather than in neither.
+    await consumer.join_group(services.room_group(room.id))
+    _subscriptions.setdefault(consumer, set()).add(room.id)
+    messages = await database_sync_to_async(_history)(room)
+    await consumer.reply(protocol.CHAT_HISTORY, {"room": room.slug, "messages": messages}, ref=ref)
+
+
+async def _unsubscribe(consumer: Any, message: dict[str, Any], ref: Any) -> None:
+    """Leave one room's stream (`room`), or every room this socket follows (no `room`).
+    Membership stays; leaving a room is the REST API's job. No reply frame: the protocol
+    defines none, and the client stops receiving the room's messages."""
+    subscribed = _subscriptions.setdefault(consumer, set())
+    if message.get("room") is None:
+        room_ids = set(subscribed)
+    else:
+        room = await database_sync_to_async(_room_for)(consumer.user, _room_slug(message))
+        room_ids = {room.id}
+    for room_id in room_ids:
+        await consumer.leave_group(services.room_group(room_id))
+        subscribed.discard(room_id)
+
+
+async def _post_message(consumer: Any, message: dict[str, Any], ref: Any) -> None:
+    slug, text = _room_slug(message), _text(message)
+    room_id, data = await database_sync_to_async(_post)(
+        consumer.user, slug, text, consumer.channel_name, ref
+    )
+    await _ack_if_unsubscribed(consumer, room_id, protocol.CHAT_MESSAGE_POSTED, data, ref)
+
+
+async def _edit_message(consumer: Any, message: dict[str, Any], ref: Any) -> None:
+    message_id, text = _message_id(message), _text(message)
+    room_id, data = await database_sync_to_async(_edit)(
+        consumer.user, message_id, text, consumer.channel_name, ref
+    )
+    await _ack_if_unsubscribed(consumer, room_id, protocol.CHAT_MESSAGE_EDITED, data, ref)
+
+
+async def _ack_if_unsubscribed(
+    consumer: Any, room_id: int, type: str, data: dict[str, Any], ref: Any
+) -> None:
+    # A participant may post to a room this socket does not follow; the broadcast (which
+    # carries the ref) then never reaches it, so it gets its copy directly instead.
+    if room_id not in _subscriptions.get(consumer, ()):
+        await consumer.reply(type, data, ref=ref)
+
+
+async def _typing_hint(consumer: Any, message: dict[str, Any], ref: Any) -> None:
+    await database_sync_to_async(_typing)(consumer.user, _room_slug(message))
+
+
+_HANDLERS: dict[str, Callable[[Any, dict[str, Any], Any], Awaitable[None]]] = {
+    SUBSCRIBE: _subscribe,
+    UNSUBSCRIBE: _unsubscribe,
+    POST: _post_message,
+    EDIT: _edit_message,
+    TYPING: _typing_hint,
+}
