@@ -11,7 +11,9 @@ COPY . .
 # Static files are collected at build time and served by whitenoise.
 RUN DEBUG=1 python manage.py collectstatic --noinput
 
-RUN useradd --system --uid 1000 taskhub && mkdir -p /app/.data && chown taskhub /app/.data
+RUN useradd --system --uid 1000 taskhub \
+    && mkdir -p /app/.data /var/lib/taskhub/prometheus \
+    && chown taskhub /app/.data /var/lib/taskhub/prometheus
 USER taskhub
 EXPOSE 8000 50051
 CMD ["sh", "-c", "daphne -b 0.0.0.0 -p ${PORT:-8000} taskhub.asgi:application"]

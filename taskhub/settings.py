@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 
 import dj_database_url
@@ -41,6 +43,8 @@ INSTALLED_APPS = [
     "notifications",
     "search",
     "chat",
+    # The project package itself, for the browser page's templates and static files.
+    "taskhub",
 ]
 
 MIDDLEWARE = [
@@ -91,13 +95,21 @@ DATABASES = {
 }
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
+# Django's PostgreSQL backend wrapped by django-prometheus: query and error counters.
+DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # django-redis wrapped by django-prometheus (django_cache_get_{hits,misses}_total).
+        "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "taskhub",
         "TIMEOUT": env_int("CACHE_TTL", 60, minimum=1),
+        "OPTIONS": {
+            # A Redis outage must cost a request a short wait, not hang it.
+            "SOCKET_CONNECT_TIMEOUT": 2,
+            "SOCKET_TIMEOUT": 2,
+        },
     }
 }
 
@@ -107,7 +119,18 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # socket_timeout=None: with redis-py 8 the default read timeout closes idle
             # WebSockets after ~5 s (channels_redis#422).
-            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            # max_connections: channels_redis hands this dict to redis.asyncio's
+            # ConnectionPool.from_url, whose pool (one per event loop, i.e. per Daphne
+            # process) raises MaxConnectionsError past 100 connections in use at once: a
+            # burst of connects/group_adds/group_sends must not hit that.
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": None,
+                    "socket_connect_timeout": 5,
+                    "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000, minimum=10),
+                }
+            ],
             # The stock capacity (100) silently drops group messages under load.
             "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1500, minimum=100),
             "expiry": 60,
@@ -208,7 +231,73 @@ for _entry in env_list("TASK_PROCESSORS", []):
     TASKHUB_PROCESSORS[_kind.strip()] = _path.strip()
 
 TASKHUB_SERVER_VERSION = "1.0.0"
+
+# --- Chat -------------------------------------------------------------------------------
+
+CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 2000, minimum=1)
+# A user's typing hints in one room: at most one per this many seconds, extras dropped.
+CHAT_TYPING_INTERVAL = env_float("CHAT_TYPING_INTERVAL", 2.0, minimum=0.0)
 TASKHUB_EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", 7, minimum=1)
+
+# --- Search, metrics (docs/search.md, docs/metrics.md) ---------------------------------
+
+# tasks/migrations/0002_task_search_vector.py builds the stored tsvector from exactly these
+# text search configurations; SEARCH_CONFIGS may name any of them. Another language needs
+# a new migration that rebuilds the column, then its name here.
+SEARCH_INDEXED_CONFIGS = ("english", "russian")
+SEARCH_CONFIGS = env_list("SEARCH_CONFIGS", ["english", "russian"])
+if not SEARCH_CONFIGS or not set(SEARCH_CONFIGS) <= set(SEARCH_INDEXED_CONFIGS):
+    raise ImproperlyConfigured(
+        f"SEARCH_CONFIGS must name one or more of {', '.join(SEARCH_INDEXED_CONFIGS)} (the "
+        f"configurations the search column is built from), got {SEARCH_CONFIGS!r}"
+    )
+SEARCH_MAX_QUERY_CHARS = env_int("SEARCH_MAX_QUERY_CHARS", 200, minimum=1)
+
+# /metrics: a Bearer token, source networks, or both (both must then pass). With neither
+# set only loopback may scrape; a token alone opens it to any network.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_list(
+    "METRICS_ALLOWED_NETWORKS",
+    ["0.0.0.0/0", "::/0"] if METRICS_TOKEN else ["127.0.0.0/8", "::1/128"],
+)
+for _network in METRICS_ALLOWED_NETWORKS:
+    try:
+        ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_NETWORKS entries are CIDRs like 10.0.0.0/8, got {_network!r}"
+        ) from _exc
+# prometheus_client's multiprocess mode (every process writes its counters to files here,
+# /metrics adds them up) is on when PROMETHEUS_MULTIPROC_DIR is set in the environment of
+# every process; the launcher sets it and empties the directory at start.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+# --- gRPC (manage.py grpcserver, docs/grpc.md) -----------------------------------------
+
+GRPC_PORT = env_int("GRPC_PORT", 50051, minimum=1)
+# Each RPC holds a thread for its whole life, a WatchTasks stream included, so this is
+# also the cap on concurrent watchers plus in-flight unary calls.
+GRPC_MAX_WORKERS = env_int("GRPC_MAX_WORKERS", 32, minimum=2)
+
+# --- WebSocket (notifications.consumers; every cap is documented in docs/protocol.md) -----
+
+# A client frame larger than this closes the socket with 4400.
+TASKHUB_WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
+# Token bucket per connection (the burst is the same number); past it: close 4429.
+TASKHUB_WS_MAX_MESSAGES_PER_SECOND = env_float("WS_MAX_MESSAGES_PER_SECOND", 20.0, minimum=1.0)
+# Open sockets one user may hold at once (counted in Redis, across instances): 4429 past it.
+TASKHUB_WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1)
+# A client that sends nothing (not even a ping) for this many seconds is closed with 4408.
+TASKHUB_WS_IDLE_TIMEOUT = env_float("WS_IDLE_TIMEOUT", 120.0, minimum=1.0)
+# Malformed/unknown frames tolerated per connection (each answered with an error) before 4400.
+TASKHUB_WS_MAX_BAD_FRAMES = env_int("WS_MAX_BAD_FRAMES", 10, minimum=1)
+# How often an open socket re-checks the event log for a push that never arrived when no
+# later event exposed the gap (a push lost to a Redis blip); 0 turns the check off.
+TASKHUB_WS_CATCHUP_INTERVAL = env_float("WS_CATCHUP_INTERVAL", 30.0, minimum=0.0)
+# How often a socket renews its entry in the Redis connection registry; an entry not
+# renewed for 3 periods (a crashed server) no longer counts.
+TASKHUB_WS_PRESENCE_REFRESH = env_float("WS_PRESENCE_REFRESH", 60.0, minimum=1.0)
 
 # --- Static files, i18n ------------------------------------------------------------------
 
@@ -241,10 +330,15 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {"drop_routine_ticks": {"()": "taskhub.log_filters.DropRoutineTicks"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # The dispatcher ticks every second: see DropRoutineTicks.
+        "celery.app.trace": {"filters": ["drop_routine_ticks"]},
+        "celery.worker.strategy": {"filters": ["drop_routine_ticks"]},
+        "celery.beat": {"filters": ["drop_routine_ticks"]},
     },
 }

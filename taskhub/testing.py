@@ -7,6 +7,7 @@ They run with the test database pytest-django created, so a test that uses them 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -75,6 +76,15 @@ def process_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL if the test run dies, so no orphan outlives it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class ManagedProcess:
     """A child process whose output is kept (and echoed on failure) for assertions."""
 
@@ -90,6 +100,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -134,9 +145,9 @@ class ManagedProcess:
 
 
 def start_worker(
-    *, concurrency: int = 2, extra_env: dict[str, str] | None = None
+    *, concurrency: int = 2, extra_env: dict[str, str] | None = None, node: str | None = None
 ) -> ManagedProcess:
-    node = f"test-{uuid.uuid4().hex[:8]}@%h"
+    node = node or f"test-{uuid.uuid4().hex[:8]}@%h"
     worker = ManagedProcess(
         "worker",
         [

@@ -3,7 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from taskhub import health
+from search.views import SearchApi
+from taskhub import health, metrics, pages
 from taskhub.auth_api import RegisterApi
 from tasks.api import legacy
 
@@ -12,6 +13,8 @@ api_urlpatterns = [
     path("auth/token/", TokenObtainPairView.as_view(), name="auth-token"),
     path("auth/token/refresh/", TokenRefreshView.as_view(), name="auth-token-refresh"),
     path("", include("tasks.api.urls")),
+    path("", include("notifications.api.urls")),
+    path("chat/", include("chat.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
@@ -25,7 +28,14 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
-    path("", include("django_prometheus.urls")),
+    path("search", SearchApi.as_view(), name="search"),
+    # Our view, not django_prometheus.urls: it adds TaskHub's gauges, sums every process's
+    # counters (multiprocess mode) and enforces METRICS_TOKEN / METRICS_ALLOWED_NETWORKS.
+    path("metrics", metrics.metrics_view, name="metrics"),
+    # The browser page (docs/browser.md): session login, sign-up and the live dashboard.
+    path("accounts/signup/", pages.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("", pages.dashboard, name="dashboard"),
 ]
 
 handler400 = "taskhub.exceptions.json_bad_request"

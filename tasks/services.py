@@ -22,8 +22,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from notifications import protocol
-from notifications.services import publish, publish_ephemeral
+from notifications.services import notify, publish, publish_ephemeral
 from taskhub.exceptions import ConflictError
+from tasks import change_hooks
 from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
 from tasks.processors import registry
 
@@ -31,6 +32,7 @@ logger = logging.getLogger("tasks")
 
 NOT_STARTED = frozenset({TaskStatus.PENDING, TaskStatus.QUEUED})
 INTERRUPTED_BY_SHUTDOWN = "interrupted by worker shutdown; retry to run it again"
+WORKER_RESTARTED = "the worker running this task was restarted; retry to run it again"
 WORKER_LOST = "the worker running this task stopped responding; retry to run it again"
 
 
@@ -66,6 +68,8 @@ def _record_change(task: Task, *, previous_status: str | None) -> None:
         task.status,
         task.attempts,
     )
+    # After commit: cached reads of the task die, the change is counted (docs/metrics.md).
+    change_hooks.task_changed(task, previous_status=previous_status)
     if task.owner_id is None:
         return
     publish(
@@ -74,6 +78,14 @@ def _record_change(task: Task, *, previous_status: str | None) -> None:
         data=task_event_data(task, previous_status=previous_status),
         task_id=task.id,
     )
+    if task.status in TERMINAL_STATUSES:
+        # The inbox entry, in the same transaction as the change it reports.
+        notify(
+            user_id=task.owner_id,
+            title=f"Task “{task.title}” {task.get_status_display().lower()}",
+            body=task.error if task.status != TaskStatus.COMPLETED else "",
+            task_id=task.id,
+        )
 
 
 # --- Create ------------------------------------------------------------------------------
@@ -212,6 +224,8 @@ def task_report_progress(*, task: Task, progress: int) -> None:
     updated = Task.objects.filter(pk=task.pk, status=TaskStatus.IN_PROGRESS).update(
         progress=progress, updated_at=now
     )
+    if updated:
+        change_hooks.task_progressed(task_id=task.pk, owner_id=task.owner_id)
     if updated and task.owner_id is not None:
         publish_ephemeral(
             user_id=task.owner_id,

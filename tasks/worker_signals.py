@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 
-from celery.signals import worker_process_shutdown, worker_shutting_down
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutting_down
 from django.conf import settings
 from django.db import connections
 
@@ -58,6 +58,24 @@ def _end_the_wait(worker: str) -> None:
         )
         # Celery turns SIGQUIT into a cold shutdown: the pool's children are terminated.
         os.kill(os.getpid(), signal.SIGQUIT)
+
+
+@worker_ready.connect
+def _close_out_a_previous_life(sender: object, **kwargs: object) -> None:
+    """A task still in_progress under this node's name belongs to an earlier run of this
+    worker that died without a word (SIGKILL, power loss): Celery node names are unique, so
+    nobody else is running it. Record it now instead of waiting for the reaper."""
+    from tasks import services
+
+    worker = str(getattr(sender, "hostname", "") or "")
+    if not worker:
+        return
+    try:
+        services.tasks_interrupt_on_worker(worker=worker, error=services.WORKER_RESTARTED)
+    except Exception:
+        logger.exception("could not close out tasks of a previous run of %s", worker)
+    finally:
+        connections.close_all()
 
 
 @worker_process_shutdown.connect

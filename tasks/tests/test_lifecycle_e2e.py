@@ -155,11 +155,32 @@ def test_after_a_sigkill_the_reaper_ends_the_orphaned_task(
     doomed.kill_group()
     assert status_of(task) == TaskStatus.IN_PROGRESS
 
-    survivor = testing.start_worker(extra_env=env)
-    beat = testing.start_beat(extra_env=env, schedule_dir=tmp_path)
+    started: list[testing.ManagedProcess] = []
     try:
+        started.append(testing.start_worker(extra_env=env))
+        started.append(testing.start_beat(extra_env=env, schedule_dir=tmp_path))
         wait_for_status(task, TaskStatus.FAILED, timeout=30)
     finally:
-        beat.stop()
-        survivor.stop()
+        for process in reversed(started):
+            process.stop()
     assert "stopped responding" in task.error
+
+
+def test_a_worker_restarted_after_a_crash_closes_out_what_it_was_running(
+    alice, transactional_db, purge_broker, stubborn_kind
+):
+    env = {"TASK_PROCESSORS": STUBBORN}
+    node = "restarting@test"
+    crashed = testing.start_worker(extra_env=env, node=node)
+    task = services.task_create(
+        owner=alice, title="interrupted", kind="stubborn", params={"seconds": 120}
+    )
+    wait_for_status(task, TaskStatus.IN_PROGRESS)
+    crashed.kill_group()
+
+    restarted = testing.start_worker(extra_env=env, node=node)
+    try:
+        wait_for_status(task, TaskStatus.FAILED, timeout=15)
+    finally:
+        restarted.stop()
+    assert "was restarted" in task.error
