@@ -50,7 +50,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Async-only (unlike WhiteNoise's, which it forks): a sync middleware would make every
+    # request hop to a thread and back, and Daphne then hangs on SIGTERM with a request
+    # in flight (the exiting interpreter joins a thread that waits for the stopped loop).
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -303,8 +306,9 @@ TASKHUB_WS_PRESENCE_REFRESH = env_float("WS_PRESENCE_REFRESH", 60.0, minimum=1.0
 
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-# In development whitenoise serves straight from the apps' static/ folders.
-WHITENOISE_USE_FINDERS = DEBUG
+# In development ServeStatic serves straight from the apps' static/ folders; in production
+# from STATIC_ROOT, filled by collectstatic (`make run` and the Dockerfile run it).
+SERVESTATIC_USE_FINDERS = DEBUG
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
