@@ -11,6 +11,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from taskhub import testing
 from taskhub.celery import app as celery_app
+from tasks.nudge import clear_nudges
 
 
 @pytest.fixture
@@ -42,8 +43,10 @@ def client_for() -> Callable[[User | None], APIClient]:
 
 @pytest.fixture
 def purge_broker() -> None:
-    """Drop run messages left over from an earlier test so a new worker starts clean."""
+    """Drop run messages left over from an earlier test so a new worker starts clean, and
+    the nudge flag that one of them may have left set (it would hold back the next nudge)."""
     celery_app.control.purge()
+    clear_nudges()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from notifications.services import notify, publish, publish_ephemeral
 from taskhub.exceptions import ConflictError
 from tasks import change_hooks
 from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
+from tasks.nudge import clear_nudges, nudge_dispatcher
 from tasks.processors import registry
 
 logger = logging.getLogger("tasks")
@@ -133,13 +134,6 @@ def task_create(
         _record_change(task, previous_status=None)
         transaction.on_commit(nudge_dispatcher, robust=True)
     return task
-
-
-def nudge_dispatcher() -> None:
-    """Ask for a dispatch now instead of at the next beat tick (after commit only)."""
-    from tasks.tasks import dispatch_pending_tasks
-
-    dispatch_pending_tasks.apply_async(expires=settings.TASKHUB_QUEUED_RESEND_AFTER)
 
 
 # --- Transitions -------------------------------------------------------------------------
@@ -321,6 +315,9 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[RunOrder]:
     is claimed at most once because the claim also flips it out of `pending`.
     """
     limit = limit or settings.TASKHUB_DISPATCH_BATCH_SIZE
+    # Before the query, never after: a create whose nudge is skipped relies on this run
+    # seeing its row (tasks/nudge.py).
+    clear_nudges()
     now = timezone.now()
     orders: list[RunOrder] = []
     with transaction.atomic():

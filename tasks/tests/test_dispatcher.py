@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications.models import Event
-from tasks import services
+from tasks import nudge, services
 from tasks.models import Task, TaskStatus
 from tasks.tests.factories import make_task
 
@@ -22,6 +22,48 @@ def sent(monkeypatch):
     orders: list[services.RunOrder] = []
     monkeypatch.setattr(services, "send_run_messages", lambda batch: orders.extend(batch))
     return orders
+
+
+@pytest.fixture
+def dispatch_requests(monkeypatch):
+    """Dispatch messages the nudges send, counted here instead of going to the broker."""
+    from tasks.tasks import dispatch_pending_tasks
+
+    requests: list[dict] = []
+    monkeypatch.setattr(dispatch_pending_tasks, "apply_async", lambda **kw: requests.append(kw))
+    nudge.clear_nudges()
+    yield requests
+    nudge.clear_nudges()
+
+
+@pytest.mark.django_db
+def test_a_burst_of_creates_sends_one_dispatch_which_queues_them_all(
+    alice, sent, dispatch_requests, django_capture_on_commit_callbacks
+):
+    for number in range(20):
+        with django_capture_on_commit_callbacks(execute=True):
+            services.task_create(owner=alice, title=f"task {number}")
+
+    assert len(dispatch_requests) == 1
+    services.dispatch_pending_tasks()
+    assert Task.objects.filter(status=TaskStatus.QUEUED).count() == 20
+
+
+@pytest.mark.django_db
+def test_a_create_after_the_dispatcher_looked_nudges_it_again(
+    alice, sent, dispatch_requests, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        services.task_create(owner=alice, title="first")
+    services.dispatch_pending_tasks()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        late = services.task_create(owner=alice, title="second")
+
+    assert len(dispatch_requests) == 2
+    services.dispatch_pending_tasks()
+    late.refresh_from_db()
+    assert late.status == TaskStatus.QUEUED
 
 
 @pytest.mark.django_db
