@@ -42,8 +42,9 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+# The same backing-service rule as `make test` (embedded unless DATABASE_URL + REDIS_URL).
 bench: $(STAMP)
-	@if [ -f bench/run.py ]; then $(PY) bench/run.py; else echo "no bench/run.py yet"; fi
+	$(PY) -m taskhub.launcher exec $(PY) bench/run.py $(BENCH_ARGS)
 
 # As in docs/grpc.md: protoc writes `import taskhub_pb2`; inside the package it must be relative.
 proto: $(STAMP)

@@ -503,13 +503,18 @@ def fresh_metrics_dir(data_dir: Path) -> Path:
 
 
 def cmd_test(pytest_args: list[str], signals: Signals) -> int:
+    return cmd_exec([python(), "-m", "pytest", *pytest_args], signals)
+
+
+def cmd_exec(command: list[str], signals: Signals) -> int:
+    """Run one command (pytest, the benchmarks) with the backing services' env."""
     data_dir = data_root() / "test"
     with backing_services(data_dir, signals, external_urls(), always_lock=False) as backing:
         env = child_env(backing, data_dir)
-        # In the terminal's process group, unlike the app processes: Ctrl-C reaches pytest
-        # directly (it prints its summary) and --pdb can read the terminal.
+        # In the terminal's process group, unlike the app processes: Ctrl-C reaches the
+        # command directly (pytest prints its summary) and --pdb can read the terminal.
         proc = embedded.spawn(
-            [python(), "-m", "pytest", *pytest_args],
+            command,
             death_signal=signal.SIGTERM,
             own_group=False,
             env=env,
@@ -548,11 +553,12 @@ def cmd_services(signals: Signals) -> int:
     return 0
 
 
-USAGE = """usage: python -m taskhub.launcher run | test [pytest args...] | services
+USAGE = """usage: python -m taskhub.launcher run | test [pytest args...] | exec CMD... | services
 
   run       backing services (embedded unless DATABASE_URL and REDIS_URL are set), migrate,
             then web, worker, beat (and grpc) with prefixed output; Ctrl-C stops all
   test      backing services (embedded ones under <data>/test), then pytest with the args
+  exec      the same backing services, then CMD (e.g. the benchmarks)
   services  only the embedded backing services, in the foreground; prints their env
 """
 
@@ -563,7 +569,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if args else 2
     mode, rest = args[0], args[1:]
-    if mode not in ("run", "test", "services") or (rest and mode != "test"):
+    takes_args = ("test", "exec")
+    if (
+        mode not in ("run", "test", "exec", "services")
+        or (rest and mode not in takes_args)
+        or (mode == "exec" and not rest)
+    ):
         print(USAGE, end="", file=sys.stderr)
         return 2
     os.chdir(PROJECT_DIR)
@@ -578,13 +589,15 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(console, signals)
         if mode == "test":
             return cmd_test(rest, signals)
+        if mode == "exec":
+            return cmd_exec(rest, signals)
         return cmd_services(signals)
     except (EmbeddedError, LaunchError) as exc:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
         log.info("%s during start-up: stopped", signals.first_name())
-        return 2 if mode == "test" else 0  # pytest's own code for "interrupted"
+        return 0 if mode == "run" else 2  # 2: pytest's own code for "interrupted"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Benchmarks of a running TaskHub stack (entry point: bench/run.py, docs/benchmarks.md)."""

@@ -1,0 +1,189 @@
+"""The system under test: a fresh database, and Daphne, one Celery worker and beat started
+as subprocesses (each in its own session) and stopped by PID, whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from taskhub.testing import ManagedProcess
+
+BIN_DIR = Path(sys.executable).parent
+
+
+class BenchError(Exception):
+    """A benchmark could not run as intended; the message says what to fix."""
+
+
+def is_loopback(host: str | None) -> bool:
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def check_local(database_url: str, redis_url: str) -> None:
+    """The run drops and creates a database and floods a broker: only on this machine."""
+    db_host = urlsplit(database_url).hostname
+    # No host at all is libpq's Unix socket, which is local too.
+    if db_host and not is_loopback(db_host):
+        raise BenchError(f"DATABASE_URL must point at this machine (127.0.0.1), not {db_host}")
+    redis_host = urlsplit(redis_url).hostname
+    if not is_loopback(redis_host):
+        raise BenchError(f"REDIS_URL must point at this machine (127.0.0.1), not {redis_host}")
+
+
+def _bench_name(database_url: str) -> str:
+    # The suffix is always added, so the database DATABASE_URL names is never the one dropped.
+    return f"{urlsplit(database_url).path.lstrip('/') or 'taskhub'}_bench"
+
+
+def bench_database_url(database_url: str) -> str:
+    """The URL of `<name>_bench`, next to DATABASE_URL's database on the same server."""
+    return urlunsplit(urlsplit(database_url)._replace(path=f"/{_bench_name(database_url)}"))
+
+
+def prepare_database(database_url: str) -> None:
+    """Drop and re-create `<name>_bench` next to DATABASE_URL's database."""
+    parts = urlsplit(database_url)
+    bench_name = _bench_name(database_url)
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            # FORCE ends sessions a previous, interrupted run may have left behind.
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(bench_name)
+                )
+            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(bench_name)))
+    except psycopg.Error as exc:
+        raise BenchError(f"could not re-create database {bench_name}: {exc}") from exc
+
+
+class Stack:
+    """Daphne on a free port, a Celery worker (--concurrency N, a unique node name) and
+    beat (its schedule file in a temporary directory), all with the bench environment."""
+
+    def __init__(self, *, env: dict[str, str], concurrency: int = 2) -> None:
+        # Imported here: taskhub.testing reads Django settings, set up by the runner.
+        from taskhub.testing import free_port
+
+        self.env = env
+        self.concurrency = concurrency
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.node = f"bench-{uuid.uuid4().hex[:8]}@%h"
+        self.tmp = Path(tempfile.mkdtemp(prefix="taskhub-bench-"))
+        self.processes: dict[str, ManagedProcess] = {}
+
+    @property
+    def daphne_pid(self) -> int:
+        return self.processes["web"].proc.pid
+
+    def start(self, *, timeout: float = 90.0) -> None:
+        from taskhub.testing import ManagedProcess
+
+        celery = str(BIN_DIR / "celery")
+        commands = {
+            "worker": [
+                celery,
+                "-A",
+                "taskhub",
+                "worker",
+                "-n",
+                self.node,
+                "--loglevel=INFO",
+                "--concurrency",
+                str(self.concurrency),
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            "beat": [
+                celery,
+                "-A",
+                "taskhub",
+                "beat",
+                "--loglevel=INFO",
+                "--schedule",
+                str(self.tmp / "celerybeat-schedule"),
+            ],
+            "web": [
+                str(BIN_DIR / "daphne"),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "taskhub.asgi:application",
+            ],
+        }
+        # All three start at once (each takes seconds to import Django); then we wait.
+        for name, args in commands.items():
+            self.processes[name] = ManagedProcess(name, args, self.env)
+        self.processes["worker"].wait_for_output(" ready.", timeout=timeout)
+        self._wait_beat(timeout)
+        self._wait_healthy(timeout)
+
+    def _wait_beat(self, timeout: float) -> None:
+        # Beat logs nothing we could wait for (Celery leaves the root logger alone and beat
+        # never applies Django's LOGGING), but its scheduler creates the schedule file when
+        # it starts ticking.
+        beat = self.processes["beat"]
+        deadline = time.monotonic() + timeout
+        while not any(self.tmp.glob("celerybeat-schedule*")):
+            if beat.proc.poll() is not None:
+                raise BenchError(f"beat exited:\n{beat.output[-3000:]}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"beat did not create its schedule file within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        web = self.processes["web"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if web.proc.poll() is not None:
+                raise BenchError(f"daphne exited:\n{web.output[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise BenchError(f"daphne did not answer /healthz within {timeout:.0f} s")
+
+    def outputs(self, tail: int = 40) -> dict[str, list[str]]:
+        return {name: process.lines[-tail:] for name, process in self.processes.items()}
+
+    def stop(self) -> None:
+        """SIGTERM each leader (celery's main process must drive its pool's shutdown), wait,
+        then SIGKILL whatever is left in its process group. Never raises."""
+        for name in ("web", "beat", "worker"):
+            process = self.processes.get(name)
+            if process is None:
+                continue
+            try:
+                process.stop(signal.SIGTERM, timeout=20)
+            except Exception as exc:
+                print(f"bench: stopping {name} failed: {exc}", file=sys.stderr)
+            # Pool children the leader left behind: the group is ours (start_new_session).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.tmp, ignore_errors=True)
