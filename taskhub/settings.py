@@ -33,6 +33,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # ServeStatic's configuration checks (its middleware serves the files).
+    "servestatic",
     "django.contrib.postgres",
     "rest_framework",
     "rest_framework_simplejwt",
