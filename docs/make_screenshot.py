@@ -13,22 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect, sync_playwright
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+# Run as a script from the project root: make the project importable for its one constant.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from taskhub.chromium import CHROMIUM, CHROMIUM_ARGS
+
 PASSWORD = "demo-" + secrets.token_hex(8)
 
 
@@ -58,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="TaskHub's base URL")
     parser.add_argument("--out", default=str(Path(__file__).with_name("dashboard.png")))
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=str(CHROMIUM))
     args = parser.parse_args()
     base_url = args.url.rstrip("/")
     suffix = secrets.token_hex(2)

@@ -13,10 +13,8 @@ tests are skipped, saying why.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -28,21 +26,11 @@ from chat.models import ChatRoom
 from notifications import selectors as notification_selectors
 from notifications.redis_client import sync_redis
 from taskhub import testing
+from taskhub.chromium import CHROMIUM, CHROMIUM_ARGS
 from taskhub.testing import wait_until
 from tasks import services as task_services
 from tasks.models import Task, TaskStatus
 
-CHROMIUM = Path(os.environ.get("TASKHUB_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # How long a page may take to show what the server did (a task run, a reconnect).
 SEEN_WITHIN_MS = 20_000
 XSS = "<img src=x onerror=alert(1)>"
