@@ -616,15 +616,36 @@ def start_postgres(
 ) -> ServerProcess:
     pg = Postgres(data_dir)
     pg.prepare()
+    server = _start_ready("postgres", pg.start, _pg_probe, PG_READY_TIMEOUT, port_hint, should_stop)
+    try:
+        _pg_setup_database(server.port)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _start_ready(
+    name: str,
+    start: Callable[[int], ServerProcess],
+    probe: Callable[[int], bool],
+    timeout: float,
+    port_hint: int | None,
+    should_stop: StopRequested,
+) -> ServerProcess:
+    """Start a server on the hinted (or a free) port and wait until `probe` answers.
+
+    Someone may take the port between our check and the server's bind(): then the
+    server's log says so and we try another port, twice at most.
+    """
     port = pick_port(port_hint)
     for attempt in range(3):
         started = time.monotonic()
-        server = pg.start(port)
+        server = start(port)
         try:
-            _wait_ready(server, lambda p=port: _pg_probe(p), PG_READY_TIMEOUT, should_stop)
+            _wait_ready(server, lambda p=port: probe(p), timeout, should_stop)
         except EmbeddedError:
             server.stop()
-            # Someone took the port between our check and the server's bind(): try another.
             if attempt < 2 and _port_clash(server):
                 port = pick_port(None)
                 continue
@@ -632,19 +653,15 @@ def start_postgres(
         except BaseException:
             server.stop()
             raise
-        break
-    try:
-        _pg_setup_database(port)
-    except BaseException:
-        server.stop()
-        raise
-    log.info(
-        "postgres ready on 127.0.0.1:%d in %.2f s (log: %s)",
-        port,
-        time.monotonic() - started,
-        server.log_path,
-    )
-    return server
+        log.info(
+            "%s ready on 127.0.0.1:%d in %.2f s (log: %s)",
+            name,
+            port,
+            time.monotonic() - started,
+            server.log_path,
+        )
+        return server
+    raise AssertionError("unreachable")
 
 
 # --- Valkey --------------------------------------------------------------------------------
@@ -669,9 +686,8 @@ def start_valkey(
     workdir.mkdir(exist_ok=True)
     log_path = data_dir / "valkey.log"
     binary = str(valkey_binary())
-    port = pick_port(port_hint)
-    for attempt in range(3):
-        started = time.monotonic()
+
+    def start(port: int) -> ServerProcess:
         out = open_log(log_path)
         # No persistence: PostgreSQL is the source of truth. A run message lost with a
         # restart is re-sent by the dispatcher (queued too long); cache and channel layer
@@ -686,26 +702,11 @@ def start_valkey(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        server = ServerProcess("valkey", proc, port, log_path, out, signal.SIGTERM, 10.0)
-        try:
-            _wait_ready(server, lambda p=port: _valkey_probe(p), VALKEY_READY_TIMEOUT, should_stop)
-        except EmbeddedError:
-            server.stop()
-            if attempt < 2 and _port_clash(server):
-                port = pick_port(None)
-                continue
-            raise
-        except BaseException:
-            server.stop()
-            raise
-        log.info(
-            "valkey ready on 127.0.0.1:%d in %.2f s (log: %s)",
-            port,
-            time.monotonic() - started,
-            log_path,
-        )
-        return server
-    raise AssertionError("unreachable")
+        return ServerProcess("valkey", proc, port, log_path, out, signal.SIGTERM, 10.0)
+
+    return _start_ready(
+        "valkey", start, _valkey_probe, VALKEY_READY_TIMEOUT, port_hint, should_stop
+    )
 
 
 # --- the pair ------------------------------------------------------------------------------
