@@ -384,12 +384,17 @@ def setup_database(console: Console, env: dict[str, str], signals: Signals) -> N
 def app_commands(env: dict[str, str], data_dir: Path) -> list[tuple[str, list[str]]]:
     host = env.get("HOST") or "127.0.0.1"
     port = env.get("PORT") or "8000"
-    worker = [script("celery"), "-A", "taskhub", "worker", "--loglevel=INFO"]
+    celery_worker = [script("celery"), "-A", "taskhub", "worker", "--loglevel=INFO"]
+    worker = [*celery_worker, "-Q", "celery"]
     if env.get("WORKER_CONCURRENCY"):
         worker += ["--concurrency", env["WORKER_CONCURRENCY"]]
+    # The dispatcher, reaper and retention on a queue of their own, so they keep running
+    # while every slot of `worker` is busy (settings.CELERY_TASK_QUEUES).
+    dispatch = [*celery_worker, "-Q", "dispatch", "--concurrency", "1", "-n", "dispatch@%h"]
     commands = [
         ("web", [script("daphne"), "-b", host, "-p", port, "taskhub.asgi:application"]),
         ("worker", worker),
+        ("dispatch", dispatch),
         (
             "beat",
             [

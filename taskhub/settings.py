@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 from taskhub.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -203,6 +204,18 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Two queues: `celery` for run messages, `dispatch` for the dispatcher, the reaper and
+# retention. `make run` and docker-compose give `dispatch` a one-process worker of its own,
+# so the dispatcher keeps running (and queueing, and reaping) while every slot of the
+# main worker is busy with long tasks. A worker started without -Q consumes both, which
+# is all a development or test setup needs.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (Queue("celery"), Queue("dispatch"))
+CELERY_TASK_ROUTES = {
+    "tasks.dispatch_pending_tasks": {"queue": "dispatch"},
+    "tasks.reap_stalled_tasks": {"queue": "dispatch"},
+    "notifications.prune_old_events": {"queue": "dispatch"},
+}
 # A bound for housekeeping tasks; the runner sets its own limits from each task's timeout.
 CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90

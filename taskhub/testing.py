@@ -145,8 +145,13 @@ class ManagedProcess:
 
 
 def start_worker(
-    *, concurrency: int = 2, extra_env: dict[str, str] | None = None, node: str | None = None
+    *,
+    concurrency: int = 2,
+    extra_env: dict[str, str] | None = None,
+    node: str | None = None,
+    queues: str | None = None,
 ) -> ManagedProcess:
+    """A worker on the test database; without `queues` it consumes them all."""
     node = node or f"test-{uuid.uuid4().hex[:8]}@%h"
     worker = ManagedProcess(
         "worker",
@@ -162,6 +167,7 @@ def start_worker(
             str(concurrency),
             "--without-gossip",
             "--without-mingle",
+            *(["-Q", queues] if queues else []),
         ],
         process_env(**(extra_env or {})),
     )

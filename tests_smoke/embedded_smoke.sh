@@ -118,4 +118,4 @@ for port in "$PORT" "$GRPC_PORT" "$PG_PORT" "$VK_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "something still listens on $port"; fi
 done
 
-say "OK (web, worker, beat, grpc, postgres, valkey all stopped)"
+say "OK (web, worker, dispatch, beat, grpc, postgres, valkey all stopped)"

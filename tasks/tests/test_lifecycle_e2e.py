@@ -184,3 +184,26 @@ def test_a_worker_restarted_after_a_crash_closes_out_what_it_was_running(
     finally:
         restarted.stop()
     assert "was restarted" in task.error
+
+
+def test_a_new_task_is_queued_at_once_while_every_worker_slot_is_busy(
+    alice, transactional_db, purge_broker, stubborn_kind
+):
+    # As `make run` and docker-compose run them: run messages and the dispatcher on
+    # separate workers, so a full pool does not hold back dispatching.
+    env = {"TASK_PROCESSORS": STUBBORN, "WORKER_SHUTDOWN_GRACE": "1"}
+    started = [testing.start_worker(extra_env=env, concurrency=1, queues="celery")]
+    try:
+        started.append(testing.start_worker(extra_env=env, concurrency=1, queues="dispatch"))
+        busy = services.task_create(
+            owner=alice, title="hogs the only slot", kind="stubborn", params={"seconds": 60}
+        )
+        wait_for_status(busy, TaskStatus.IN_PROGRESS)
+
+        waiting = services.task_create(owner=alice, title="next in line", kind="echo")
+
+        wait_for_status(waiting, TaskStatus.QUEUED, timeout=10)
+        assert status_of(busy) == TaskStatus.IN_PROGRESS
+    finally:
+        for process in reversed(started):
+            process.stop()
