@@ -206,7 +206,7 @@ def task_mark_cancelled(
         task_id=task_id,
         to=TaskStatus.CANCELLED,
         only_from=only_from,
-        error="cancelled by the owner",
+        error="cancelled on request",
         finished_at=timezone.now(),
     )
 

@@ -275,13 +275,13 @@ def test_cancel_stops_a_running_task_and_retry_runs_it_again(
     long_row.get_by_role("button", name="Cancel task Long export").click()
 
     expect(long_row.locator(".badge")).to_have_text("cancelled")
-    expect(long_row.get_by_text("cancelled by the owner")).to_be_visible()
+    expect(long_row.get_by_text("cancelled on request")).to_be_visible()
     assert on_server(Task.objects.get, title="Long export").status == TaskStatus.CANCELLED
 
     long_row.get_by_role("button", name="Retry task Long export").click()
 
     expect(long_row.locator(".badge")).to_have_text("in progress")
-    expect(long_row.get_by_text("cancelled by the owner")).to_be_hidden()
+    expect(long_row.get_by_text("cancelled on request")).to_be_hidden()
     assert on_server(Task.objects.get, title="Long export").attempts == 2
     # Leave nothing running for the worker's shutdown to wait on.
     long_row.get_by_role("button", name="Cancel task Long export").click()

@@ -69,7 +69,7 @@ def test_a_cached_read_after_a_status_change_shows_the_new_status(
 
     detail = client.get(f"/api/tasks/{task.pk}/").json()
     assert detail["status"] == "cancelled"
-    assert detail["error"] == "cancelled by the owner"
+    assert detail["error"] == "cancelled on request"
 
 
 def test_a_fill_that_raced_a_commit_is_never_served(alice, django_capture_on_commit_callbacks):
