@@ -7,8 +7,8 @@ They run with the test database pytest-django created, so a test that uses them 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,13 +76,12 @@ def process_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL if the test run dies, so no orphan outlives it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# Linux: the child gets SIGKILL if the test run dies, so no orphan outlives it. Through
+# util-linux's setpriv rather than a preexec_fn: Python code between fork and exec runs the
+# at-fork hooks of every loaded extension, and grpc's crash the child once the gRPC tests
+# have started its threads.
+_SETPRIV = shutil.which("setpriv")
+DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
 
 class ManagedProcess:
@@ -93,22 +92,31 @@ class ManagedProcess:
         self.args = args
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            args,
+            [*DIE_WITH_PARENT, *args],
             cwd=BASE_DIR,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        with self.proc.stdout:  # closed at EOF (the process ended), not left to the GC
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+
+    def wait_until_up(self, ready: Callable[[], None]) -> None:
+        """Run `ready` (which raises if the process does not come up); on failure end the
+        process so that a failed start leaves nothing running."""
+        try:
+            ready()
+        except BaseException:
+            self.kill_group()
+            raise
 
     @property
     def output(self) -> str:
@@ -171,7 +179,7 @@ def start_worker(
         ],
         process_env(**(extra_env or {})),
     )
-    worker.wait_for_output(" ready.", timeout=60)
+    worker.wait_until_up(lambda: worker.wait_for_output(" ready.", timeout=60))
     return worker
 
 
@@ -189,7 +197,7 @@ def start_beat(*, extra_env: dict[str, str] | None = None, schedule_dir: Path) -
         ],
         process_env(**(extra_env or {})),
     )
-    beat.wait_for_output("beat: Starting", timeout=60)
+    beat.wait_until_up(lambda: beat.wait_for_output("beat: Starting", timeout=60))
     return beat
 
 
@@ -213,5 +221,5 @@ def start_daphne(
         except OSError:
             return False
 
-    wait_until(healthy, timeout=60, message="daphne to answer /healthz")
+    web.wait_until_up(lambda: wait_until(healthy, timeout=60, message="daphne /healthz"))
     return web, base_url
