@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.db import connections
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from chat import services
@@ -122,6 +123,9 @@ async def open_socket(transactional_db) -> AsyncIterator[Callable[..., Any]]:
     # Redis pools belong to this test's event loop; the next test has another.
     await close_async_redis()
     await get_channel_layer().close_pools()
+    # database_sync_to_async's worker thread keeps its connection open; close it so the
+    # test database can be flushed and dropped.
+    await sync_to_async(connections.close_all)()
 
 
 def access_token_for(user: User) -> str:
