@@ -349,8 +349,10 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[RunOrder]:
             logger.warning(
                 "task %s queued since %s: re-sending its run message", task.pk, task.queued_at
             )
-            Task.objects.filter(pk=task.pk).update(queued_at=now)
             orders.append(RunOrder(str(task.pk), task.attempts, task.timeout))
+        if stale:
+            # The rows are locked above; restart their resend clock in one statement.
+            Task.objects.filter(pk__in=[task.pk for task in stale]).update(queued_at=now)
 
         if orders:
             transaction.on_commit(lambda: send_run_messages(orders), robust=True)
