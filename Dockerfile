@@ -8,8 +8,10 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-# Static files are collected at build time and served by whitenoise.
-RUN DEBUG=1 python manage.py collectstatic --noinput
+# Static files are collected at build time and served by ServeStatic. The throwaway key
+# file keeps the build from baking a development key into the image.
+RUN DEBUG=1 SECRET_KEY_FILE=/tmp/build-secret-key python manage.py collectstatic --noinput \
+    && rm -f /tmp/build-secret-key
 
 RUN useradd --system --uid 1000 taskhub \
     && mkdir -p /app/.data /var/lib/taskhub/prometheus \

@@ -752,6 +752,7 @@ def env_file_text(data_dir: Path, database_url: str, redis_url: str) -> str:
         f"export DATABASE_URL={database_url}\n"
         f"export REDIS_URL={redis_url}\n"
         f'export DEBUG="${{DEBUG:-1}}"\n'
+        f'export SECRET_KEY_FILE="${{SECRET_KEY_FILE:-{data_dir}/secret_key}}"\n'
         f"export {ENV_FILE_MARKER}={data_dir}\n"
     )
 

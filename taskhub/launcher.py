@@ -240,8 +240,11 @@ def child_env(backing: Backing, data_dir: Path) -> dict[str, str]:
         # Only under the lock: the next launcher kills whatever still carries this marker.
         env[embedded.CHILD_MARKER] = str(data_dir)
     env.setdefault("DJANGO_SETTINGS_MODULE", "taskhub.settings")
-    # A development run: settings require SECRET_KEY unless DEBUG is on.
+    # A development run: settings require SECRET_KEY unless DEBUG is on. Without one,
+    # every process of the run signs with the random key kept beside its data, made on
+    # first start (taskhub/secret_key.py); `make test` keeps its own under .data/test/.
     env.setdefault("DEBUG", "1")
+    env.setdefault("SECRET_KEY_FILE", str(data_dir / "secret_key"))
     return env
 
 
@@ -427,7 +430,8 @@ def check_listen_ports(env: dict[str, str]) -> None:
     """Fail before starting anything rather than after a minute of start-up."""
     wanted = [("PORT", env.get("HOST") or "127.0.0.1", env.get("PORT") or "8000")]
     if GRPC_COMMAND.exists():
-        wanted.append(("GRPC_PORT", "0.0.0.0", env.get("GRPC_PORT") or "50051"))
+        grpc_host = env.get("GRPC_HOST") or env.get("HOST") or "127.0.0.1"
+        wanted.append(("GRPC_PORT", grpc_host, env.get("GRPC_PORT") or "50051"))
     for var, host, raw in wanted:
         try:
             port = int(raw)

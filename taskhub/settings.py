@@ -11,16 +11,27 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
+from taskhub import secret_key
 from taskhub.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
+# Never a key from the repository (taskhub/secret_key.py, docs/security.md): production
+# must set SECRET_KEY; a development run without one gets a random key kept in
+# SECRET_KEY_FILE, made on first start. A publicly known key is refused in every mode.
 SECRET_KEY = env_str("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+if SECRET_KEY:
+    secret_key.refuse_public_key(SECRET_KEY, source="SECRET_KEY")
+elif DEBUG:
+    SECRET_KEY = secret_key.load_or_create(
+        Path(env_str("SECRET_KEY_FILE") or BASE_DIR / ".data" / "secret_key")
+    )
+else:
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set when DEBUG is off; make one with "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`"
+    )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -294,6 +305,9 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 # --- gRPC (manage.py grpcserver, docs/grpc.md) -----------------------------------------
 
 GRPC_PORT = env_int("GRPC_PORT", 50051, minimum=1)
+# Like the web server, gRPC listens on loopback unless told otherwise: GRPC_HOST, else
+# HOST, else 127.0.0.1. Set GRPC_HOST=0.0.0.0 (or [::]) to serve other machines.
+GRPC_HOST = env_str("GRPC_HOST") or env_str("HOST") or "127.0.0.1"
 # Each RPC holds a thread for its whole life, a WatchTasks stream included, so this is
 # also the cap on concurrent watchers plus in-flight unary calls.
 GRPC_MAX_WORKERS = env_int("GRPC_MAX_WORKERS", 32, minimum=2)

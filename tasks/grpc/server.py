@@ -264,12 +264,16 @@ class TaskHubGrpcServer:
 
 
 def create_server(
-    *, port: int, host: str = "[::]", max_workers: int | None = None
+    *, port: int, host: str | None = None, max_workers: int | None = None
 ) -> TaskHubGrpcServer:
     """A TaskService server bound to host:port (0: any free port; see `.port`), not started.
 
-    Raises RuntimeError if the port cannot be bound.
+    `host` defaults to settings.GRPC_HOST (loopback unless configured: no listener is
+    wider than the operator chose). Raises RuntimeError if the port cannot be bound.
     """
+    host = host or settings.GRPC_HOST
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal, as gRPC's target syntax wants it
     max_workers = max_workers or settings.GRPC_MAX_WORKERS
     if max_workers < 2:
         raise ValueError("max_workers must be at least 2")

@@ -23,7 +23,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--port", type=int, default=None, help="Port (default: GRPC_PORT, 50051; 0: any)."
         )
-        parser.add_argument("--host", default="[::]", help="Address to bind (default: [::]).")
+        parser.add_argument(
+            "--host",
+            default=None,
+            help="Address to bind (default: GRPC_HOST, else HOST, else 127.0.0.1).",
+        )
         parser.add_argument(
             "--max-workers",
             type=int,
@@ -39,7 +43,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         port = settings.GRPC_PORT if options["port"] is None else options["port"]
-        host = options["host"]
+        host = settings.GRPC_HOST if options["host"] is None else options["host"]
         try:
             grpc_server = create_server(port=port, host=host, max_workers=options["max_workers"])
         except (RuntimeError, ValueError) as exc:
