@@ -1,9 +1,7 @@
-"""Sign-up and JWT endpoints. Users are Django's own auth.User."""
+"""The REST sign-up endpoint (JWTs come from simplejwt's views, wired in taskhub/urls.py)."""
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model, password_validation
-from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -12,29 +10,14 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-User = get_user_model()
+from taskhub import accounts
 
 
 class RegisterInputSerializer(serializers.Serializer):
-    username = serializers.RegexField(
-        r"^[\w.@+-]+\Z",
-        max_length=150,
-        error_messages={"invalid": "Letters, digits and @/./+/-/_ only."},
-    )
+    """Shapes the input only; taskhub.accounts.user_create validates it."""
+
+    username = serializers.CharField(max_length=150, trim_whitespace=False)
     password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
-
-    def validate_username(self, value: str) -> str:
-        if User.objects.filter(username__iexact=value).exists():
-            raise serializers.ValidationError("A user with that username already exists.")
-        return value
-
-    def validate(self, attrs: dict) -> dict:
-        candidate = User(username=attrs["username"])
-        try:
-            password_validation.validate_password(attrs["password"], user=candidate)
-        except DjangoValidationError as exc:
-            raise serializers.ValidationError({"password": list(exc.messages)}) from exc
-        return attrs
 
 
 class RegisterOutputSerializer(serializers.Serializer):
@@ -55,8 +38,5 @@ class RegisterApi(APIView):
     def post(self, request: Request) -> Response:
         payload = RegisterInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        user = User.objects.create_user(
-            username=payload.validated_data["username"],
-            password=payload.validated_data["password"],
-        )
+        user = accounts.user_create(**payload.validated_data)
         return Response(RegisterOutputSerializer(user).data, status=status.HTTP_201_CREATED)

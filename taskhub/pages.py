@@ -8,15 +8,17 @@ formatting values into JavaScript.
 
 from __future__ import annotations
 
+from django import forms
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
+from taskhub import accounts
 from tasks.processors import registry
 
 CHAT_ROOM = "general"
@@ -36,14 +38,49 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard.html", {"config": config, "chat_room": CHAT_ROOM})
 
 
+class SignupForm(forms.Form):
+    """Shapes the page's input (the password typed twice); accounts.user_create decides
+    what is acceptable, as it does for the REST sign-up."""
+
+    username = forms.CharField(label="Username", max_length=150, strip=False)
+    password1 = forms.CharField(label="Password", strip=False, widget=forms.PasswordInput)
+    password2 = forms.CharField(
+        label="Password confirmation", strip=False, widget=forms.PasswordInput
+    )
+
+    # Where each of user_create's error keys shows on this form.
+    FIELD_OF_ERROR = {"username": "username", "password": "password2"}
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("password1") and data.get("password1") != data.get("password2"):
+            self.add_error("password2", "The two password fields didn't match.")
+        if "username" in data and "password1" in data:
+            try:
+                accounts.user_validate(username=data["username"], password=data["password1"])
+            except ValidationError as exc:
+                self.add_account_errors(exc)
+        return data
+
+    def add_account_errors(self, exc: ValidationError) -> None:
+        for key, messages in exc.message_dict.items():
+            self.add_error(self.FIELD_OF_ERROR.get(key), messages)
+
+
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
-    """Django's UserCreationForm; a new user is signed in and lands on the dashboard."""
+    """A new user is signed in and lands on the dashboard."""
     if request.user.is_authenticated:
         return redirect("dashboard")
-    form = UserCreationForm(request.POST or None)
+    form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("dashboard")
+        try:
+            user = accounts.user_create(
+                username=form.cleaned_data["username"], password=form.cleaned_data["password1"]
+            )
+        except ValidationError as exc:  # a racing sign-up took the name meanwhile
+            form.add_account_errors(exc)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("dashboard")
     return render(request, "registration/signup.html", {"form": form})
