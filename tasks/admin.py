@@ -1,16 +1,38 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from taskhub.exceptions import ConflictError
 from tasks import services
-from tasks.models import Task
+from tasks.models import Task, TaskStatus
+
+
+class TaskAdminForm(forms.ModelForm):
+    class Meta:
+        model = Task
+        fields = ("owner", "title", "description", "kind", "params", "timeout", "run_at")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        run_fields = {"kind", "params", "timeout"}
+        if run_fields <= set(data) and run_fields & set(self.changed_data):
+            try:
+                services.task_validate_run(
+                    kind=data["kind"], params=data["params"], timeout=data["timeout"]
+                )
+            except ValidationError as exc:
+                for field, field_messages in exc.message_dict.items():
+                    self.add_error(field, field_messages)
+        return data
 
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
+    form = TaskAdminForm
     list_display = (
         "title",
         "status",
@@ -54,10 +76,28 @@ class TaskAdmin(admin.ModelAdmin):
     )
     actions = ("retry_tasks", "cancel_tasks")
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> tuple:
+        if obj is None:
+            return self.readonly_fields
+        # Who owns a task never changes; how it runs, only while nothing has run it yet
+        # (services.task_update_details enforces the same).
+        locked = ("owner",)
+        if obj.status != TaskStatus.PENDING:
+            locked += tuple(sorted(services.RUN_FIELDS))
+        return (*locked, *self.readonly_fields)
+
     def save_model(self, request: HttpRequest, obj: Task, form, change: bool) -> None:
         if change:
-            # Only the descriptive fields are editable; status moves through the services.
-            super().save_model(request, obj, form, change)
+            # Through the service, so an edit is as visible as any other change: a
+            # task.updated event, fresh cached reads.
+            editable = (services.DESCRIPTIVE_FIELDS | services.RUN_FIELDS) & set(form.changed_data)
+            try:
+                services.task_update_details(
+                    task_id=obj.pk, **{field: form.cleaned_data[field] for field in editable}
+                )
+            except ConflictError as exc:  # the task left pending while the form was open
+                self.message_user(request, str(exc), messages.ERROR)
+            obj.refresh_from_db()
             return
         created = services.task_create(
             owner=obj.owner,

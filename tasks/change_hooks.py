@@ -41,3 +41,10 @@ def task_progressed(*, task_id: UUID | str, owner_id: int | None) -> None:
     transaction.on_commit(
         lambda: cache.task_versions_bump(task_id=task_id, owner_id=owner_id), robust=True
     )
+
+
+def task_details_changed(*, task_id: UUID | str, owner_id: int | None) -> None:
+    """An operator edited a task's details (tasks.services.task_update_details)."""
+    transaction.on_commit(
+        lambda: cache.task_versions_bump(task_id=task_id, owner_id=owner_id), robust=True
+    )

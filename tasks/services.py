@@ -92,7 +92,9 @@ def _record_change(task: Task, *, previous_status: str | None) -> None:
 # --- Create ------------------------------------------------------------------------------
 
 
-def _validate_new_task(*, kind: str, params: Any, timeout: int) -> None:
+def task_validate_run(*, kind: str, params: Any, timeout: int) -> None:
+    """ValidationError({field: [message]}) unless a task may run with these (every surface
+    that creates or edits a task calls this, so all refuse the same input the same way)."""
     errors: dict[str, list[str]] = {}
     if kind not in registry.available_kinds():
         known = ", ".join(sorted(registry.available_kinds()))
@@ -120,7 +122,7 @@ def task_create(
     """Insert a pending task; the dispatcher queues it (nudged right after commit)."""
     params = {} if params is None else params
     timeout = settings.TASKHUB_DEFAULT_TIMEOUT if timeout is None else timeout
-    _validate_new_task(kind=kind, params=params, timeout=timeout)
+    task_validate_run(kind=kind, params=params, timeout=timeout)
     with transaction.atomic():
         task = Task.objects.create(
             owner=owner,
@@ -132,6 +134,52 @@ def task_create(
             run_at=run_at,
         )
         _record_change(task, previous_status=None)
+        transaction.on_commit(nudge_dispatcher, robust=True)
+    return task
+
+
+# Fields an operator may edit after create: what a task says at any time, how it runs only
+# while nothing has run it yet.
+DESCRIPTIVE_FIELDS = frozenset({"title", "description"})
+RUN_FIELDS = frozenset({"kind", "params", "timeout", "run_at"})
+
+
+def task_update_details(*, task_id: UUID | str, **changes: Any) -> Task:
+    """Edit a task's title/description (any time) or kind/params/timeout/run_at (only while
+    pending), as visible as any other change: a task.updated event and fresh cached reads.
+
+    ValidationError for bad values, ConflictError for run fields of a task that has left
+    pending (its run message may already carry the old ones).
+    """
+    unknown = set(changes) - DESCRIPTIVE_FIELDS - RUN_FIELDS
+    if unknown:
+        raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        changed = {field for field, value in changes.items() if getattr(task, field) != value}
+        if not changed:
+            return task
+        if changed & RUN_FIELDS and task.status != TaskStatus.PENDING:
+            fields = ", ".join(sorted(changed & RUN_FIELDS))
+            raise ConflictError(f"Task is {task.status}; {fields} can change only while pending.")
+        for field in changed:
+            setattr(task, field, changes[field])
+        if changed & RUN_FIELDS:
+            task_validate_run(kind=task.kind, params=task.params, timeout=task.timeout)
+        task.full_clean(validate_unique=False, validate_constraints=False)
+        task.save(update_fields=[*changed, "updated_at"])
+        logger.info("task %s details edited: %s", task.pk, ", ".join(sorted(changed)))
+        # Not _record_change: the status did not change, so no inbox entry and no metric;
+        # only the event (the page shows the new title) and fresh cached reads.
+        change_hooks.task_details_changed(task_id=task.pk, owner_id=task.owner_id)
+        if task.owner_id is not None:
+            publish(
+                user_id=task.owner_id,
+                type=protocol.TASK_UPDATED,
+                data=task_event_data(task, previous_status=task.status),
+                task_id=task.id,
+            )
+    if "run_at" in changed:
         transaction.on_commit(nudge_dispatcher, robust=True)
     return task
 

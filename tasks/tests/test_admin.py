@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.test import Client
+from rest_framework.test import APIClient
 
-from notifications.models import Event
+from notifications.models import Event, Notification
+from taskhub.exceptions import ConflictError
+from tasks import services
 from tasks.models import Task, TaskStatus
 from tasks.tests.factories import make_task
 
@@ -28,7 +33,7 @@ def test_the_task_list_shows_status_kind_owner_and_progress(operator, alice):
     assert "Resize photos" in page
     assert "In progress" in page
     assert "alice" in page
-    assert "40" in page
+    assert '<td class="field-progress">40</td>' in page
 
 
 def test_the_task_list_searches_by_title(operator, alice):
@@ -84,3 +89,83 @@ def test_timestamps_and_status_are_read_only(operator, alice):
     assert 'name="title"' in page
     assert 'name="status"' not in page
     assert 'name="created_at"' not in page
+
+
+def change_form(task: Task, **edits) -> dict:
+    """The change form as the admin renders it for `task`, with `edits` typed in."""
+    form = {
+        "title": task.title,
+        "description": task.description,
+        "kind": task.kind,
+        "params": json.dumps(task.params),
+        "timeout": task.timeout,
+        "run_at_0": "",
+        "run_at_1": "",
+    }
+    form.update(edits)
+    return form
+
+
+def test_editing_a_finished_tasks_title_is_as_visible_as_any_change(
+    operator, alice, django_capture_on_commit_callbacks
+):
+    task = make_task(owner=alice, title="Old title", status=TaskStatus.COMPLETED)
+    api = APIClient()
+    api.force_authenticate(alice)
+    assert api.get(f"/api/tasks/{task.pk}/").json()["title"] == "Old title"  # now cached
+    inbox_before = Notification.objects.count()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator.post(
+            f"/admin/tasks/task/{task.pk}/change/", change_form(task, title="New title")
+        )
+
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    assert api.get(f"/api/tasks/{task.pk}/").json()["title"] == "New title"
+    event = Event.objects.filter(task_id=task.pk).latest("seq")
+    assert event.data["title"] == "New title"
+    assert event.data["status"] == event.data["previous_status"] == "completed"
+    assert Notification.objects.count() == inbox_before  # nothing finished again
+
+
+def test_how_a_task_runs_is_editable_only_while_pending(operator, alice):
+    pending = make_task(owner=alice, title="waits", kind="echo")
+    running = make_task(owner=alice, title="runs", kind="echo", status=TaskStatus.IN_PROGRESS)
+
+    pending_page = operator.get(f"/admin/tasks/task/{pending.pk}/change/").content.decode()
+    running_page = operator.get(f"/admin/tasks/task/{running.pk}/change/").content.decode()
+    edited = operator.post(
+        f"/admin/tasks/task/{pending.pk}/change/",
+        change_form(pending, params=json.dumps({"n": 2}), timeout=90),
+    )
+
+    assert 'name="params"' in pending_page
+    assert 'name="params"' not in running_page
+    assert 'name="title"' in running_page
+    assert 'name="owner"' not in running_page
+    assert edited.status_code == 302, edited.content.decode()[-3000:]
+    pending.refresh_from_db()
+    assert (pending.params, pending.timeout) == ({"n": 2}, 90)
+
+
+def test_an_edit_the_service_refuses_shows_its_message_and_changes_nothing(operator, alice):
+    task = make_task(owner=alice, title="waits", kind="echo")
+
+    response = operator.post(
+        f"/admin/tasks/task/{task.pk}/change/", change_form(task, kind="no-such-kind")
+    )
+
+    assert response.status_code == 200
+    assert "Unknown kind &#x27;no-such-kind&#x27;" in response.content.decode()
+    task.refresh_from_db()
+    assert task.kind == "echo"
+
+
+def test_the_service_refuses_run_fields_of_a_task_that_left_pending(alice):
+    task = make_task(owner=alice, title="runs", status=TaskStatus.QUEUED)
+
+    with pytest.raises(ConflictError, match="only while pending"):
+        services.task_update_details(task_id=task.pk, params={"x": 1})
+
+    task.refresh_from_db()
+    assert task.params == {}
