@@ -167,6 +167,327 @@ def render(results: dict[str, Any]) -> str:
     lines.append("-" * (sum(widths) + 6))
     for row in table:
         lines.append(row if isinstance(row, str) else fmt.format(*row).rstrip())
+    if "scale" in results:
+        lines.append(
+            render_scale(results["scale"], results.get("sizes", {}), results.get("stack_env", {}))
+        )
     if "error" in results:
         lines.append(f"\nrun error: {results['error']}")
+    return "\n".join(lines)
+
+
+# --- The scale parts: the project beside its reference -------------------------------------
+
+Compare = tuple[str, Any, Any, str]  # figure, project, reference, unit
+
+
+def _get(part: dict[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(part, dict):
+            return None
+        part = part.get(key)
+    return part
+
+
+def _x(project: Any, reference: Any) -> str:
+    """project / reference, the way every ratio in the scale table reads."""
+    if not isinstance(project, int | float) or not isinstance(reference, int | float):
+        return "-"
+    if reference == 0:
+        return "-" if project else "1.0x"
+    return f"{project / reference:.2f}x"
+
+
+def _errors(counts: Any) -> Any:
+    if not counts:
+        return 0
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def _socket_rows(part: dict[str, Any]) -> list[Compare]:
+    out: list[Compare] = []
+    project, reference = part.get("project", {}), part.get("reference", {})
+    for size in project:
+        p, r = project.get(size, {}), reference.get(size, {})
+        out += [
+            (f"{size} sockets: connected", p.get("connected"), r.get("connected"), "sockets"),
+            (f"{size}: connect rate", p.get("connects_per_s"), r.get("connects_per_s"), "/s"),
+            (
+                f"{size}: connect -> welcome p50",
+                _get(p, "connect_ms", "p50"),
+                _get(r, "connect_ms", "p50"),
+                "ms",
+            ),
+            (
+                f"{size}: connect -> welcome p99",
+                p.get("connect_p99_ms"),
+                r.get("connect_p99_ms"),
+                "ms",
+            ),
+            (f"{size}: errors", _errors(p.get("errors")), _errors(r.get("errors")), ""),
+            (
+                f"{size}: server RSS per socket",
+                p.get("kib_per_socket"),
+                r.get("kib_per_socket"),
+                "KiB",
+            ),
+            (
+                f"{size}: server CPU per connect",
+                p.get("server_cpu_ms_per_connect"),
+                r.get("server_cpu_ms_per_connect"),
+                "ms",
+            ),
+            (
+                f"{size}: server CPU, idle, all open",
+                p.get("idle_cpu_percent"),
+                r.get("idle_cpu_percent"),
+                "%",
+            ),
+            (
+                f"{size}: still open after 5 s idle",
+                p.get("still_open_after_5s"),
+                r.get("still_open_after_5s"),
+                "sockets",
+            ),
+        ]
+    return out
+
+
+def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
+    p, r = part.get("project", {}), part.get("reference", {})
+    d = ("delivery",)
+    out: list[Compare] = [
+        ("sockets connected", p.get("sockets_connected"), r.get("sockets_connected"), ""),
+        ("delivery: events/s asked", _get(p, *d, "asked_rate"), _get(r, *d, "asked_rate"), "/s"),
+        (
+            "delivery: events/s published",
+            _get(p, *d, "published_per_s"),
+            _get(r, *d, "published_per_s"),
+            "/s",
+        ),
+        ("delivery: lost", _get(p, *d, "lost"), _get(r, *d, "lost"), "events"),
+        (
+            "delivery: twice / out of order",
+            f"{_get(p, *d, 'duplicates')} / {_get(p, *d, 'out_of_order')}",
+            f"{_get(r, *d, 'duplicates')} / {_get(r, *d, 'out_of_order')}",
+            "",
+        ),
+    ]
+    for q in ("p50", "p95", "p99", "max"):
+        out.append(
+            (
+                f"delivery: latency {q}",
+                _get(p, *d, "latency_ms", q),
+                _get(r, *d, "latency_ms", q),
+                "ms",
+            )
+        )
+    out += [
+        (
+            "delivery: delivered within 5 s",
+            _get(p, *d, "latency_ms", "within_5s"),
+            _get(r, *d, "latency_ms", "within_5s"),
+            "share",
+        ),
+        (
+            "delivery: server CPU per event",
+            _get(p, *d, "server_cpu_ms_per_event"),
+            _get(r, *d, "server_cpu_ms_per_event"),
+            "ms",
+        ),
+        (
+            "delivery: Redis CPU per event",
+            _get(p, *d, "redis_cpu_ms_per_event"),
+            _get(r, *d, "redis_cpu_ms_per_event"),
+            "ms",
+        ),
+        (
+            "delivery: publisher CPU per event",
+            _get(p, *d, "publisher_cpu_ms_per_event"),
+            _get(r, *d, "publisher_cpu_ms_per_event"),
+            "ms",
+        ),
+        (
+            "delivery: client processes' CPU",
+            _get(p, *d, "client_cpu_percent"),
+            _get(r, *d, "client_cpu_percent"),
+            "%",
+        ),
+    ]
+    for label in _get(p, "publish_rate") or {}:
+        out += [
+            (
+                f"publish, 1 process, {label}",
+                _get(p, "publish_rate", label, "events_per_s"),
+                _get(r, "publish_rate", label, "events_per_s"),
+                "/s",
+            ),
+            (
+                f"publish, {label}: CPU per event",
+                _get(p, "publish_rate", label, "cpu_ms_per_event"),
+                _get(r, "publish_rate", label, "cpu_ms_per_event"),
+                "ms",
+            ),
+        ]
+    s = ("storm",)
+    out += [
+        (
+            "storm: dropped / back",
+            f"{_get(p, *s, 'dropped')} / {_get(p, *s, 'back')}",
+            f"{_get(r, *s, 'dropped')} / {_get(r, *s, 'back')}",
+            "",
+        ),
+        ("storm: all back after", _get(p, *s, "all_back_s"), _get(r, *s, "all_back_s"), "s"),
+        (
+            "storm: all caught up after",
+            _get(p, *s, "all_caught_up_s"),
+            _get(r, *s, "all_caught_up_s"),
+            "s",
+        ),
+        (
+            "storm: lost / twice",
+            f"{_get(p, *s, 'lost')} / {_get(p, *s, 'duplicates')}",
+            f"{_get(r, *s, 'lost')} / {_get(r, *s, 'duplicates')}",
+            "",
+        ),
+        (
+            "storm: reconnect errors",
+            _errors(_get(p, *s, "reconnect_errors")),
+            _errors(_get(r, *s, "reconnect_errors")),
+            "",
+        ),
+        (
+            "storm: latency p99 while it lasts",
+            _get(p, *s, "latency_ms", "p99"),
+            _get(r, *s, "latency_ms", "p99"),
+            "ms",
+        ),
+    ]
+    return out
+
+
+def _rest_rows(part: dict[str, Any]) -> list[Compare]:
+    ref = part.get("reference", {})
+    out: list[Compare] = []
+    for name, label in (("api", "POST /api/tasks/"), ("legacy", "POST /task/create")):
+        mine = part.get(name, {})
+        out += [
+            (f"{label}: req/s", mine.get("req_per_s"), ref.get("req_per_s"), "/s"),
+            (f"{label}: p50", mine.get("p50_ms"), ref.get("p50_ms"), "ms"),
+            (f"{label}: p99", mine.get("p99_ms"), ref.get("p99_ms"), "ms"),
+            (
+                f"{label}: server CPU per request",
+                mine.get("server_cpu_ms_per_req"),
+                ref.get("server_cpu_ms_per_req"),
+                "ms",
+            ),
+            (
+                f"{label}: non-2xx / socket errors",
+                f"{mine.get('non_2xx')} / {mine.get('socket_errors') or 0}",
+                f"{ref.get('non_2xx')} / {ref.get('socket_errors') or 0}",
+                "",
+            ),
+        ]
+    return out
+
+
+def _drain_rows(part: dict[str, Any]) -> list[Compare]:
+    p, r = part.get("project", {}), part.get("reference", {})
+    return [
+        ("tasks drained", p.get("finished"), r.get("finished"), ""),
+        ("drain rate", p.get("tasks_per_s"), r.get("tasks_per_s"), "tasks/s"),
+        (
+            "worker CPU per task",
+            p.get("worker_cpu_ms_per_task"),
+            r.get("worker_cpu_ms_per_task"),
+            "ms",
+        ),
+        (
+            "Redis CPU per task",
+            p.get("redis_cpu_ms_per_task"),
+            r.get("redis_cpu_ms_per_task"),
+            "ms",
+        ),
+    ]
+
+
+def _search_rows(part: dict[str, Any]) -> list[Compare]:
+    """Reference = the selector's SQL alone (EXPLAIN ANALYZE), beside GET /search."""
+    out: list[Compare] = []
+    for name, c in (part.get("classes") or {}).items():
+        gin = "GIN" if c.get("gin_index") else "no GIN"
+        out += [
+            (
+                f"{name} {c.get('query')!r} ({c.get('hits')} hits, {gin}): p50",
+                c.get("p50_ms"),
+                c.get("sql_ms"),
+                "ms",
+            ),
+            (f"{name}: p99", c.get("p99_ms"), None, "ms"),
+            (f"{name}: server CPU per search", c.get("server_cpu_ms_per_search"), None, "ms"),
+        ]
+    out.append(
+        (
+            "ILIKE on an absent word (whole table) / search p50",
+            part.get("ilike_absent_ms"),
+            _get(part, "classes", "absent", "p50_ms"),
+            "ms",
+        )
+    )
+    return out
+
+
+SCALE_SECTIONS = (
+    ("sockets", "Sockets: open N at once; reference = bench/ref_ws.py", _socket_rows),
+    (
+        "realtime",
+        "Delivery, publish rate, reconnect storm; reference = ref_ws + Redis pub/sub",
+        _realtime_rows,
+    ),
+    (
+        "rest",
+        "REST create, wrk -c32; reference = a minimal Django view (bench/ref_django.py)",
+        _rest_rows,
+    ),
+    (
+        "drain",
+        "Drain a burst of echo tasks; reference = a bare Celery task, same broker",
+        _drain_rows,
+    ),
+    (
+        "search",
+        "Search; reference column = the same query's SQL alone (EXPLAIN ANALYZE)",
+        _search_rows,
+    ),
+)
+
+
+def render_scale(part: dict[str, Any], sizes: dict[str, Any], stack_env: dict[str, str]) -> str:
+    widths = (52, 16, 16, 9, 7)
+    fmt = "{{:<{}}} {{:>{}}} {{:>{}}} {{:>{}}}  {{:<{}}}".format(*widths)
+    lines = [
+        "",
+        "Project beside reference (ratio = project / reference; for rates < 1 is slower, "
+        "for times and CPU > 1 is costlier)",
+        "stack env: " + " ".join(f"{k}={v}" for k, v in stack_env.items()),
+        fmt.format("figure", "project", "reference", "ratio", "unit"),
+        "-" * (sum(widths) + 5),
+    ]
+    for key, title, build in SCALE_SECTIONS:
+        if key not in part:
+            continue
+        lines.append(f"{title} ({_get(part, 'seconds', key)} s)")
+        section = part[key]
+        if "error" in section and len(section) == 1:
+            lines.append(f"  FAILED: {section['error'][:200]}")
+            continue
+        for side in ("project", "reference"):
+            if isinstance(section.get(side), dict) and "error" in section[side]:
+                lines.append(f"  {side}: {section[side]['error'][:200]}")
+        for label, project, reference, unit in build(section):
+            lines.append(
+                fmt.format(
+                    "  " + label[:50], _num(project), _num(reference), _x(project, reference), unit
+                ).rstrip()
+            )
     return "\n".join(lines)

@@ -23,10 +23,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import scale
+from bench.loadgen import raise_open_file_limit
 from bench.report import render
-from bench.stack import BenchError, Stack, bench_database_url, check_local, prepare_database
+from bench.stack import (
+    STACK_ENV,
+    BenchError,
+    Stack,
+    bench_database_url,
+    check_local,
+    prepare_database,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The small, single-client scenarios (bench/scenarios.py): the default and --quick run them.
 SCENARIOS = ("start_latency", "throughput", "event_latency", "resume", "fanout_memory")
 
 
@@ -46,15 +56,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="tiny numbers: checks the harness, not the system"
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the big comparisons only (1k/5k/10k sockets, 5k x 1000 ev/s, 1M rows...)",
+    )
+    parser.add_argument("--clients", type=int, default=2, help="WebSocket client processes (2)")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes (2)")
+    parser.add_argument(
+        "--ws-concurrency", type=int, default=100, help="handshakes in flight at once (100)"
+    )
+    parser.add_argument(
+        "--delivery-seconds", type=float, help="how long the delivery scenario publishes"
+    )
     parser.add_argument("--output", type=Path, help="JSON path (bench/results/<time>.json)")
     parser.add_argument(
         "--only",
         action="append",
-        choices=SCENARIOS,
+        choices=SCENARIOS + scale.PARTS,
         help="run just this scenario (repeatable); default: all, in this order: "
-        + ", ".join(SCENARIOS),
+        + ", ".join(SCENARIOS + scale.PARTS),
     )
     args = parser.parse_args(argv)
+    if args.quick and args.scale:
+        parser.error("--quick and --scale exclude each other")
+    args.sizes = scale.SCALE if args.scale else scale.QUICK if args.quick else scale.DEFAULT
+    if args.delivery_seconds:
+        args.sizes.seconds = args.delivery_seconds
+    if not args.only and args.scale:
+        args.only = list(scale.PARTS)
+    if not 1 <= args.clients <= 8 or not 1 <= args.publishers <= 8:
+        parser.error("--clients and --publishers must be between 1 and 8")
     if args.quick:
         args.start_samples, args.tasks, args.events = 3, 20, 5
         args.resume_events, args.resume_rounds = 50, 2
@@ -155,10 +187,37 @@ async def run_scenarios(
             else:
                 results[name] = outcome
             results.setdefault("seconds", {})[name] = round(time.monotonic() - started, 1)
+        if not args.only or set(args.only) & set(scale.PARTS):
+            results["scale"] = await asyncio.to_thread(
+                _run_scale, args, stack, client.user_id, client.token, run_id
+            )
     finally:
         if client is not None:
             await client.http.aclose()
         db.close()
+
+
+def _run_scale(
+    args: argparse.Namespace, stack: Stack, owner_id: int, token: str, run_id: str
+) -> dict[str, Any]:
+    from django.db import connections
+
+    try:
+        return scale.run(
+            stack,
+            sizes=args.sizes,
+            only=[name for name in args.only or scale.PARTS if name in scale.PARTS],
+            clients_n=args.clients,
+            publishers_n=args.publishers,
+            concurrency=args.ws_concurrency,
+            owner_id=owner_id,
+            token=token,
+            run_id=run_id,
+            database_url=os.environ["DATABASE_URL"],
+            redis_url=os.environ["REDIS_URL"],
+        )
+    finally:
+        connections.close_all()
 
 
 def run(argv: list[str]) -> int:
@@ -172,7 +231,18 @@ def run(argv: list[str]) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     bench_url = bench_database_url(original_database_url)
-    os.environ.update(DATABASE_URL=bench_url, DEBUG="1", DJANGO_SETTINGS_MODULE="taskhub.settings")
+    # Everything we start (the stack, the references, the client and publisher processes)
+    # inherits this environment: DEBUG off needs a SECRET_KEY, and the references verify
+    # the project's JWTs with it.
+    os.environ.update(
+        STACK_ENV,
+        DATABASE_URL=bench_url,
+        DJANGO_SETTINGS_MODULE="taskhub.settings",
+        SECRET_KEY=f"bench-{uuid.uuid4().hex}{uuid.uuid4().hex}",
+    )
+    # Thousands of sockets are thousands of descriptors, in Daphne and in the reference
+    # as much as in the clients: raised here, inherited by every child.
+    open_files = raise_open_file_limit()
     # Metrics files of another stack's multiprocess registry are not ours to write to.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     import django
@@ -200,7 +270,10 @@ def run(argv: list[str]) -> int:
         "command": command.strip(),
         "database": bench_url.rsplit("/", 1)[-1],
         "machine": machine_info(),
-        "params": {k: v for k, v in vars(args).items() if k != "output"},
+        "params": {k: v for k, v in vars(args).items() if k not in ("output", "sizes")},
+        "sizes": vars(args.sizes),
+        "stack_env": STACK_ENV,
+        "open_files_limit": open_files,
     }
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     stack: Stack | None = None

@@ -1,5 +1,9 @@
 """The system under test: a fresh database, and Daphne, one Celery worker and beat started
-as subprocesses (each in its own session) and stopped by PID, whatever happens."""
+as subprocesses (each in its own session) and stopped by PID, whatever happens; and the
+references (bench/ref_*.py) started the same way, with the same environment.
+
+The stack is configured only through its environment (STACK_ENV below, printed with the
+results): the product's code is measured as it is in the tree."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -24,6 +29,18 @@ if TYPE_CHECKING:
     from taskhub.testing import ManagedProcess
 
 BIN_DIR = Path(sys.executable).parent
+
+# The stack under test, as production runs it (DEBUG off: with DEBUG on Django keeps every
+# query of a connection in memory, which a 60 s load run would measure), with two limits
+# raised that the scale scenarios would otherwise hit by design rather than by cost:
+# - THROTTLE_USER: the REST scenario sends every request as one user (wrk -c32);
+#   throttling is still evaluated on every request, its limit is just not reached.
+# - WS_IDLE_TIMEOUT: bench sockets only listen; a scale run holds them for minutes.
+STACK_ENV = {
+    "DEBUG": "0",
+    "THROTTLE_USER": "100000000/min",
+    "WS_IDLE_TIMEOUT": "3600",
+}
 
 
 class BenchError(Exception):
@@ -98,6 +115,70 @@ class Stack:
     def daphne_pid(self) -> int:
         return self.processes["web"].proc.pid
 
+    @property
+    def worker_pid(self) -> int:
+        return self.processes["worker"].proc.pid
+
+    def _web_command(self) -> list[str]:
+        return [
+            str(BIN_DIR / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "taskhub.asgi:application",
+        ]
+
+    def restart_web(self, *, timeout: float = 60.0) -> None:
+        """A fresh Daphne on the same port: each scale step starts from the same state,
+        so one step's leftovers (sockets still being cleaned up) do not skew the next."""
+        from taskhub.testing import ManagedProcess
+
+        old = self.processes.pop("web")
+        try:
+            old.stop(signal.SIGTERM, timeout=20)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.proc.pid, signal.SIGKILL)
+        self.processes["web"] = ManagedProcess("web", self._web_command(), self.env)
+        self._wait_http(self.base_url + "/healthz", self.processes["web"], timeout)
+
+    def start_extra(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        ready_url: str | None = None,
+        ready_text: str | None = None,
+        timeout: float = 60.0,
+    ) -> ManagedProcess:
+        """Start a reference server (or restart it: an old one of that name is stopped)."""
+        from taskhub.testing import ManagedProcess
+
+        old = self.processes.pop(name, None)
+        if old is not None:
+            old.stop(signal.SIGTERM, timeout=20)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.proc.pid, signal.SIGKILL)
+        process = ManagedProcess(name, args, env or self.env)
+        self.processes[name] = process
+        if ready_text is not None:
+            process.wait_for_output(ready_text, timeout=timeout)
+        if ready_url is not None:
+            self._wait_http(ready_url, process, timeout)
+        return process
+
+    def stop_extra(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        try:
+            process.stop(signal.SIGTERM, timeout=20)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.proc.pid, signal.SIGKILL)
+
     def start(self, *, timeout: float = 90.0) -> None:
         from taskhub.testing import ManagedProcess
 
@@ -125,14 +206,7 @@ class Stack:
                 "--schedule",
                 str(self.tmp / "celerybeat-schedule"),
             ],
-            "web": [
-                str(BIN_DIR / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "taskhub.asgi:application",
-            ],
+            "web": self._web_command(),
         }
         # All three start at once (each takes seconds to import Django); then we wait.
         for name, args in commands.items():
@@ -155,19 +229,24 @@ class Stack:
             time.sleep(0.1)
 
     def _wait_healthy(self, timeout: float) -> None:
-        web = self.processes["web"]
+        self._wait_http(f"{self.base_url}/healthz", self.processes["web"], timeout)
+
+    @staticmethod
+    def _wait_http(url: str, process: ManagedProcess, timeout: float) -> None:
+        """Until `url` answers at all (any HTTP status: the server is up)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if web.proc.poll() is not None:
-                raise BenchError(f"daphne exited:\n{web.output[-3000:]}")
+            if process.proc.poll() is not None:
+                raise BenchError(f"{process.name} exited:\n{process.output[-3000:]}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        return
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise BenchError(f"daphne did not answer /healthz within {timeout:.0f} s")
+        raise BenchError(f"{process.name} did not answer {url} within {timeout:.0f} s")
 
     def outputs(self, tail: int = 40) -> dict[str, list[str]]:
         return {name: process.lines[-tail:] for name, process in self.processes.items()}
@@ -175,8 +254,8 @@ class Stack:
     def stop(self) -> None:
         """SIGTERM each leader (celery's main process must drive its pool's shutdown), wait,
         then SIGKILL whatever is left in its process group. Never raises."""
-        for name in ("web", "beat", "worker"):
-            process = self.processes.get(name)
+        for name in ("web", "beat", "worker", *self.processes):
+            process = self.processes.pop(name, None)
             if process is None:
                 continue
             try:

@@ -1,0 +1,126 @@
+"""A burst of tasks drained by the worker, beside a bare Celery task on the same broker.
+
+Project: `count` echo tasks created with tasks.services.task_create while the worker
+does not consume (so the burst is all there when the clock starts), then the worker
+resumes and we wait until every task is terminal: tasks/s and worker CPU (the main
+process and its pool) per task. That is the dispatcher's runs, the run messages, each
+task's transitions and their events.
+
+Reference: the same count of bench_ref.noop messages (bench/ref_celery.py) for a worker
+with the same options, queued while it does not consume, then drained.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from bench.measure import CpuMeter, load_1m
+from bench.stack import BenchError
+
+
+def node_name(pattern: str) -> str:
+    return pattern.replace("%h", socket.gethostname())
+
+
+def set_consuming(app: Celery, node: str, queues: list[str], on: bool) -> None:
+    """Stop or resume a worker's consumption of `queues` (a remote-control broadcast)."""
+    for queue in queues:
+        if on:
+            replies = app.control.add_consumer(queue, destination=[node], reply=True, timeout=5)
+        else:
+            replies = app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=5)
+        if not replies:
+            raise BenchError(f"worker {node} did not answer the {queue} consumer change")
+
+
+def _create_burst(owner_id: int, count: int) -> list[str]:
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+
+    from tasks.services import task_create
+
+    owner = get_user_model().objects.get(pk=owner_id)
+    with transaction.atomic():
+        return [
+            str(task_create(owner=owner, title=f"bench drain {i}", kind="echo", params={"i": i}).pk)
+            for i in range(count)
+        ]
+
+
+def _unfinished(ids: list[str]) -> int:
+    from tasks.models import TERMINAL_STATUSES, Task
+
+    return Task.objects.filter(pk__in=ids).exclude(status__in=TERMINAL_STATUSES).count()
+
+
+def project(
+    *, worker_pid: int, node: str, owner_id: int, count: int, deadline_s: float, redis_url: str
+) -> dict[str, Any]:
+    from taskhub.celery import app
+
+    queues = ["celery", "dispatch"]
+    set_consuming(app, node, queues, on=False)
+    try:
+        ids = _create_burst(owner_id, count)
+    finally:
+        set_consuming(app, node, queues, on=True)
+    meter = CpuMeter({"worker": worker_pid}, redis_url, children=True).start()
+    deadline = time.monotonic() + deadline_s
+    left = count
+    while left and time.monotonic() < deadline:
+        time.sleep(0.25)
+        left = _unfinished(ids)
+    meter.stop()
+    done = count - left
+    seconds = meter.spent["wall"]
+    result = {
+        "tasks": count,
+        "finished": done,
+        "seconds": round(seconds, 2),
+        "tasks_per_s": round(done / seconds, 1),
+        "worker_cpu_ms_per_task": meter.per("worker", done),
+        "redis_cpu_ms_per_task": meter.per("redis", done),
+        "load_1m": load_1m(),
+    }
+    if left:
+        result["error"] = f"{left} of {count} tasks unfinished after {deadline_s:g} s"
+    return result
+
+
+def reference(
+    *, worker_pid: int, node: str, count: int, deadline_s: float, redis_url: str
+) -> dict[str, Any]:
+    from bench.ref_celery import DONE_KEY, QUEUE, app, noop
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete(DONE_KEY)
+    set_consuming(app, node, [QUEUE], on=False)
+    try:
+        with app.producer_or_acquire() as producer:
+            for index in range(count):
+                noop.apply_async((index,), producer=producer)
+    finally:
+        set_consuming(app, node, [QUEUE], on=True)
+    meter = CpuMeter({"worker": worker_pid}, redis_url, children=True).start()
+    deadline = time.monotonic() + deadline_s
+    done = 0
+    while done < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        done = int(client.get(DONE_KEY) or 0)
+    meter.stop()
+    client.close()
+    seconds = meter.spent["wall"]
+    return {
+        "tasks": count,
+        "finished": done,
+        "seconds": round(seconds, 2),
+        "tasks_per_s": round(done / seconds, 1),
+        "worker_cpu_ms_per_task": meter.per("worker", done),
+        "redis_cpu_ms_per_task": meter.per("redis", done),
+        "load_1m": load_1m(),
+    }

@@ -1,0 +1,372 @@
+"""The project beside its references, in one invocation: sockets, delivery, publish rate,
+reconnect storm (bench/realtime.py), REST create (bench/rest.py), drain (bench/drain.py)
+and search at scale (bench/search_scale.py).
+
+Each part runs the project first and then its reference on the same machine within a
+minute or two, so a ratio compares like with like even when the neighbours' load moves.
+Synchronous code (run in a thread by the runner): the client load is in other processes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench import drain, realtime, rest, search_scale
+from bench.loadgen import Clients
+from bench.stack import BIN_DIR, Stack
+
+PARTS = ("sockets", "realtime", "rest", "drain", "search")
+
+
+@dataclass
+class Sizes:
+    """How big each part is; --scale and the default differ only here."""
+
+    socket_steps: list[int]
+    socket_deadlines: list[float]
+    session_sockets: int
+    rate: float
+    seconds: float
+    storm_rate: float
+    storm_seconds: float
+    rate_seconds: float
+    batch: int
+    session_connect_deadline: float
+    wrk_seconds: int
+    drain_tasks: int
+    search_rows: int
+    search_owners: int
+    search_samples: int
+    search_seconds_per_class: float
+
+
+QUICK = Sizes([100], [20], 50, 50, 3, 50, 4, 1.5, 10, 20, 2, 50, 20_000, 100, 20, 2)
+DEFAULT = Sizes([500], [30], 300, 200, 8, 200, 8, 3, 20, 30, 5, 300, 50_000, 100, 50, 3)
+SCALE = Sizes(
+    [1000, 5000, 10000],
+    [20, 40, 60],
+    5000,
+    1000,
+    30,
+    1000,
+    20,
+    5,
+    20,
+    45,
+    15,
+    2000,
+    1_000_000,
+    1000,
+    200,
+    6,
+)
+
+
+def make_users(count: int, run_id: str) -> list[tuple[int, str]]:
+    """`count` users inserted in one statement, each with an access token minted here
+    (registering them over REST would time the password hasher and hit the sign-up
+    throttle)."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO auth_user (password, is_superuser, username, first_name, last_name,
+                email, is_staff, is_active, date_joined)
+            SELECT '!', false, %s || i, '', '', '', false, true, now()
+            FROM generate_series(1, %s) AS i
+            RETURNING id
+            """,
+            [f"bench_ws_{run_id}_", count],
+        )
+        ids = sorted(row[0] for row in cursor.fetchall())
+    user_model = get_user_model()
+    return [(pk, str(AccessToken.for_user(user_model(pk=pk)))) for pk in ids]
+
+
+class References:
+    """Starts the reference servers on demand, through the stack (so they are stopped
+    with it, whatever happens)."""
+
+    def __init__(self, stack: Stack) -> None:
+        from taskhub.testing import free_port
+
+        self.stack = stack
+        self.ws_port = free_port()
+        self.django_port = free_port()
+        self.celery_node = f"benchref-{uuid.uuid4().hex[:8]}@%h"
+
+    def restart_ws(self) -> int:
+        process = self.stack.start_extra(
+            "ref_ws",
+            [sys.executable, "-m", "bench.ref_ws", "--port", str(self.ws_port)],
+            ready_text="ref_ws listening",
+        )
+        return process.proc.pid
+
+    def start_django(self) -> int:
+        env = dict(self.stack.env, DJANGO_SETTINGS_MODULE="bench.ref_settings")
+        process = self.stack.start_extra(
+            "ref_django",
+            [
+                str(BIN_DIR / "daphne"),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.django_port),
+                "bench.ref_django:application",
+            ],
+            env=env,
+            ready_url=f"http://127.0.0.1:{self.django_port}/ready",
+        )
+        return process.proc.pid
+
+    def start_celery(self, concurrency: int) -> int:
+        process = self.stack.start_extra(
+            "ref_celery",
+            [
+                str(BIN_DIR / "celery"),
+                "-A",
+                "bench.ref_celery",
+                "worker",
+                "-n",
+                self.celery_node,
+                "--loglevel=INFO",
+                "--concurrency",
+                str(concurrency),
+                "-Q",
+                "bench_ref",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            ready_text=" ready.",
+        )
+        return process.proc.pid
+
+
+def run(
+    stack: Stack,
+    *,
+    sizes: Sizes,
+    only: list[str] | None,
+    clients_n: int,
+    publishers_n: int,
+    concurrency: int,
+    owner_id: int,
+    token: str,
+    run_id: str,
+    database_url: str,
+    redis_url: str,
+) -> dict[str, Any]:
+    refs = References(stack)
+    out: dict[str, Any] = {}
+    needs_sockets = not only or {"sockets", "realtime"} & set(only)
+    users = (
+        make_users(max([*sizes.socket_steps, sizes.session_sockets]), run_id)
+        if needs_sockets
+        else []
+    )
+    targets = [
+        realtime.Target(
+            "project",
+            stack.base_url.replace("http://", "ws://") + "/ws?token={token}",
+            stack.base_url,
+            lambda: (stack.restart_web(), stack.daphne_pid)[1],
+            redis_url,
+            lambda: stack.outputs(tail=15).get("web", []),
+        ),
+        realtime.Target(
+            "reference",
+            f"ws://127.0.0.1:{refs.ws_port}/?token={{token}}",
+            stack.base_url,
+            refs.restart_ws,
+            redis_url,
+            lambda: stack.outputs(tail=15).get("ref_ws", []),
+        ),
+    ]
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+
+    def both(part: Callable[[realtime.Target, Clients], dict[str, Any]]) -> dict[str, Any]:
+        result = {}
+        for target in targets:
+            clients = Clients(clients_n)
+            try:
+                result[target.name] = part(target, clients)
+            finally:
+                clients.stop()
+        return result
+
+    steps.append(
+        (
+            "sockets",
+            lambda: both(
+                lambda target, clients: {
+                    str(size): realtime.sockets(
+                        target,
+                        clients,
+                        users,
+                        sizes=[size],
+                        deadline_s=deadline,
+                        concurrency=concurrency,
+                    )[str(size)]
+                    for size, deadline in zip(
+                        sizes.socket_steps, sizes.socket_deadlines, strict=True
+                    )
+                }
+            ),
+        )
+    )
+    steps.append(
+        (
+            "realtime",
+            lambda: both(
+                lambda target, clients: realtime.session(
+                    target,
+                    clients,
+                    users,
+                    sockets_n=sizes.session_sockets,
+                    rate=sizes.rate,
+                    seconds=sizes.seconds,
+                    publishers=publishers_n,
+                    storm_rate=sizes.storm_rate,
+                    storm_seconds=sizes.storm_seconds,
+                    rate_seconds=sizes.rate_seconds,
+                    batch=sizes.batch,
+                    connect_deadline_s=sizes.session_connect_deadline,
+                    concurrency=concurrency,
+                )
+            ),
+        )
+    )
+    steps.append(("rest", lambda: _rest(stack, refs, sizes, token, redis_url)))
+    steps.append(("drain", lambda: _drain(stack, refs, sizes, owner_id, redis_url)))
+    steps.append(("search", lambda: _search(stack, sizes, run_id, database_url, redis_url)))
+
+    for name, step in steps:
+        if only and name not in only:
+            continue
+        started = time.monotonic()
+        print(f"bench: {name} (project and reference) ...", file=sys.stderr, flush=True)
+        try:
+            out[name] = step()
+        except Exception as exc:  # one broken part must not hide the others' numbers
+            traceback.print_exc(file=sys.stderr)
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        out.setdefault("seconds", {})[name] = round(time.monotonic() - started, 1)
+    return out
+
+
+def _rest(
+    stack: Stack, refs: References, sizes: Sizes, token: str, redis_url: str
+) -> dict[str, Any]:
+    from taskhub.celery import app
+
+    ref_pid = refs.start_django()
+    node = drain.node_name(stack.node)
+    queues = ["celery", "dispatch"]
+    common = {"connections": 32, "threads": 2, "seconds": sizes.wrk_seconds, "redis_url": redis_url}
+    started = time.time()
+    drain.set_consuming(app, node, queues, on=False)
+    try:
+        out = {
+            "api": rest.run_wrk(
+                f"{stack.base_url}/api/tasks/",
+                token=token,
+                body='{"title":"bench wrk","kind":"echo"}',
+                server_pid=stack.daphne_pid,
+                **common,
+            ),
+            "legacy": rest.run_wrk(
+                f"{stack.base_url}/task/create",
+                token=None,
+                body='{"task":"bench wrk legacy"}',
+                server_pid=stack.daphne_pid,
+                **common,
+            ),
+            "reference": rest.run_wrk(
+                f"http://127.0.0.1:{refs.django_port}/ref/create",
+                token=None,
+                body='{"title":"bench wrk ref"}',
+                server_pid=ref_pid,
+                **common,
+            ),
+        }
+    finally:
+        _cancel_created_since(started)
+        app.control.purge()
+        drain.set_consuming(app, node, queues, on=True)
+        refs.stack.stop_extra("ref_django")
+    return out
+
+
+def _cancel_created_since(started: float) -> None:
+    """The wrk runs' tasks must not run later, in some other part's measurement."""
+    from datetime import UTC, datetime
+
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE tasks_task SET status = 'cancelled' WHERE status = 'pending' "
+            "AND created_at >= %s",
+            [datetime.fromtimestamp(started - 1, UTC)],
+        )
+    connection.close()
+
+
+def _drain(
+    stack: Stack, refs: References, sizes: Sizes, owner_id: int, redis_url: str
+) -> dict[str, Any]:
+    out = {
+        "project": drain.project(
+            worker_pid=stack.worker_pid,
+            node=drain.node_name(stack.node),
+            owner_id=owner_id,
+            count=sizes.drain_tasks,
+            deadline_s=120,
+            redis_url=redis_url,
+        )
+    }
+    pid = refs.start_celery(stack.concurrency)
+    try:
+        out["reference"] = drain.reference(
+            worker_pid=pid,
+            node=drain.node_name(refs.celery_node),
+            count=sizes.drain_tasks,
+            deadline_s=60,
+            redis_url=redis_url,
+        )
+    finally:
+        stack.stop_extra("ref_celery")
+    return out
+
+
+def _search(
+    stack: Stack, sizes: Sizes, run_id: str, database_url: str, redis_url: str
+) -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    made = search_scale.generate(
+        database_url, rows=sizes.search_rows, owners=sizes.search_owners, run_id=run_id
+    )
+    user = get_user_model()(pk=made["first_owner"])
+    result = search_scale.run(
+        stack.base_url,
+        str(AccessToken.for_user(user)),
+        user_id=made["first_owner"],
+        database_url=database_url,
+        daphne_pid=stack.daphne_pid,
+        redis_url=redis_url,
+        samples=sizes.search_samples,
+        seconds_per_class=sizes.search_seconds_per_class,
+    )
+    return {"generated": made, **result}

@@ -1,0 +1,194 @@
+"""Search at scale: GET /search over `rows` tasks of `owners` users, per term class.
+
+Rows are generated in PostgreSQL (INSERT ... SELECT generate_series, two connections in
+parallel on the two cores); the search column is the migration's own STORED generated
+column, so PostgreSQL builds every vector exactly as for a task the app creates. The GIN
+index is dropped for the load and re-created with the migration's own statement (one
+bulk build instead of a million pending-list inserts), then the table is analyzed.
+
+What the words are, per row i (owner = i mod owners, so every owner has rows/owners):
+- title: "report <one of deployment server invoice backup отчёт задача> <6 hex chars>"
+  (+ " zephyr" when i mod 997 = 0: about one row per owner);
+- description: "weekly build <alpha|beta|gamma> number <i>".
+
+Term classes (a trailing space makes a word whole; without one the last word is also a
+prefix, docs/search.md): common = in every row, rare = ~1 row per owner, absent = in
+none, prefix = `deploym` (1 in 6), two words (1 in 6), Russian (stemmed, 1 in 6). The
+baseline is ILIKE '%word%' on title and description, an absent word, over the whole
+table (a sequential scan: what search costs without the index).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+import time
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.measure import CpuMeter, load_1m
+from bench.stats import percentile
+
+MS = 1000.0
+TERMS = {
+    "common": "report ",
+    "rare": "zephyr ",
+    "absent": "xylophone ",
+    "prefix": "deploym",
+    "two_words": "server beta ",
+    "russian": "задачи ",
+}
+
+_ROWS_SQL = """
+INSERT INTO tasks_task (id, owner_id, title, description, kind, params, status, progress,
+    error, timeout, attempts, stop_requested, worker, created_at, updated_at, finished_at)
+SELECT gen_random_uuid(), %(first_owner)s + i %% %(owners)s,
+    'report ' || (ARRAY['deployment','server','invoice','backup','отчёт','задача'])[1 + i %% 6]
+        || ' ' || left(md5(i::text), 6) || CASE WHEN i %% 997 = 0 THEN ' zephyr' ELSE '' END,
+    'weekly build ' || (ARRAY['alpha','beta','gamma'])[1 + i %% 3] || ' number ' || i,
+    'echo', '{}'::jsonb, 'completed', 100, '', 60, 1, '', '',
+    now() - make_interval(secs => i), now(), now()
+FROM generate_series(%(low)s, %(high)s) AS i
+"""
+
+
+def _index_statement() -> tuple[str, str]:
+    """The migration's CREATE INDEX for the search column, and the index's name."""
+    migration = importlib.import_module("tasks.migrations.0002_task_search_vector")
+    statement = re.search(r"CREATE INDEX .*?;", migration.FORWARD, re.S).group(0)  # type: ignore[union-attr]
+    name = statement.split()[2]
+    return statement, name
+
+
+def generate(database_url: str, *, rows: int, owners: int, run_id: str) -> dict[str, Any]:
+    """Insert `owners` users and `rows` tasks; returns the first owner's id and timings."""
+    started = time.perf_counter()
+    index_sql, index_name = _index_statement()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        first_owner = conn.execute(
+            """
+            INSERT INTO auth_user (password, is_superuser, username, first_name, last_name,
+                email, is_staff, is_active, date_joined)
+            SELECT '!', false, %s || i, '', '', '', false, true, now()
+            FROM generate_series(1, %s) AS i
+            RETURNING id
+            """,
+            [f"bench_search_{run_id}_", owners],
+        ).fetchall()
+        owner_ids = sorted(row[0] for row in first_owner)
+        if owner_ids[-1] - owner_ids[0] != owners - 1:
+            raise RuntimeError("the generated owners' ids are not consecutive")
+        conn.execute(f"DROP INDEX IF EXISTS {index_name}")
+
+    errors: list[BaseException] = []
+
+    def load(low: int, high: int) -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(
+                    _ROWS_SQL,
+                    {"first_owner": owner_ids[0], "owners": owners, "low": low, "high": high},
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    half = rows // 2
+    threads = [
+        threading.Thread(target=load, args=(1, half)),
+        threading.Thread(target=load, args=(half + 1, rows)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    inserted = time.perf_counter()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        conn.execute(index_sql)
+        conn.execute("ANALYZE tasks_task")
+        conn.execute("ANALYZE auth_user")
+    return {
+        "first_owner": owner_ids[0],
+        "rows": rows,
+        "owners": owners,
+        "insert_s": round(inserted - started, 1),
+        "index_and_analyze_s": round(time.perf_counter() - inserted, 1),
+    }
+
+
+def _sql_plan(user_id: int, query: str) -> dict[str, Any]:
+    """The selector's own SQL under EXPLAIN ANALYZE: execution time and whether the plan
+    used the GIN index (the alternative is the owner btree plus a filter)."""
+    from django.contrib.auth import get_user_model
+
+    from search.selectors import task_search_for
+
+    user = get_user_model().objects.get(pk=user_id)
+    results = task_search_for(user=user, query=query)
+    if results.queryset is None:
+        return {}
+    plan = results.queryset[:20].explain(analyze=True)
+    match = re.search(r"Execution Time: ([\d.]+) ms", plan)
+    return {
+        "sql_ms": float(match.group(1)) if match else None,
+        "gin_index": "task_search_vector_idx" in plan,
+    }
+
+
+def run(
+    base_url: str,
+    token: str,
+    *,
+    user_id: int,
+    database_url: str,
+    daphne_pid: int,
+    redis_url: str,
+    samples: int,
+    seconds_per_class: float,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"classes": {}}
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
+        http.get("/search", params={"query": "warm up "})
+        for name, query in TERMS.items():
+            times: list[float] = []
+            hits = None
+            meter = CpuMeter({"server": daphne_pid}, redis_url).start()
+            deadline = time.monotonic() + seconds_per_class
+            while len(times) < samples and time.monotonic() < deadline:
+                sent = time.perf_counter()
+                response = http.get("/search", params={"query": query})
+                times.append(time.perf_counter() - sent)
+                if response.status_code != 200:
+                    raise RuntimeError(f"/search {query!r} -> {response.status_code}")
+                hits = response.json().get("count")
+            meter.stop()
+            ms = [t * MS for t in times]
+            out["classes"][name] = {
+                "query": query,
+                "n": len(ms),
+                "hits": hits,
+                "p50_ms": round(percentile(ms, 50), 2),
+                "p99_ms": round(percentile(ms, 99), 2),
+                "server_cpu_ms_per_search": meter.per("server", len(ms)),
+                **_sql_plan(user_id, query),
+            }
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        ilike: list[float] = []
+        for _ in range(3):
+            started = time.perf_counter()
+            conn.execute(
+                "SELECT count(*) FROM tasks_task WHERE title ILIKE %s OR description ILIKE %s",
+                ["%xylophone%", "%xylophone%"],
+            ).fetchone()
+            ilike.append((time.perf_counter() - started) * MS)
+    out["ilike_absent_ms"] = round(percentile(ilike, 50), 1)
+    absent = out["classes"]["absent"]["p50_ms"]
+    out["ilike_over_search_absent"] = round(out["ilike_absent_ms"] / absent, 1) if absent else None
+    out["load_1m"] = load_1m()
+    return out
