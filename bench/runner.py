@@ -252,6 +252,8 @@ def run(argv: list[str]) -> int:
     # Django's LOGGING puts the root logger at INFO: one httpx line per request is noise.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The harness creates tasks itself (the drain's burst): one INFO line each is noise.
+    logging.getLogger("tasks").setLevel(logging.WARNING)
     try:
         # Before the drop: a worker already on this Redis DB may be another bench run's,
         # whose database we would pull from under it.

@@ -82,7 +82,7 @@ def make_users(count: int, run_id: str) -> list[tuple[int, str]]:
             INSERT INTO auth_user (password, is_superuser, username, first_name, last_name,
                 email, is_staff, is_active, date_joined)
             SELECT '!', false, %s || i, '', '', '', false, true, now()
-            FROM generate_series(1, %s) AS i
+            FROM generate_series(1, %s::int) AS i
             RETURNING id
             """,
             [f"bench_ws_{run_id}_", count],

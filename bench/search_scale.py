@@ -6,14 +6,15 @@ column, so PostgreSQL builds every vector exactly as for a task the app creates.
 index is dropped for the load and re-created with the migration's own statement (one
 bulk build instead of a million pending-list inserts), then the table is analyzed.
 
-What the words are, per row i (owner = i mod owners, so every owner has rows/owners):
-- title: "report <one of deployment server invoice backup отчёт задача> <6 hex chars>"
-  (+ " zephyr" when i mod 997 = 0: about one row per owner);
-- description: "weekly build <alpha|beta|gamma> number <i>".
+What the words are, per row i: owner = i mod owners, m = i div owners (the row's number
+among its owner's rows, so the words are spread alike within every owner's rows):
+- title: "report <deployment|server|invoice|backup|отчёт|задача by m mod 6> <6 hex>"
+  (+ " zephyr" when m mod 997 = 1: one or two rows per owner);
+- description: "weekly build <alpha|beta|gamma by (m div 6) mod 3> number <i>".
 
 Term classes (a trailing space makes a word whole; without one the last word is also a
-prefix, docs/search.md): common = in every row, rare = ~1 row per owner, absent = in
-none, prefix = `deploym` (1 in 6), two words (1 in 6), Russian (stemmed, 1 in 6). The
+prefix, docs/search.md): common = in every row, rare = 1-2 rows per owner, absent = in
+none, prefix = `deploym` (1 in 6), two words (1 in 18), Russian (stemmed, 1 in 6). The
 baseline is ILIKE '%word%' on title and description, an absent word, over the whole
 table (a sequential scan: what search costs without the index).
 """
@@ -46,12 +47,13 @@ _ROWS_SQL = """
 INSERT INTO tasks_task (id, owner_id, title, description, kind, params, status, progress,
     error, timeout, attempts, stop_requested, worker, created_at, updated_at, finished_at)
 SELECT gen_random_uuid(), %(first_owner)s + i %% %(owners)s,
-    'report ' || (ARRAY['deployment','server','invoice','backup','отчёт','задача'])[1 + i %% 6]
-        || ' ' || left(md5(i::text), 6) || CASE WHEN i %% 997 = 0 THEN ' zephyr' ELSE '' END,
-    'weekly build ' || (ARRAY['alpha','beta','gamma'])[1 + i %% 3] || ' number ' || i,
+    'report ' || (ARRAY['deployment','server','invoice','backup','отчёт','задача'])[1 + m %% 6]
+        || ' ' || left(md5(i::text), 6) || CASE WHEN m %% 997 = 1 THEN ' zephyr' ELSE '' END,
+    'weekly build ' || (ARRAY['alpha','beta','gamma'])[1 + (m / 6) %% 3] || ' number ' || i,
     'echo', '{}'::jsonb, 'completed', 100, '', 60, 1, '', '',
     now() - make_interval(secs => i), now(), now()
-FROM generate_series(%(low)s, %(high)s) AS i
+FROM generate_series(%(low)s::int, %(high)s::int) AS i,
+    LATERAL (SELECT i / %(owners)s AS m) AS row_of_owner
 """
 
 
@@ -73,7 +75,7 @@ def generate(database_url: str, *, rows: int, owners: int, run_id: str) -> dict[
             INSERT INTO auth_user (password, is_superuser, username, first_name, last_name,
                 email, is_staff, is_active, date_joined)
             SELECT '!', false, %s || i, '', '', '', false, true, now()
-            FROM generate_series(1, %s) AS i
+            FROM generate_series(1, %s::int) AS i
             RETURNING id
             """,
             [f"bench_search_{run_id}_", owners],
