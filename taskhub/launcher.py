@@ -21,15 +21,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from taskhub import embedded
+from taskhub import embedded, nginx
 from taskhub.embedded import EmbeddedError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -256,6 +257,8 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     pump: threading.Thread
+    spec: AppProcess | None = None
+    restarts: list[float] = field(default_factory=list)
 
 
 def start_child(console: Console, name: str, args: list[str], env: dict[str, str]) -> Child:
@@ -269,6 +272,61 @@ def start_child(console: Console, name: str, args: list[str], env: dict[str, str
         stderr=subprocess.STDOUT,
     )
     return Child(name, proc, start_pump(console, name, proc.stdout))
+
+
+def start_app_process(
+    console: Console, spec: AppProcess, env: dict[str, str], *, restarts: list[float] | None = None
+) -> Child:
+    child = start_child(console, spec.name, spec.args, {**env, **spec.env})
+    child.spec = spec
+    child.restarts = restarts or []
+    return child
+
+
+def wait_until_ready(urls: tuple[str, ...], children: list[Child], signals: Signals) -> None:
+    """Wait until every URL answers 200; LaunchError if a child dies or 120 s pass."""
+    deadline = time.monotonic() + 120
+    pending = list(urls)
+    while pending:
+        if signals.requested:
+            raise KeyboardInterrupt
+        dead = next((c for c in children if c.proc.poll() is not None), None)
+        if dead is not None:
+            raise LaunchError(f"{dead.name} exited with {describe_exit(dead.proc.returncode)}")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"not ready after 120 s: {', '.join(pending)}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(pending[0], timeout=2) as response,
+        ):
+            if response.status == 200:
+                pending.pop(0)
+                continue
+        signals.wait(0.2)
+
+
+# A restartable process that dies this often within the window is broken, not unlucky.
+RESTART_LIMIT, RESTART_WINDOW = 5, 60.0
+
+
+def restart_if_allowed(console: Console, dead: Child, env: dict[str, str]) -> Child | None:
+    """A fresh process in place of `dead`, or None if it may not be restarted."""
+    if dead.spec is None or not dead.spec.restart:
+        return None
+    now = time.monotonic()
+    recent = [t for t in dead.restarts if now - t < RESTART_WINDOW] + [now]
+    if len(recent) > RESTART_LIMIT:
+        log.error("%s died %d times within %.0f s", dead.name, len(recent), RESTART_WINDOW)
+        return None
+    # Reap what it left in its group (a worker's pool processes) before the new one starts.
+    embedded.signal_group(dead.proc.pid, signal.SIGKILL)
+    dead.pump.join(timeout=2)
+    log.warning(
+        "%s exited with %s; restarting it (its siblings carry the load meanwhile)",
+        dead.name,
+        describe_exit(dead.proc.returncode),
+    )
+    return start_app_process(console, dead.spec, env, restarts=recent)
 
 
 def stop_timeout() -> float:
@@ -384,9 +442,68 @@ def setup_database(console: Console, env: dict[str, str], signals: Signals) -> N
     )
 
 
-def app_commands(env: dict[str, str], data_dir: Path) -> list[tuple[str, list[str]]]:
-    host = env.get("HOST") or "127.0.0.1"
-    port = env.get("PORT") or "8000"
+@dataclass(frozen=True)
+class AppProcess:
+    """One line of the process table `make run` starts (docker-compose.yml mirrors it)."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    # Restarted by the launcher when it dies, instead of stopping the run: a web instance
+    # or a task worker that has siblings to carry the load meanwhile.
+    restart: bool = False
+    # Started only once these answer 200 (nginx waits for its web instances' /readyz, so
+    # its first requests do not find every upstream refusing).
+    wait_for: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How many of each `make run` starts: WEB_INSTANCES Daphne processes (behind nginx when
+    more than one) and WORKERS task workers; docs/scaling.md."""
+
+    host: str
+    port: int
+    web_instances: int
+    workers: int
+
+    @property
+    def web_ports(self) -> list[int]:
+        """One instance serves PORT itself; more listen on the ports after it, loopback only,
+        with nginx on PORT (WEB_INTERNAL_PORT moves them)."""
+        if self.web_instances == 1:
+            return [self.port]
+        base = int(os.environ.get("WEB_INTERNAL_PORT") or self.port + 1)
+        return [base + i for i in range(self.web_instances)]
+
+
+def _count(env: dict[str, str], name: str, *, maximum: int) -> int:
+    raw = env.get(name) or "1"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise LaunchError(f"{name} must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= maximum:
+        raise LaunchError(f"{name} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def topology(env: dict[str, str]) -> Topology:
+    raw_port = env.get("PORT") or "8000"
+    try:
+        port = int(raw_port)
+    except ValueError:
+        raise LaunchError(f"PORT must be a port number, got {raw_port!r}") from None
+    return Topology(
+        host=env.get("HOST") or "127.0.0.1",
+        port=port,
+        web_instances=_count(env, "WEB_INSTANCES", maximum=32),
+        workers=_count(env, "WORKERS", maximum=32),
+    )
+
+
+def app_commands(env: dict[str, str], data_dir: Path) -> list[AppProcess]:
+    shape = topology(env)
     celery_worker = [script("celery"), "-A", "taskhub", "worker", "--loglevel=INFO"]
     worker = [*celery_worker, "-Q", "celery"]
     if env.get("WORKER_CONCURRENCY"):
@@ -394,11 +511,44 @@ def app_commands(env: dict[str, str], data_dir: Path) -> list[tuple[str, list[st
     # The dispatcher, reaper and retention on a queue of their own, so they keep running
     # while every slot of `worker` is busy (settings.CELERY_TASK_QUEUES).
     dispatch = [*celery_worker, "-Q", "dispatch", "--concurrency", "1", "-n", "dispatch@%h"]
-    commands = [
-        ("web", [script("daphne"), "-b", host, "-p", port, "taskhub.asgi:application"]),
-        ("worker", worker),
-        ("dispatch", dispatch),
-        (
+
+    def daphne(host: str, port: int) -> list[str]:
+        return [script("daphne"), "-b", host, "-p", str(port), "taskhub.asgi:application"]
+
+    several_webs, several_workers = shape.web_instances > 1, shape.workers > 1
+    commands: list[AppProcess] = []
+    if several_webs:
+        binary = nginx.find_binary()
+        if binary is None:
+            raise LaunchError(nginx.INSTALL_HINT)
+        config = nginx.write_config(
+            listen_host=shape.host,
+            listen_port=shape.port,
+            backends=shape.web_ports,
+            data_dir=data_dir,
+        )
+        for number, port in enumerate(shape.web_ports, start=1):
+            commands.append(
+                AppProcess(
+                    f"web{number}",
+                    daphne("127.0.0.1", port),
+                    env={"INSTANCE_NAME": f"web{number}"},
+                    restart=True,
+                )
+            )
+        ready = tuple(f"http://127.0.0.1:{port}/readyz" for port in shape.web_ports)
+        commands.append(AppProcess("nginx", nginx.command(binary, config), wait_for=ready))
+    else:
+        commands.append(AppProcess("web", daphne(shape.host, shape.port)))
+    if several_workers:
+        for number in range(1, shape.workers + 1):
+            name = f"worker{number}"
+            commands.append(AppProcess(name, [*worker, "-n", f"{name}@%h"], restart=True))
+    else:
+        commands.append(AppProcess("worker", worker))
+    commands += [
+        AppProcess("dispatch", dispatch),
+        AppProcess(
             "beat",
             [
                 script("celery"),
@@ -412,7 +562,7 @@ def app_commands(env: dict[str, str], data_dir: Path) -> list[tuple[str, list[st
         ),
     ]
     if GRPC_COMMAND.exists():
-        commands.append(("grpc", [python(), "manage.py", "grpcserver"]))
+        commands.append(AppProcess("grpc", [python(), "manage.py", "grpcserver"]))
     return commands
 
 
@@ -428,7 +578,10 @@ def port_owner(port: int) -> str:
 
 def check_listen_ports(env: dict[str, str]) -> None:
     """Fail before starting anything rather than after a minute of start-up."""
-    wanted = [("PORT", env.get("HOST") or "127.0.0.1", env.get("PORT") or "8000")]
+    shape = topology(env)
+    wanted = [("PORT", shape.host, str(shape.port))]
+    if shape.web_instances > 1:
+        wanted += [("WEB_INTERNAL_PORT", "127.0.0.1", str(port)) for port in shape.web_ports]
     if GRPC_COMMAND.exists():
         grpc_host = env.get("GRPC_HOST") or env.get("HOST") or "127.0.0.1"
         wanted.append(("GRPC_PORT", grpc_host, env.get("GRPC_PORT") or "50051"))
@@ -446,7 +599,12 @@ def check_listen_ports(env: dict[str, str]) -> None:
 # --- modes ---------------------------------------------------------------------------------
 
 
-def supervise(children: list[Child], backing: Backing, signals: Signals) -> int:
+def supervise(
+    children: list[Child],
+    backing: Backing,
+    signals: Signals,
+    restart: Callable[[Child], Child | None] = lambda dead: None,
+) -> int:
     code = 0
     while True:
         if signals.requested:
@@ -454,6 +612,10 @@ def supervise(children: list[Child], backing: Backing, signals: Signals) -> int:
             break
         dead = next((c for c in children if c.proc.poll() is not None), None)
         if dead is not None:
+            replacement = restart(dead)
+            if replacement is not None:
+                children[children.index(dead)] = replacement
+                continue
             log.error(
                 "%s exited unexpectedly with %s", dead.name, describe_exit(dead.proc.returncode)
             )
@@ -486,14 +648,20 @@ def cmd_run(console: Console, signals: Signals) -> int:
         setup_database(console, env, signals)
         children: list[Child] = []
         try:
-            for name, args in app_commands(env, data_dir):
-                children.append(start_child(console, name, args, env))
+            for spec in app_commands(env, data_dir):
+                wait_until_ready(spec.wait_for, children, signals)
+                children.append(start_app_process(console, spec, env))
         except BaseException:
             stop_children(children, signals)
             raise
         host, port = env.get("HOST") or "127.0.0.1", env.get("PORT") or "8000"
         log.info("started %s; http://%s:%s/", ", ".join(c.name for c in children), host, port)
-        code = supervise(children, backing, signals)
+        code = supervise(
+            children,
+            backing,
+            signals,
+            restart=functools.partial(restart_if_allowed, console, env=env),
+        )
     if code == 0:
         log.info("stopped (forced)" if signals.forced else "stopped cleanly")
     else:

@@ -64,6 +64,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Names the instance in X-TaskHub-Server (taskhub/instance.py, docs/scaling.md).
+    "taskhub.instance.instance_header_middleware",
     # Async-only (unlike WhiteNoise's, which it forks): a sync middleware would make every
     # request hop to a thread and back, and Daphne then hangs on SIGTERM with a request
     # in flight (the exiting interpreter joins a thread that waits for the stopped loop).
@@ -279,6 +281,9 @@ if not SEARCH_CONFIGS or not set(SEARCH_CONFIGS) <= set(SEARCH_INDEXED_CONFIGS):
     raise ImproperlyConfigured(
         f"SEARCH_CONFIGS must name one or more of {', '.join(SEARCH_INDEXED_CONFIGS)} (the "
         f"configurations the search column is built from), got {SEARCH_CONFIGS!r}"
+# This process's name in X-TaskHub-Server and the welcome frame (taskhub/instance.py);
+# empty: host:pid.
+TASKHUB_INSTANCE_NAME = env_str("INSTANCE_NAME")
     )
 SEARCH_MAX_QUERY_CHARS = env_int("SEARCH_MAX_QUERY_CHARS", 200, minimum=1)
 
