@@ -5,7 +5,7 @@ testing.start_daphne for the restart test) serves the page, a real Celery worker
 tasks. The tests do what a person at the page does — sign up, fill the form, click, read
 badges — and check what they would see. docs/browser.md says how to run them.
 
-Chromium is Debian's `chromium` package (.ci/install-chromium.sh installs it), driven by
+Chromium is Debian's `chromium` package (.ci/install-debian-packages.sh installs it), driven by
 Playwright's Python package; no browser is downloaded. Without /usr/bin/chromium these
 tests are skipped, saying why.
 """
@@ -48,7 +48,7 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(
         not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} not found: run .ci/install-chromium.sh (apt chromium) to run "
+        reason=f"{CHROMIUM} not found: run .ci/install-debian-packages.sh (apt chromium) to run "
         "the browser tests",
     ),
 ]
