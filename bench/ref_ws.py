@@ -52,7 +52,10 @@ class Hub:
     """The process's one pub/sub connection and which sockets listen on which channel."""
 
     def __init__(self, redis_url: str) -> None:
-        self.redis = aioredis.Redis.from_url(redis_url)
+        # A blocking pool: a burst of connects waits for a free connection instead of
+        # failing with MaxConnectionsError (redis-py's plain pool raises past its size).
+        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=100, timeout=30)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.clients: dict[str, set[Client]] = {}
 

@@ -45,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="bench/run.py",
         description="Benchmark a real TaskHub stack (see docs/benchmarks.md).",
     )
-    parser.add_argument("--start-samples", type=int, default=30, help="per path (default 30)")
+    parser.add_argument("--start-samples", type=int, default=12, help="per path (default 12)")
     parser.add_argument("--tasks", type=int, default=300, help="throughput batch (300)")
     parser.add_argument("--events", type=int, default=40, help="event latency tasks (40)")
     parser.add_argument("--resume-events", type=int, default=1000, help="missed events (1000)")
