@@ -43,6 +43,8 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 # The same backing-service rule as `make test` (embedded unless DATABASE_URL + REDIS_URL).
+# Quick by default (under ~3 min); BENCH_ARGS="--scale" for the big comparisons against
+# the references (under 15 min); docs/benchmarks.md. Needs `wrk` (Debian: apt-get install wrk).
 bench: $(STAMP)
 	$(PY) -m taskhub.launcher exec $(PY) bench/run.py $(BENCH_ARGS)
 
