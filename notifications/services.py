@@ -12,14 +12,12 @@ import time
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
-from notifications import protocol, selectors
+from notifications import protocol, push, selectors
 from notifications.models import Event, Notification
 from notifications.redis_client import async_redis
 from taskhub import metrics
@@ -44,8 +42,14 @@ def next_event_seq(*, user_id: int) -> int:
 
 
 def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | None = None) -> Event:
-    """Persist an event for `user_id` and push it to their sockets after commit."""
-    with transaction.atomic():
+    """Persist an event for `user_id` and push it to their sockets after commit.
+
+    Inside a caller's transaction this is a step of the caller's write, not something to
+    recover from, so it takes no savepoint of its own: that saves two round trips per
+    event, and its push is registered under the caller's savepoints, which lets every
+    push of the transaction go out in one batch (notifications/push.py).
+    """
+    with transaction.atomic(savepoint=False):
         event = Event.objects.create(
             user_id=user_id,
             seq=next_event_seq(user_id=user_id),
@@ -54,32 +58,42 @@ def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | No
             task_id=task_id,
         )
         frame = protocol.envelope(type, data, id=event.seq, ts=event.created_at)
-        transaction.on_commit(lambda: push_to_user_rollback_unsafe(user_id=user_id, frame=frame))
-        transaction.on_commit(metrics.EVENTS_PUBLISHED.labels(type=type).inc)
+        push_to_user_after_commit(user_id=user_id, frame=frame)
+        transaction.on_commit(metrics.EVENTS_PUBLISHED.labels(type=type).inc, robust=True)
     return event
 
 
 def publish_ephemeral(*, user_id: int, type: str, data: dict[str, Any]) -> None:
     """Push an event that is not kept (progress, typing); after commit if in a transaction."""
-    frame = protocol.envelope(type, data)
-    transaction.on_commit(lambda: push_to_user_rollback_unsafe(user_id=user_id, frame=frame))
+    push_to_user_after_commit(user_id=user_id, frame=protocol.envelope(type, data))
+
+
+def _user_message(frame: dict[str, Any]) -> dict[str, Any]:
+    # What the consumer's event_push handler takes (notifications/consumers.py).
+    return {"type": "event.push", "frame": frame}
+
+
+def push_to_user_after_commit(*, user_id: int, frame: dict[str, Any]) -> None:
+    """Send a frame to every socket of the user once the current transaction commits (at
+    once outside one). A failed push is logged; persisted events stay in the log and a
+    client's resume delivers them."""
+    push.push_after_commit(
+        group=protocol.user_group(user_id),
+        message=_user_message(frame),
+        recipient=f"user {user_id}",
+    )
 
 
 def push_to_user_rollback_unsafe(*, user_id: int, frame: dict[str, Any]) -> None:
     """Send a frame to every socket of the user now, committed or not.
 
-    Only call after commit (publish() does). A failure is logged and swallowed: persisted
-    events stay in the log and a client's resume delivers them.
+    Only call after commit (publish() does it through push_to_user_after_commit). A failure
+    is logged and swallowed: persisted events stay in the log and a client's resume
+    delivers them.
     """
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            protocol.user_group(user_id), {"type": "event.push", "frame": frame}
-        )
-    except Exception:
-        logger.warning("push to user %s failed; the event log keeps it", user_id, exc_info=True)
+    push.group_send_now(
+        [(protocol.user_group(user_id), _user_message(frame))], what=f"user {user_id}"
+    )
 
 
 # --- Inbox -------------------------------------------------------------------------------
@@ -101,8 +115,8 @@ def notify(
     *, user_id: int, title: str, body: str = "", task_id: UUID | None = None
 ) -> Notification:
     """Put a notification in the user's inbox and tell their sockets (`notification.new`,
-    a persisted event), in the caller's transaction."""
-    with transaction.atomic():
+    a persisted event), in the caller's transaction (no savepoint, as in publish())."""
+    with transaction.atomic(savepoint=False):
         notification = Notification.objects.create(
             user_id=user_id, title=title[:200], body=body, task_id=task_id
         )
