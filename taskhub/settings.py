@@ -116,6 +116,25 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
 # Django's PostgreSQL backend wrapped by django-prometheus: query and error counters.
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+# A psycopg 3 pool per process (taskhub/db_pool.py says why, and how it survives Celery's
+# fork); DB_POOL_MAX=0 turns it off (a new connection per request, or DB_CONN_MAX_AGE).
+# Sized for the busiest process: Daphne runs each request on a thread of its own, gRPC up
+# to GRPC_MAX_WORKERS calls; a Celery child uses one. Connections open on demand up to
+# the max and close again after 10 idle minutes down to the min.
+# A deployment that asked for persistent connections (DB_CONN_MAX_AGE) keeps them.
+DB_POOL_MAX = env_int("DB_POOL_MAX", 0 if DATABASES["default"]["CONN_MAX_AGE"] else 32, minimum=0)
+if DB_POOL_MAX:
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured("DB_CONN_MAX_AGE must be 0 (or unset) when DB_POOL_MAX > 0")
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(env_int("DB_POOL_MIN", 2, minimum=0), DB_POOL_MAX),
+        "max_size": DB_POOL_MAX,
+        # A request waits at most this long for a free connection, then fails (500).
+        "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),
+    }
+    from taskhub.db_pool import register_fork_hook
+
+    register_fork_hook()
 
 CACHES = {
     "default": {
@@ -329,12 +348,22 @@ TASKHUB_WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 20,
 TASKHUB_WS_IDLE_TIMEOUT = env_float("WS_IDLE_TIMEOUT", 120.0, minimum=1.0)
 # Malformed/unknown frames tolerated per connection (each answered with an error) before 4400.
 TASKHUB_WS_MAX_BAD_FRAMES = env_int("WS_MAX_BAD_FRAMES", 10, minimum=1)
-# How often an open socket re-checks the event log for a push that never arrived when no
-# later event exposed the gap (a push lost to a Redis blip); 0 turns the check off.
+# How often each web process sweeps its open sockets, in one query for all their users,
+# for a push that never arrived when no later event exposed the gap (a push lost to a
+# Redis blip: delivered within 2 periods) and for deactivated users (closed with 4401);
+# 0 turns the sweep off.
 TASKHUB_WS_CATCHUP_INTERVAL = env_float("WS_CATCHUP_INTERVAL", 30.0, minimum=0.0)
 # How often a socket renews its entry in the Redis connection registry; an entry not
 # renewed for 3 periods (a crashed server) no longer counts.
 TASKHUB_WS_PRESENCE_REFRESH = env_float("WS_PRESENCE_REFRESH", 60.0, minimum=1.0)
+# A valid token's user is looked up once and trusted for this many seconds per process
+# (a connect storm costs no query per socket): a deactivated user's new sockets are
+# refused at most this long after, and their open ones closed by the next sweep.
+TASKHUB_WS_AUTH_CACHE_SECONDS = env_float("WS_AUTH_CACHE_SECONDS", 30.0, minimum=0.0)
+# The sockets' own small pool of async PostgreSQL connections per web process
+# (notifications.selectors): its size and how long a read waits for a free connection.
+TASKHUB_WS_DB_POOL_SIZE = env_int("WS_DB_POOL_SIZE", 4, minimum=1)
+TASKHUB_WS_DB_POOL_TIMEOUT = env_float("WS_DB_POOL_TIMEOUT", 5.0, minimum=0.1)
 
 # --- Static files, i18n ------------------------------------------------------------------
 
