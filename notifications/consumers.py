@@ -1,9 +1,17 @@
 """The WebSocket consumer at /ws: one connection carries every event of one user.
 
 Thin by design: it decodes frames, enforces the connection's limits and dispatches by
-`type` to small handlers; reads and writes go through notifications.selectors/services
-(via database_sync_to_async, never the sync ORM on the event loop). docs/protocol.md is
-the client's view of all of this.
+`type` to small handlers; reads go through notifications.selectors' async pool and
+writes through notifications.services, never the sync ORM on the event loop.
+docs/protocol.md is the client's view of all of this.
+
+What an open socket costs while nothing happens — nothing per socket: no task, no timer,
+no query. One SocketHub per process (per event loop) does every socket's housekeeping in
+one task: idle timeouts, one pipelined renewal of all registry entries, and one sweep
+query for all connected users (lost last pushes, deactivated accounts). A socket that
+ends, however it ends (closed, failed, or cancelled by Daphne without disconnect()),
+hands its groups and registry entries to the hub, which releases those of every socket
+that closed at the same moment in a few pipelined round trips.
 
 Delivery of persisted events (those with an `id`) — why none is sent twice or lost:
 
@@ -20,27 +28,29 @@ Delivery of persisted events (those with an `id`) — why none is sent twice or 
   while a replay runs wait in the channel layer (Channels dispatches one message at a
   time per consumer) and are then dropped (id <= _last_id) or delivered in order.
 * A push that never arrives (Redis blip, channel over capacity) is noticed when the next
-  push shows a gap, by the periodic catch-up (WS_CATCHUP_INTERVAL), or on reconnect
-  with `last_event_id`.
+  push shows a gap, by the hub's sweep (a socket still behind an id the previous sweep
+  saw committed: within 2 x WS_CATCHUP_INTERVAL), or on reconnect with `last_event_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from notifications import protocol, selectors, services
-from notifications.middleware import subprotocol_to_accept
+from notifications.middleware import forget_user, subprotocol_to_accept
 from taskhub import metrics
 
 logger = logging.getLogger(__name__)
@@ -60,9 +70,21 @@ CHAT_MESSAGE_TYPES = frozenset(
     {"subscribe.chat", "unsubscribe.chat", "chat.message.post", "chat.message.edit", "chat.typing"}
 )
 
-_newest_event_id = database_sync_to_async(selectors.newest_event_id)
-_oldest_event_id = database_sync_to_async(selectors.oldest_event_id)
-_events_after = database_sync_to_async(selectors.events_after)
+# Handlers by client frame type (method names: one table for all sockets, not per socket).
+HANDLERS = {
+    "ping": "handle_ping",
+    "resume": "handle_resume",
+    **dict.fromkeys(CHAT_MESSAGE_TYPES, "handle_chat"),
+}
+
+# How long disconnect() waits for its batch of group/registry releases; far below
+# Daphne's application close timeout, so a mass close never gets consumers killed.
+RELEASE_WAIT = 3.0
+# Group discards of one release batch in flight at once (the channel layer's pool must
+# never be exhausted by a mass disconnect: MaxConnectionsError).
+RELEASE_CONCURRENCY = 32
+# Catch-ups the sweep runs at once (each one is a read from the small pool).
+CATCHUP_CONCURRENCY = 8
 
 
 class BadFrame(Exception):
@@ -75,6 +97,8 @@ class BadFrame(Exception):
 
 class TokenBucket:
     """`rate` tokens a second, holding at most `rate` (so a burst of `rate` is fine)."""
+
+    __slots__ = ("rate", "tokens", "updated")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -160,6 +184,171 @@ class ProgressCoalescer:
         self._held.clear()
 
 
+class SocketHub:
+    """The housekeeping of every open socket of one event loop (one Daphne process).
+
+    One task while any socket is open, waking a few times a second: it closes idle
+    sockets, renews all registry entries in one pipelined write every
+    WS_PRESENCE_REFRESH, and every WS_CATCHUP_INTERVAL reads, in one query for all
+    connected users, whether each is still active and their newest event id. A socket
+    still behind an id the previous sweep saw committed missed that push: it catches up
+    from the log. Sockets of a deactivated or deleted user are closed with 4401.
+
+    Closed sockets are released in batches (`release`): their registry entries in a few
+    pipelines, their groups with bounded concurrency.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: set[EventConsumer] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._pending: list[tuple[int | None, str, tuple[str, ...]]] = []
+        self._pending_done: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+
+    def add(self, consumer: EventConsumer) -> None:
+        self.sockets.add(consumer)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def release(
+        self, consumer: EventConsumer, entry: tuple[int | None, str, tuple[str, ...]] | None
+    ) -> asyncio.Future[None] | None:
+        """Forget a socket that ended; returns a future done once its groups and registry
+        entries are gone (None if it had none)."""
+        self.sockets.discard(consumer)
+        if not self.sockets and self._task is not None:
+            self._task.cancel()  # nothing left to look after: no task lingers
+            self._task = None
+        if entry is None:
+            return None
+        self._pending.append(entry)
+        if self._pending_done is None:
+            self._pending_done = asyncio.get_running_loop().create_future()
+        done = self._pending_done
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        return done
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(0)  # let every socket closing right now join the batch
+                batch, done = self._pending, self._pending_done
+                self._pending, self._pending_done = [], None
+                try:
+                    await self._release_batch(batch)
+                except Exception:
+                    # Registry entries go stale on their own (3 x WS_PRESENCE_REFRESH),
+                    # group memberships at group_expiry; nothing waits on a retry.
+                    logger.warning("releasing %d closed sockets failed", len(batch), exc_info=True)
+                if done is not None and not done.done():
+                    done.set_result(None)
+        finally:
+            self._flusher = None
+
+    async def _release_batch(self, batch: list[tuple[int | None, str, tuple[str, ...]]]) -> None:
+        registered = [(user_id, channel) for user_id, channel, _ in batch if user_id is not None]
+        if registered:
+            await services.connection_unregister_many(registered)
+        discards = [(group, channel) for _, channel, groups in batch for group in groups]
+        if not discards:
+            return
+        layer = get_channel_layer()
+        limit = asyncio.Semaphore(RELEASE_CONCURRENCY)
+
+        async def discard(group: str, channel: str) -> None:
+            async with limit:
+                try:
+                    await layer.group_discard(group, channel)
+                except Exception:  # the membership expires on its own (group_expiry)
+                    logger.warning("could not leave group %s", group, exc_info=True)
+
+        await asyncio.gather(*(discard(group, channel) for group, channel in discards))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_refresh = last_sweep = loop.time()
+        while self.sockets:
+            catchup_every = settings.TASKHUB_WS_CATCHUP_INTERVAL
+            tick = min(1.0, settings.TASKHUB_WS_IDLE_TIMEOUT / 4)
+            if catchup_every:
+                tick = min(tick, catchup_every / 2)
+            await asyncio.sleep(max(0.05, tick))
+            now = loop.time()
+            try:
+                self._close_idle(time.monotonic())
+                if now - last_refresh >= settings.TASKHUB_WS_PRESENCE_REFRESH:
+                    last_refresh = now
+                    await self._refresh()
+                if catchup_every and now - last_sweep >= catchup_every:
+                    last_sweep = now
+                    await self._sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("websocket housekeeping failed; will retry", exc_info=True)
+
+    def _close_idle(self, now: float) -> None:
+        idle = [c for c in self.sockets if not c._closed and now - c._last_seen >= c._idle_timeout]
+        for consumer in idle:
+            self.sockets.discard(consumer)
+            self._spawn(consumer._close_idle())
+
+    async def _refresh(self) -> None:
+        sockets = [c for c in self.sockets if c._registered and not c._closed]
+        await services.connection_refresh_many([(c.user.pk, c.channel_name) for c in sockets])
+        # Re-adding renews a membership before channels_redis' group_expiry drops a
+        # long-lived socket from its groups; only sockets that old need it.
+        layer = get_channel_layer()
+        expiry = getattr(layer, "group_expiry", None)
+        if not expiry:
+            return
+        due = time.monotonic() - expiry / 2
+        for consumer in sockets:
+            if consumer._groups_renewed_at < due:
+                consumer._groups_renewed_at = time.monotonic()
+                for group in list(consumer._groups):
+                    await layer.group_add(group, consumer.channel_name)
+
+    async def _sweep(self) -> None:
+        sockets = [c for c in self.sockets if c.user is not None and not c._closed]
+        if not sockets:
+            return
+        state = await selectors.ausers_state(user_ids=list({c.user.pk for c in sockets}))
+        limit = asyncio.Semaphore(CATCHUP_CONCURRENCY)
+        for consumer in sockets:
+            user_state = state.get(consumer.user.pk)
+            if user_state is None or not user_state[0]:
+                forget_user(consumer.user.pk)
+                self.sockets.discard(consumer)
+                self._spawn(consumer._close_deactivated())
+                continue
+            newest = user_state[1]
+            seen_before, consumer._sweep_mark = consumer._sweep_mark, newest
+            # Behind an id already committed at the previous sweep: that push is lost,
+            # not merely in flight.
+            if consumer._last_id < seen_before:
+                self._spawn(consumer._catch_up(limit))
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SocketHub] = weakref.WeakKeyDictionary()
+
+
+def socket_hub() -> SocketHub:
+    """The hub of the running event loop."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = SocketHub()
+    return hub
+
+
 class EventConsumer(AsyncWebsocketConsumer):
     """One user's socket. Other apps' handlers (chat.ws) use: `user`, `channel_name`,
     `send_frame`, `reply`, `reply_error`, `join_group`, `leave_group`."""
@@ -170,18 +359,17 @@ class EventConsumer(AsyncWebsocketConsumer):
         self._groups: set[str] = set()
         self._closed = False
         self._registered = False
+        self._released = False
         self._last_id = 0
+        self._sweep_mark = 0
         self._delivery_lock = asyncio.Lock()
         self._last_seen = time.monotonic()
+        self._idle_timeout = settings.TASKHUB_WS_IDLE_TIMEOUT
+        self._groups_renewed_at = self._last_seen
         self._bad_frames = 0
         self._bucket = TokenBucket(settings.TASKHUB_WS_MAX_MESSAGES_PER_SECOND)
-        self._progress = ProgressCoalescer(self.send_frame)
-        self._housekeeping: asyncio.Task[None] | None = None
-        self._handlers: dict[str, Callable[[dict[str, Any], Any], Awaitable[None]]] = {
-            "ping": self.handle_ping,
-            "resume": self.handle_resume,
-            **dict.fromkeys(CHAT_MESSAGE_TYPES, self.handle_chat),
-        }
+        # Made on the first task.progress: most sockets never need one.
+        self._progress: ProgressCoalescer | None = None
 
     # --- The API other apps' handlers use ------------------------------------------------
 
@@ -224,6 +412,11 @@ class EventConsumer(AsyncWebsocketConsumer):
             await self._close(CLOSE_UNAUTHENTICATED)
             return
         self.user = user
+        # However this socket ends — disconnect(), an error, or Daphne cancelling it
+        # without calling disconnect() — its groups and registry entry are released.
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _: self._release())
         try:
             self._registered = await services.connection_register(
                 user_id=user.pk, channel_name=self.channel_name
@@ -238,13 +431,15 @@ class EventConsumer(AsyncWebsocketConsumer):
             # Join before reading the log: see "why none is lost" in the module docstring.
             await self.join_group(protocol.user_group(user.pk))
             async with self._delivery_lock:
-                self._last_id = await _newest_event_id(user_id=user.pk)
+                self._last_id = await selectors.anewest_event_id(user_id=user.pk)
             await self.send_frame(self._welcome())
         except Exception:
             logger.exception("websocket setup failed for user %s", user.pk)
             await self._close(CLOSE_TRY_AGAIN_LATER)
             return
-        self._housekeeping = asyncio.ensure_future(self._keep_house())
+        self._idle_timeout = settings.TASKHUB_WS_IDLE_TIMEOUT
+        self._sweep_mark = self._last_id
+        socket_hub().add(self)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         if "last_event_id" in query:
             try:
@@ -268,61 +463,48 @@ class EventConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self._closed = True
-        self._progress.close()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-        for group in list(self._groups):
+        if self._progress is not None:
+            self._progress.close()
+        done = self._release()
+        if done is not None:
+            # Bounded: the slot is given back before we return (a reconnect right after
+            # finds it free), but a slow Redis never holds the close up for long.
             try:
-                await self.leave_group(group)
-            except Exception:  # group membership expires on its own (group_expiry)
-                logger.warning("could not leave group %s", group, exc_info=True)
-        if self._registered:
-            self._registered = False
-            try:
-                await services.connection_unregister(
-                    user_id=self.user.pk, channel_name=self.channel_name
-                )
-            except Exception:  # the entry goes stale and stops counting on its own
-                logger.warning("could not unregister socket of %s", self.user.pk, exc_info=True)
+                await asyncio.wait_for(asyncio.shield(done), RELEASE_WAIT)
+            except TimeoutError:
+                logger.warning("releasing socket of %s is slow; not waiting", self.user.pk)
+
+    def _release(self) -> asyncio.Future[None] | None:
+        """Hand this socket's groups and registry entry to the hub (once)."""
+        if self._released or self.user is None:
+            return None
+        self._released = True
+        self._closed = True
+        if self._progress is not None:
+            self._progress.close()
+        user_id = self.user.pk if self._registered else None
+        groups = tuple(self._groups)
+        self._registered = False
+        self._groups = set()
+        entry = (user_id, self.channel_name, groups) if user_id is not None or groups else None
+        try:
+            return socket_hub().release(self, entry)
+        except RuntimeError:  # no running loop: the loop itself is gone, and Redis with it
+            return None
 
     async def _close(self, code: int) -> None:
         if not self._closed:
             self._closed = True
             await self.close(code=code)
 
-    async def _keep_house(self) -> None:
-        """Idle timeout, the connection registry refresh, group renewal and catch-up."""
-        idle_timeout = settings.TASKHUB_WS_IDLE_TIMEOUT
-        refresh_every = settings.TASKHUB_WS_PRESENCE_REFRESH
-        catchup_every = settings.TASKHUB_WS_CATCHUP_INTERVAL
-        next_refresh = time.monotonic() + refresh_every
-        next_catchup = time.monotonic() + catchup_every if catchup_every else float("inf")
-        while not self._closed:
-            now = time.monotonic()
-            idle_deadline = self._last_seen + idle_timeout
-            if now >= idle_deadline:
-                await self.reply_error("idle", f"Nothing received for {idle_timeout:g} s.")
-                await self._close(CLOSE_IDLE)
-                return
-            try:
-                if now >= next_refresh:
-                    next_refresh = now + refresh_every
-                    await services.connection_refresh(
-                        user_id=self.user.pk, channel_name=self.channel_name
-                    )
-                    # Re-adding renews the membership before channels_redis' group_expiry
-                    # drops a long-lived socket from its groups.
-                    for group in list(self._groups):
-                        await self.channel_layer.group_add(group, self.channel_name)
-                if now >= next_catchup:
-                    next_catchup = now + catchup_every
-                    await self._catch_up()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("websocket housekeeping failed; will retry", exc_info=True)
-            wake_at = min(idle_deadline, next_refresh, next_catchup)
-            await asyncio.sleep(max(0.05, wake_at - time.monotonic()))
+    async def _close_idle(self) -> None:
+        idle_timeout = self._idle_timeout
+        await self.reply_error("idle", f"Nothing received for {idle_timeout:g} s.")
+        await self._close(CLOSE_IDLE)
+
+    async def _close_deactivated(self) -> None:
+        await self.reply_error("unauthenticated", "This account is no longer active.")
+        await self._close(CLOSE_UNAUTHENTICATED)
 
     # --- Client -> server ----------------------------------------------------------------
 
@@ -345,10 +527,10 @@ class EventConsumer(AsyncWebsocketConsumer):
         try:
             message = decode_message(text_data)
             ref = message.get("ref")
-            handler = self._handlers.get(message["type"])
+            handler = HANDLERS.get(message["type"])
             if handler is None:
                 raise BadFrame("unknown_type", f"Unknown message type {message['type']!r}.", ref)
-            await handler(message, ref)
+            await getattr(self, handler)(message, ref)
         except BadFrame as bad:
             await self._bad_frame(bad)
         except Exception:
@@ -384,11 +566,11 @@ class EventConsumer(AsyncWebsocketConsumer):
     async def _resume_from(self, after_id: int, *, ref: Any) -> None:
         """Send every persisted event after `after_id`, in order, then carry on live."""
         async with self._delivery_lock:
-            newest = await _newest_event_id(user_id=self.user.pk)
+            newest = await selectors.anewest_event_id(user_id=self.user.pk)
             # An id we never handed out (another server's, a typo) cannot mean "seen up to
             # there": treating it as such would hide later events. Start from the newest.
             after_id = min(after_id, newest)
-            oldest = await _oldest_event_id(user_id=self.user.pk)
+            oldest = await selectors.aoldest_event_id(user_id=self.user.pk)
             if after_id < newest and (oldest is None or oldest > after_id + 1):
                 await self.reply_error(
                     "events_pruned",
@@ -401,13 +583,13 @@ class EventConsumer(AsyncWebsocketConsumer):
 
     async def _deliver_from_log(self, *, before_id: int | None = None) -> None:
         """Send the log's events after _last_id (and below before_id). Hold the lock."""
-        while True:
-            events = await _events_after(
+        while not self._closed:
+            frames = await selectors.aevent_frames_after(
                 user_id=self.user.pk, after_id=self._last_id, before_id=before_id
             )
-            for event in events:
-                await self._deliver(selectors.event_frame(event))
-            if len(events) < selectors.EVENT_PAGE_MAX:
+            for frame in frames:
+                await self._deliver(frame)
+            if len(frames) < selectors.EVENT_PAGE_MAX:
                 return
 
     async def _deliver(self, frame: dict[str, Any]) -> None:
@@ -415,12 +597,20 @@ class EventConsumer(AsyncWebsocketConsumer):
         self._last_id = frame["id"]
         metrics.EVENTS_DELIVERED.labels(type=frame["type"]).inc()
         if frame["type"] == protocol.TASK_UPDATED:
-            self._progress.task_updated(frame.get("data") or {})
+            data = frame.get("data") or {}
+            if self._progress is None and data.get("status") in TERMINAL_TASK_STATUSES:
+                # Late progress of this task must be dropped: now the socket needs one.
+                self._progress = ProgressCoalescer(self.send_frame)
+            if self._progress is not None:
+                self._progress.task_updated(data)
 
-    async def _catch_up(self) -> None:
-        """Deliver events whose push never arrived and that no later push revealed."""
-        async with self._delivery_lock:
-            newest = await _newest_event_id(user_id=self.user.pk)
+    async def _catch_up(self, limit: asyncio.Semaphore | None = None) -> None:
+        """Deliver events whose push never arrived and that no later push revealed (the
+        hub's sweep found this socket behind)."""
+        async with limit or contextlib.nullcontext(), self._delivery_lock:
+            if self._closed:
+                return
+            newest = await selectors.anewest_event_id(user_id=self.user.pk)
             if newest > self._last_id:
                 await self._deliver_from_log(before_id=newest + 1)
 
@@ -436,6 +626,8 @@ class EventConsumer(AsyncWebsocketConsumer):
         event_id = frame.get("id")
         if event_id is None or frame.get("type") not in protocol.PERSISTED_TYPES:
             if frame.get("type") == protocol.TASK_PROGRESS:
+                if self._progress is None:
+                    self._progress = ProgressCoalescer(self.send_frame)
                 await self._progress.offer(frame)
             else:
                 await self.send_frame(frame)

@@ -7,18 +7,19 @@ not tell a bad token (4401, log in again) from a foreign page (4403) or a networ
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import AccessToken
+
+from notifications import selectors
 
 CLOSE_FORBIDDEN_ORIGIN = 4403
 
@@ -81,11 +82,38 @@ class WebsocketOriginValidator(OriginValidator):
         return await close_with(CLOSE_FORBIDDEN_ORIGIN, scope, receive, send)
 
 
-@database_sync_to_async
-def _active_user(user_id: Any) -> Any:
-    user_model = get_user_model()
-    lookup = {jwt_settings.USER_ID_FIELD: user_id}
-    return user_model.objects.filter(**lookup, is_active=True).first()
+# user id claim -> (valid until, user). Process-wide: every socket of one user shares one
+# lookup per WS_AUTH_CACHE_SECONDS, so a reconnect storm costs no query per socket.
+_user_cache: dict[Any, tuple[float, Any]] = {}
+_USER_CACHE_MAX = 100_000
+
+
+async def _active_user(user_id: Any) -> Any:
+    """The active user `user_id` names, or None; looked up at most once per
+    WS_AUTH_CACHE_SECONDS (the bound on how long a deactivated user can still connect)."""
+    now = time.monotonic()
+    cached = _user_cache.get(user_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    user = await selectors.aactive_user(lookup_field=jwt_settings.USER_ID_FIELD, value=user_id)
+    ttl = settings.TASKHUB_WS_AUTH_CACHE_SECONDS
+    if user is None or ttl <= 0:
+        # Only the active are cached: a refused user is let in as soon as reactivated.
+        _user_cache.pop(user_id, None)
+        return user
+    if len(_user_cache) >= _USER_CACHE_MAX:
+        for key in [k for k, (until, _) in _user_cache.items() if until <= now]:
+            del _user_cache[key]
+        if len(_user_cache) >= _USER_CACHE_MAX:
+            _user_cache.clear()
+    _user_cache[user_id] = (now + ttl, user)
+    return user
+
+
+def forget_user(user_id: Any) -> None:
+    """Drop a cached lookup (the sweep found the user deactivated or gone)."""
+    _user_cache.pop(user_id, None)
+    _user_cache.pop(str(user_id), None)
 
 
 async def user_from_token(raw_token: str) -> Any:
@@ -102,13 +130,15 @@ async def user_from_token(raw_token: str) -> Any:
 
 class JWTAuthMiddleware:
     """Authenticate by a JWT access token in the `token` query parameter or offered as a
-    Sec-WebSocket-Protocol value. Without a token the session user (set by the
-    AuthMiddlewareStack around this) stands; with a bad token the connection is anonymous
-    even if a session cookie came along: an explicit credential that fails must not be
-    papered over by another one."""
+    Sec-WebSocket-Protocol value. With a token the session stack is skipped altogether
+    (it would cost a trip through the ORM's thread per connect for nothing); with a bad
+    token the connection is anonymous even if a session cookie came along: an explicit
+    credential that fails must not be papered over by another one. Without a token the
+    session user (AuthMiddlewareStack, `session_application`) stands."""
 
-    def __init__(self, application: Any) -> None:
+    def __init__(self, application: Any, session_application: Any = None) -> None:
         self.application = application
+        self.session_application = session_application or application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
@@ -116,13 +146,16 @@ class JWTAuthMiddleware:
         subprotocol = token_subprotocol(scope)
         if raw_token is None and subprotocol is not None:
             raw_token = subprotocol
-        if raw_token is not None:
-            scope = dict(scope)
-            scope["user"] = await user_from_token(raw_token)
-            scope["auth_subprotocol"] = subprotocol
+        if raw_token is None:
+            return await self.session_application(scope, receive, send)
+        scope = dict(scope)
+        scope["user"] = await user_from_token(raw_token)
+        scope["auth_subprotocol"] = subprotocol
         return await self.application(scope, receive, send)
 
 
 def WebsocketAuthStack(application: Any) -> Any:  # channels names its stacks this way
-    """Origin check, then session cookie auth, then JWT auth, then the app."""
-    return WebsocketOriginValidator(AuthMiddlewareStack(JWTAuthMiddleware(application)))
+    """Origin check, then JWT auth, or session cookie auth when no token came, then the app."""
+    return WebsocketOriginValidator(
+        JWTAuthMiddleware(application, session_application=AuthMiddlewareStack(application))
+    )

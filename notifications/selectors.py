@@ -1,15 +1,28 @@
-"""Every read of the event log, the inbox and the connection registry, scoped to one user."""
+"""Every read of the event log, the inbox and the connection registry, scoped to one user.
+
+The WebSocket consumer's reads (the `a*` functions at the bottom) do not go through the
+ORM: Django's async ORM and database_sync_to_async both run on one shared thread, and
+with CONN_MAX_AGE=0 each call opened a new PostgreSQL connection — at a few thousand
+sockets that thread was the whole server's bottleneck (docs/benchmarks.md). They use a
+few pooled psycopg async connections on the event loop instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connections
 from django.db.models import QuerySet
 from django.http import Http404
+from psycopg import sql
 
 from notifications import protocol
 from notifications.models import Event, EventCounter, Notification
@@ -114,3 +127,194 @@ def active_connection_count() -> int:
 def user_connection_count(*, user_id: int) -> int:
     cutoff = time.time() - presence_stale_after()
     return int(sync_redis().zcount(user_connections_key(user_id), f"({cutoff}", "+inf"))
+
+
+# --- Async reads for the WebSocket consumer ---------------------------------------------
+#
+# One small, bounded pool per event loop (an asyncio connection belongs to the loop it was
+# made on; Daphne has one loop per process, tests one per test). A read takes well under a
+# millisecond, so a few connections serve thousands of sockets; a burst waits for a free
+# connection (up to WS_DB_POOL_TIMEOUT) rather than opening more.
+#
+# Not psycopg_pool's AsyncConnectionPool: its maintenance runs in background tasks that
+# retry a failed connect with backoff for minutes, even when cancelled mid-connect — an
+# event loop being shut down (every test's) then never finished. This pool has no task of
+# its own: a connection is made by the read that needs it, in the reader's task.
+
+
+class _LoopPool:
+    def __init__(self, *, max_size: int, timeout: float) -> None:
+        self.kwargs = _pool_kwargs()
+        self.timeout = timeout
+        self.slots = asyncio.Semaphore(max_size)
+        self.idle: list[psycopg.AsyncConnection[Any]] = []
+
+    async def fetch(self, query: sql.Composable, params: list[Any]) -> list[tuple[Any, ...]]:
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.timeout)
+        except TimeoutError:
+            raise psycopg.OperationalError("no free connection in the sockets' pool") from None
+        try:
+            while self.idle:
+                # A reused connection may have died (a PostgreSQL restart): a read is
+                # idempotent, so drop that connection and read again on the next one.
+                conn = self.idle.pop()
+                try:
+                    return await self._run(conn, query, params)
+                except psycopg.OperationalError:
+                    await conn.close()
+            conn = await psycopg.AsyncConnection.connect(**self.kwargs)
+            return await self._run(conn, query, params)
+        finally:
+            self.slots.release()
+
+    async def _run(
+        self, conn: psycopg.AsyncConnection[Any], query: sql.Composable, params: list[Any]
+    ) -> list[tuple[Any, ...]]:
+        try:
+            cursor = await conn.execute(query, params)
+            rows = await cursor.fetchall()
+        except BaseException:
+            # Cancelled mid-query or failed: the connection's state is unknown.
+            if not conn.closed:
+                await asyncio.shield(conn.close())
+            raise
+        self.idle.append(conn)
+        return rows
+
+    async def close(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            await conn.close()
+
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPool] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pool_kwargs() -> dict[str, Any]:
+    """The connection parameters Django itself uses (read when the pool is made, so tests
+    get pytest-django's test database), less the sync ORM's own adapters."""
+    params = connections["default"].get_connection_params()
+    for key in ("cursor_factory", "context"):
+        params.pop(key, None)
+    params["autocommit"] = True  # single-statement reads: no transaction to hold open
+    return params
+
+
+def _pool() -> _LoopPool:
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = _LoopPool(
+            max_size=settings.TASKHUB_WS_DB_POOL_SIZE, timeout=settings.TASKHUB_WS_DB_POOL_TIMEOUT
+        )
+        _close_with_loop(loop)
+    return pool
+
+
+def _close_with_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the loop's pool when the loop is closed, so that no PostgreSQL session
+    outlives it (as channels_redis does for its pools)."""
+    original_close = loop.close
+
+    def close() -> None:
+        loop.close = original_close  # type: ignore[method-assign]
+        pool = _pools.pop(loop, None)
+        if pool is not None and pool.idle and not loop.is_running():
+            loop.run_until_complete(pool.close())
+        original_close()
+
+    loop.close = close  # type: ignore[method-assign]
+
+
+async def close_async_pool() -> None:
+    """Close the running loop's pool (tests call this before their loop goes away)."""
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()
+
+
+async def _fetch(query: sql.Composable, params: list[Any]) -> list[tuple[Any, ...]]:
+    return await _pool().fetch(query, params)
+
+
+def _table(model: Any) -> sql.Identifier:
+    return sql.Identifier(model._meta.db_table)
+
+
+def _column(model: Any, name: str) -> sql.Identifier:
+    return sql.Identifier(model._meta.get_field(name).column)
+
+
+async def anewest_event_id(*, user_id: int) -> int:
+    """newest_event_id() on the event loop."""
+    query = sql.SQL("SELECT last_seq FROM {} WHERE user_id = %s").format(_table(EventCounter))
+    rows = await _fetch(query, [user_id])
+    return int(rows[0][0]) if rows else 0
+
+
+async def aoldest_event_id(*, user_id: int) -> int | None:
+    """oldest_event_id() on the event loop."""
+    query = sql.SQL("SELECT min(seq) FROM {} WHERE user_id = %s").format(_table(Event))
+    rows = await _fetch(query, [user_id])
+    return rows[0][0]
+
+
+async def aevent_frames_after(
+    *, user_id: int, after_id: int, before_id: int | None = None, limit: int = EVENT_PAGE_MAX
+) -> list[dict[str, Any]]:
+    """events_after() as frames (event_frame()), on the event loop."""
+    query = sql.SQL(
+        "SELECT seq, type, data, created_at FROM {} WHERE user_id = %s AND seq > %s"
+        " AND seq < %s ORDER BY seq LIMIT %s"
+    ).format(_table(Event))
+    before = before_id if before_id is not None else 2**63 - 1
+    rows = await _fetch(query, [user_id, after_id, before, max(1, limit)])
+    return [protocol.envelope(type, data, id=seq, ts=created) for seq, type, data, created in rows]
+
+
+async def ausers_state(*, user_ids: list[int]) -> dict[int, tuple[bool, int]]:
+    """For each of `user_ids` that still exists: (is_active, newest event id). One query
+    for every connected user of a process (the consumer's sweep)."""
+    user_model = get_user_model()
+    active = (
+        _column(user_model, "is_active")
+        if any(f.name == "is_active" for f in user_model._meta.concrete_fields)
+        else sql.SQL("TRUE")
+    )
+    pk = _column(user_model, user_model._meta.pk.name)
+    query = sql.SQL(
+        "SELECT u.{pk}, u.{active}, coalesce(c.last_seq, 0) FROM {users} u"
+        " LEFT JOIN {counters} c ON c.user_id = u.{pk} WHERE u.{pk} = ANY(%s)"
+    ).format(pk=pk, active=active, users=_table(user_model), counters=_table(EventCounter))
+    state: dict[int, tuple[bool, int]] = {}
+    for start in range(0, len(user_ids), 5000):
+        for user_id, is_active, newest in await _fetch(query, [user_ids[start : start + 5000]]):
+            state[user_id] = (bool(is_active), int(newest))
+    return state
+
+
+async def aactive_user(*, lookup_field: str, value: Any) -> Any:
+    """The active user whose `lookup_field` is `value`, or None — with only the primary
+    key, the username and is_active loaded (the rest is deferred: the consumer needs
+    no more, and chat's handlers load the rest in their thread if they ever touch it)."""
+    user_model = get_user_model()
+    meta = user_model._meta
+    try:
+        value = meta.get_field(lookup_field).to_python(value)
+    except Exception:  # a claim that cannot be this field's value names nobody
+        return None
+    wanted = {meta.pk.attname, meta.get_field(user_model.USERNAME_FIELD).attname, "is_active"}
+    fields = [f for f in meta.concrete_fields if f.attname in wanted]  # from_db's order
+    query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+        sql.SQL(", ").join(sql.Identifier(f.column) for f in fields),
+        _table(user_model),
+        _column(user_model, lookup_field),
+    )
+    rows = await _fetch(query, [value])
+    if not rows:
+        return None
+    user = user_model.from_db("default", [f.attname for f in fields], rows[0])
+    return user if getattr(user, "is_active", True) else None

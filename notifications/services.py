@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any
 from uuid import UUID
 
@@ -171,6 +172,9 @@ return 1
 """
 
 
+_register_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def _registry_args(*, channel_name: str, limit: int) -> list[Any]:
     now = time.time()
     stale_after = selectors.presence_stale_after()
@@ -185,20 +189,63 @@ async def connection_register(*, user_id: int, channel_name: str) -> bool:
     args = _registry_args(
         channel_name=channel_name, limit=settings.TASKHUB_WS_MAX_CONNECTIONS_PER_USER
     )
-    return bool(await async_redis().eval(_REGISTER_SCRIPT, len(keys), *keys, *args))
+    client = async_redis()
+    # EVALSHA (redis-py's Script): a connect storm sends the script's hash, not its text.
+    script = _register_scripts.get(client)
+    if script is None:
+        script = _register_scripts[client] = client.register_script(_REGISTER_SCRIPT)
+    return bool(await script(keys=keys, args=args))
+
+
+# A batch of registry writes goes out as pipelines of at most this many commands.
+_REGISTRY_BATCH = 1000
+
+
+async def connection_refresh_many(entries: list[tuple[int, str]]) -> None:
+    """Renew the entries of many sockets, (user_id, channel_name) each: one process-wide
+    renewal every WS_PRESENCE_REFRESH seconds, in pipelines, instead of a timer per socket.
+    No limit on a renewal: each socket already holds its slot."""
+    now = time.time()
+    stale_after = selectors.presence_stale_after()
+    ttl = int(stale_after) + 1
+    client = async_redis()
+    for start in range(0, len(entries), _REGISTRY_BATCH):
+        batch = entries[start : start + _REGISTRY_BATCH]
+        by_user: dict[int, dict[str, float]] = {}
+        for user_id, channel_name in batch:
+            by_user.setdefault(user_id, {})[channel_name] = now
+        async with client.pipeline(transaction=False) as pipe:
+            for user_id, members in by_user.items():
+                key = selectors.user_connections_key(user_id)
+                pipe.zadd(key, members)
+                pipe.zremrangebyscore(key, "-inf", now - stale_after)
+                pipe.expire(key, ttl)
+            pipe.zadd(selectors.CONNECTIONS_KEY, {channel: now for _, channel in batch})
+            pipe.zremrangebyscore(selectors.CONNECTIONS_KEY, "-inf", now - stale_after)
+            pipe.expire(selectors.CONNECTIONS_KEY, ttl)
+            await pipe.execute()
 
 
 async def connection_refresh(*, user_id: int, channel_name: str) -> None:
-    """Renew a socket's entries (call every WS_PRESENCE_REFRESH seconds)."""
-    keys = [selectors.user_connections_key(user_id), selectors.CONNECTIONS_KEY]
-    # No limit on a renewal: the socket already holds its slot.
-    args = _registry_args(channel_name=channel_name, limit=2**31)
-    await async_redis().eval(_REGISTER_SCRIPT, len(keys), *keys, *args)
+    """Renew one socket's entries."""
+    await connection_refresh_many([(user_id, channel_name)])
+
+
+async def connection_unregister_many(entries: list[tuple[int, str]]) -> None:
+    """Remove the entries of many closed sockets, (user_id, channel_name) each, in
+    pipelines: a mass disconnect costs a few round trips, not two per socket."""
+    client = async_redis()
+    for start in range(0, len(entries), _REGISTRY_BATCH):
+        batch = entries[start : start + _REGISTRY_BATCH]
+        by_user: dict[int, list[str]] = {}
+        for user_id, channel_name in batch:
+            by_user.setdefault(user_id, []).append(channel_name)
+        async with client.pipeline(transaction=False) as pipe:
+            for user_id, channels in by_user.items():
+                pipe.zrem(selectors.user_connections_key(user_id), *channels)
+            pipe.zrem(selectors.CONNECTIONS_KEY, *[channel for _, channel in batch])
+            await pipe.execute()
 
 
 async def connection_unregister(*, user_id: int, channel_name: str) -> None:
-    client = async_redis()
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.zrem(selectors.user_connections_key(user_id), channel_name)
-        pipe.zrem(selectors.CONNECTIONS_KEY, channel_name)
-        await pipe.execute()
+    await connection_unregister_many([(user_id, channel_name)])
