@@ -281,6 +281,9 @@ for _entry in env_list("TASK_PROCESSORS", []):
     TASKHUB_PROCESSORS[_kind.strip()] = _path.strip()
 
 TASKHUB_SERVER_VERSION = "1.0.0"
+# This process's name in X-TaskHub-Server and the welcome frame (taskhub/instance.py);
+# empty: host:pid.
+TASKHUB_INSTANCE_NAME = env_str("INSTANCE_NAME")
 
 # --- Chat -------------------------------------------------------------------------------
 
@@ -300,9 +303,6 @@ if not SEARCH_CONFIGS or not set(SEARCH_CONFIGS) <= set(SEARCH_INDEXED_CONFIGS):
     raise ImproperlyConfigured(
         f"SEARCH_CONFIGS must name one or more of {', '.join(SEARCH_INDEXED_CONFIGS)} (the "
         f"configurations the search column is built from), got {SEARCH_CONFIGS!r}"
-# This process's name in X-TaskHub-Server and the welcome frame (taskhub/instance.py);
-# empty: host:pid.
-TASKHUB_INSTANCE_NAME = env_str("INSTANCE_NAME")
     )
 SEARCH_MAX_QUERY_CHARS = env_int("SEARCH_MAX_QUERY_CHARS", 200, minimum=1)
 
