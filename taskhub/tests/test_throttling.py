@@ -1,0 +1,78 @@
+"""API rate limits (taskhub/throttling.py): DRF's sliding-window rule and 429 answer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.test import override_settings
+from django_redis import get_redis_connection
+
+pytestmark = pytest.mark.django_db
+
+
+def rates(*, user: str = "6000/min", anon: str = "600/min"):
+    from django.conf import settings
+
+    return override_settings(
+        REST_FRAMEWORK={
+            **settings.REST_FRAMEWORK,
+            "DEFAULT_THROTTLE_RATES": {"user": user, "anon": anon},
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def fresh_logs():
+    """User ids repeat from test to test; their logs in Redis must not."""
+    client = get_redis_connection("default")
+    for key in client.scan_iter(match="*throttle_*"):
+        client.delete(key)
+
+
+def test_alice_past_her_rate_gets_a_429_with_a_json_message_and_retry_after(alice, client_for):
+    client = client_for(alice)
+    with rates(user="3/min"):
+        statuses = [client.get("/api/tasks/").status_code for _ in range(3)]
+        refused = client.get("/api/tasks/")
+
+    assert statuses == [200, 200, 200]
+    assert refused.status_code == 429
+    assert refused["Content-Type"] == "application/json"
+    detail = refused.json()["detail"]
+    assert detail.startswith("Request was throttled. Expected available in ")
+    # The oldest of the three requests leaves the window in just under a minute.
+    assert 55 <= int(refused["Retry-After"]) <= 60
+
+
+def test_bob_is_not_held_back_by_alices_requests(alice, bob, client_for):
+    with rates(user="2/min"):
+        for _ in range(3):
+            client_for(alice).get("/api/tasks/")
+        answers = [client_for(bob).get("/api/tasks/").status_code for _ in range(2)]
+
+    assert answers == [200, 200]
+
+
+def test_a_refused_request_is_not_counted_and_the_window_slides(alice, client_for):
+    client = client_for(alice)
+    with rates(user="2/s"):
+        first = [client.get("/api/tasks/").status_code for _ in range(2)]
+        for _ in range(5):  # refused, so none of these may extend the wait
+            assert client.get("/api/tasks/").status_code == 429
+        time.sleep(1.05)
+        after_the_window = client.get("/api/tasks/").status_code
+
+    assert first == [200, 200]
+    assert after_the_window == 200
+
+
+def test_anonymous_clients_are_limited_per_address(client_for):
+    anonymous = client_for(None)
+    with rates(anon="2/min"):
+        answers = [
+            anonymous.post("/api/auth/token/", {"username": "x", "password": "y"}).status_code
+            for _ in range(3)
+        ]
+
+    assert answers == [401, 401, 429]
