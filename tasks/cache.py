@@ -24,6 +24,7 @@ database directly and never fill or consult the cache; they only bump, through s
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
+from django_redis import get_redis_connection
 
 from taskhub.metrics import CACHE_HITS, CACHE_MISSES
 
@@ -58,24 +60,43 @@ def _fresh_version() -> int:
     return secrets.randbits(62) | (1 << 32)
 
 
-def _bump(key: str) -> None:
-    for _ in range(3):
-        try:
-            cache.incr(key)
-            return
-        except ValueError:  # no such key: start it (unless another process just did)
-            if cache.add(key, _fresh_version(), timeout=VERSION_TTL):
-                return
-    logger.warning("cache version %s could not be bumped", key)
+# Bump each version in KEYS: +1 if it exists, else start it at the fresh number in ARGV
+# (same index). One script, so a change's bumps cost one Redis round trip whatever the
+# number of keys, and no other client can slip in between the check and the write.
+# django-redis stores integers as plain numbers, so INCR and cache.get agree.
+_BUMP_SCRIPT = """
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('INCR', key)
+  else
+    redis.call('SET', key, ARGV[i], 'EX', ARGV[#KEYS + 1])
+  end
+end
+return #KEYS
+"""
+
+
+@functools.cache
+def _bump_script() -> Any:
+    # redis-py's pool reconnects after a fork, so one per process is safe under prefork.
+    return get_redis_connection("default").register_script(_BUMP_SCRIPT)
+
+
+def _bump(*keys: str) -> None:
+    _bump_script()(
+        keys=[cache.make_key(key) for key in keys],
+        args=[*(_fresh_version() for _ in keys), VERSION_TTL],
+    )
 
 
 def task_versions_bump(*, task_id: UUID | str, owner_id: int | None) -> None:
     """Make every cached read of this task (and of its owner's lists) dead. Call after
     commit only (tasks.change_hooks does)."""
+    keys = [_task_version_key(task_id)]
+    if owner_id is not None:
+        keys.append(_owner_version_key(owner_id))
     try:
-        _bump(_task_version_key(task_id))
-        if owner_id is not None:
-            _bump(_owner_version_key(owner_id))
+        _bump(*keys)
     except Exception:
         logger.warning(
             "cache version bump for task %s failed; its cached reads may be stale for up "

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from django.conf import settings
-from rest_framework import serializers
+from django.utils import timezone
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
 from tasks.models import Task, TaskStatus
 from tasks.processors import registry
@@ -27,11 +32,55 @@ TASK_FIELDS = (
 )
 
 
+def _iso(value: datetime | None) -> str | None:
+    # DRF's DateTimeField with ISO_8601: the current time zone, "+00:00" written "Z".
+    if value is None:
+        return None
+    text = value.astimezone(timezone.get_current_timezone()).isoformat()
+    return text.removesuffix("+00:00") + "Z" if text.endswith("+00:00") else text
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 class TaskOutputSerializer(serializers.ModelSerializer):
+    """A task as every endpoint shows it (REST, search hits, the cached pages).
+
+    The fields are declared the ModelSerializer way (the OpenAPI schema reads them), but
+    the representation is written out: the generic path builds and deep-copies 17 field
+    objects for every serializer it makes, which was most of the serializer's cost in a
+    create and in a page of search hits. test_serializers.py holds it equal to the generic
+    one for tasks in every state.
+    """
+
     class Meta:
         model = Task
         fields = TASK_FIELDS
         read_only_fields = TASK_FIELDS
+
+    def to_representation(self, task: Task) -> dict[str, Any]:
+        if api_settings.DATETIME_FORMAT != ISO_8601:  # a deployment chose another format
+            return super().to_representation(task)
+        return {
+            "id": _text(task.id),
+            "title": _text(task.title),
+            "description": _text(task.description),
+            "kind": _text(task.kind),
+            "params": task.params,
+            "status": _text(task.status),
+            "progress": None if task.progress is None else int(task.progress),
+            "result": task.result,
+            "error": _text(task.error),
+            "timeout": None if task.timeout is None else int(task.timeout),
+            "attempts": None if task.attempts is None else int(task.attempts),
+            "run_at": _iso(task.run_at),
+            "created_at": _iso(task.created_at),
+            "updated_at": _iso(task.updated_at),
+            "queued_at": _iso(task.queued_at),
+            "started_at": _iso(task.started_at),
+            "finished_at": _iso(task.finished_at),
+        }
 
 
 class TaskCreateInputSerializer(serializers.Serializer):

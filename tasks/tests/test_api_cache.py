@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.cache import cache as django_cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
@@ -187,3 +188,22 @@ def test_the_dispatcher_and_the_runners_services_never_read_the_cache(
         services.reap_stalled_tasks()
 
     assert sample("django_cache_get_total", backend="redis") == reads
+
+
+def test_a_bump_moves_a_live_version_on_by_one_and_restarts_an_evicted_one_fresh(alice):
+    """Both keys in one round trip (tasks/cache.py); an evicted version must never come
+    back to a number an old entry may still live under."""
+    task = make_task(owner=alice, title="versions")
+    client = signed_in(alice)
+    client.get(f"/api/tasks/{task.pk}/")  # starts the task's version
+    task_key = f"tasks:version:task:{task.pk}"
+    owner_key = f"tasks:version:owner:{alice.pk}"
+    live = django_cache.get(task_key)
+    django_cache.delete(owner_key)  # evicted
+
+    cache.task_versions_bump(task_id=task.pk, owner_id=alice.pk)
+
+    assert django_cache.get(task_key) == live + 1
+    restarted = django_cache.get(owner_key)
+    assert restarted is not None and restarted > 1 << 32
+    assert 0 < django_cache.ttl(owner_key) <= cache.VERSION_TTL
