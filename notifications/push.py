@@ -60,18 +60,18 @@ logger = logging.getLogger("notifications.services")
 GroupMessage = tuple[str, dict[str, Any]]
 
 # KEYS: channel keys. ARGV: one message per key, then one capacity per key, then the score
-# (now), the key expiry and the cutoff below which a stored message has expired.
+# (the message's score), the key expiry and the cutoff below which a stored message has expired.
 # Returns how many channels were at capacity (their message is not stored).
 _STORE_SCRIPT = """
 local n = #KEYS
-local now = ARGV[2 * n + 1]
+local score = ARGV[2 * n + 1]
 local expiry = ARGV[2 * n + 2]
 local cutoff = ARGV[2 * n + 3]
 local full = 0
 for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
   if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[n + i]) then
-    redis.call('ZADD', KEYS[i], now, ARGV[i])
+    redis.call('ZADD', KEYS[i], score, ARGV[i])
     redis.call('EXPIRE', KEYS[i], expiry)
   else
     full = full + 1
@@ -80,6 +80,9 @@ end
 return full
 """
 _STORE_SHA = hashlib.sha1(_STORE_SCRIPT.encode()).hexdigest()
+
+# Apart enough to stay distinct at today's time.time() (a double's step there is ~2.4e-7).
+_SCORE_STEP = 1e-6
 
 # A publisher must not hang on a Redis that stopped answering (the layer's own setting is
 # no timeout, which suits a socket that waits for messages, not one that writes them).
@@ -93,6 +96,11 @@ class _RedisWriter:
         self.layer = layer
         self.pid = os.getpid()
         self.clients = [self._client(host) for host in layer.hosts]
+        # A channel's messages are read lowest score first, so each message gets a score
+        # above every earlier one of this process (time.time() alone repeats, and equal
+        # scores would be read in the order of their random prefixes).
+        self._last_score = 0.0
+        self._score_lock = threading.Lock()
 
     @staticmethod
     def supports(layer: Any) -> bool:
@@ -104,18 +112,27 @@ class _RedisWriter:
         if options.get("socket_timeout") is None:
             options["socket_timeout"] = _SOCKET_TIMEOUT
         options.setdefault("socket_connect_timeout", _SOCKET_TIMEOUT)
-        # One quick retry: a pooled connection that died with a Redis restart fails its
-        # first command and is replaced at once; a Redis that is down fails the push fast
-        # (redis-py's default backs off for seconds, per event).
-        options["retry"] = Retry(NoBackoff(), 1)
+        # No retry: a push is sent at most once (a retried pipeline may write twice), and a
+        # Redis that is down fails it at once instead of after redis-py's default backoff
+        # of seconds, per event. The pool itself replaces a connection that a Redis
+        # restart closed before handing it out, so the first push after one goes through.
+        options["retry"] = Retry(NoBackoff(), 0)
         return redis.Redis.from_url(host["address"], **options)
+
+    def _scores(self, count: int) -> list[float]:
+        step = _SCORE_STEP
+        with self._score_lock:
+            first = max(time.time(), self._last_score + step)
+            self._last_score = first + (count - 1) * step
+        return [first + n * step for n in range(count)]
 
     def send(self, messages: list[GroupMessage]) -> None:
         layer = self.layer
         now = time.time()
         members = self._members({group for group, _ in messages}, now)
         calls: dict[int, list[tuple[str, list[bytes], list[Any]]]] = defaultdict(list)
-        for group, message in messages:
+        expiry, cutoff = int(layer.expiry), int(now) - int(layer.expiry)
+        for (group, message), score in zip(messages, self._scores(len(messages)), strict=True):
             channels = members[group]
             if not channels:
                 continue
@@ -124,7 +141,7 @@ class _RedisWriter:
             )
             for index, keys in keys_by_host.items():
                 args = [key_message[k] for k in keys] + [key_capacity[k] for k in keys]
-                args += [now, int(layer.expiry), int(now) - int(layer.expiry)]
+                args += [score, expiry, cutoff]
                 calls[index].append((group, keys, args))
         for index, host_calls in calls.items():
             self._store(self.clients[index], host_calls)

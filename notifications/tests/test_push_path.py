@@ -1,0 +1,301 @@
+"""The push path from sync code (notifications/push.py): Celery workers, forked children,
+batches per transaction, Redis outages.
+
+Frames are read the way a consumer reads them: from a real channel of the Redis layer,
+added to the user's group. No WebSocket in between, so a lost push cannot be hidden by
+the consumer's gap repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import User
+from django.db import connections, transaction
+
+from notifications import protocol, services
+from taskhub import testing
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Listener:
+    """A channel on the configured layer, in the groups of the given users. Its calls run
+    on one event loop of its own, as a Daphne process's do (the layer's receive buffers
+    belong to the loop that made them)."""
+
+    def __init__(self, *user_ids: int) -> None:
+        self.layer = get_channel_layer()
+        self.loop = asyncio.new_event_loop()
+        self.groups = [protocol.user_group(user_id) for user_id in user_ids]
+        self.channel = self.loop.run_until_complete(self.layer.new_channel())
+        for group in self.groups:
+            self.loop.run_until_complete(self.layer.group_add(group, self.channel))
+
+    def receive(self, timeout: float = 5) -> dict[str, Any] | None:
+        """The next message sent to the channel, or None after `timeout` seconds."""
+
+        async def receive() -> dict[str, Any] | None:
+            try:
+                return await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+            except TimeoutError:
+                return None
+
+        return self.loop.run_until_complete(receive())
+
+    def frames(
+        self, count: int, timeout: float = 10, *, persisted_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """Frames until `count` arrived (of persisted events only, if asked) or time is up."""
+        frames = []
+        deadline = time.monotonic() + timeout
+        while len(frames) < count and time.monotonic() < deadline:
+            message = self.receive(timeout=max(deadline - time.monotonic(), 0.01))
+            if message is None:
+                continue
+            assert message["type"] == "event.push", message  # the consumer's handler
+            if "id" in message["frame"] or not persisted_only:
+                frames.append(message["frame"])
+        return frames
+
+    def close(self) -> None:
+        for group in self.groups:
+            self.loop.run_until_complete(self.layer.group_discard(group, self.channel))
+        self.loop.run_until_complete(self.layer.close_pools())
+        self.loop.close()
+
+
+@pytest.fixture
+def alice() -> User:
+    return User.objects.create_user(username="alice")
+
+
+@pytest.fixture
+def listen():
+    listeners: list[Listener] = []
+
+    def make(*user_ids: int) -> Listener:
+        listener = Listener(*user_ids)
+        listeners.append(listener)
+        return listener
+
+    yield make
+    for listener in listeners:
+        listener.close()
+
+
+def publish(user: User, n: int) -> int:
+    return services.publish(user_id=user.pk, type="task.updated", data={"n": n}).seq
+
+
+# --- After commit, in order, in batches ----------------------------------------------------
+
+
+def test_the_events_of_one_transaction_arrive_after_commit_in_order(alice, listen):
+    listener = listen(alice.pk)
+    with transaction.atomic():
+        ids = [publish(alice, n) for n in range(20)]
+        assert listener.receive(timeout=0.3) is None, "pushed before commit"
+    assert [frame["id"] for frame in listener.frames(20)] == ids
+    assert listener.receive(timeout=0.3) is None
+
+
+def test_an_event_rolled_back_with_its_savepoint_is_never_pushed_and_the_rest_are(alice, listen):
+    listener = listen(alice.pk)
+    with transaction.atomic():
+        first = publish(alice, 1)
+        try:
+            with transaction.atomic():
+                publish(alice, 2)
+                raise RuntimeError("the caller gives up on this part")
+        except RuntimeError:
+            pass
+        last = publish(alice, 3)
+    frames = listener.frames(2)
+    assert [(f["id"], f["data"]["n"]) for f in frames] == [(first, 1), (last, 3)]
+    assert listener.receive(timeout=0.3) is None
+
+
+def test_a_push_does_not_wait_for_a_later_one_that_was_rolled_back(alice, listen):
+    listener = listen(alice.pk)
+    with transaction.atomic():
+        kept = publish(alice, 1)
+        try:
+            with transaction.atomic():
+                publish(alice, 2)
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    assert [frame["id"] for frame in listener.frames(1, timeout=2)] == [kept]
+
+
+def test_nothing_of_a_rolled_back_transaction_is_pushed(alice, listen):
+    listener = listen(alice.pk)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish(alice, 1)
+        services.publish_ephemeral(user_id=alice.pk, type="task.progress", data={})
+        raise RuntimeError
+    assert listener.receive(timeout=0.5) is None
+
+
+def test_earlier_pushes_still_go_out_when_a_commit_callback_raises(alice, listen):
+    """A non-robust on_commit callback that raises stops Django's callbacks; the pushes
+    queued before it must not wait for a batch that will never be sent."""
+    listener = listen(alice.pk)
+
+    def broken() -> None:
+        raise ValueError("someone else's callback")
+
+    with pytest.raises(ValueError), transaction.atomic():
+        first = publish(alice, 1)
+        transaction.on_commit(broken)
+        publish(alice, 2)  # its push never runs
+    assert [frame["id"] for frame in listener.frames(1, timeout=2)] == [first]
+
+
+def test_an_ephemeral_push_outside_a_transaction_goes_out_at_once(alice, listen):
+    listener = listen(alice.pk)
+    services.publish_ephemeral(user_id=alice.pk, type="task.progress", data={"progress": 5})
+    frame = listener.frames(1)[0]
+    assert frame["type"] == "task.progress" and "id" not in frame
+
+
+# --- Processes ------------------------------------------------------------------------------
+
+
+def test_publish_works_in_a_forked_child_and_in_its_parent_after_it(alice, listen):
+    """Celery's prefork pool: a child must not write on the connections it inherited."""
+    listener = listen(alice.pk)
+    before = publish(alice, 0)  # the parent's client and its connections exist now
+    assert [f["id"] for f in listener.frames(1)] == [before]
+
+    connections.close_all()  # the child opens its own database connection
+    pid = os.fork()
+    if pid == 0:  # the child: publish 50 events, exit 0 if every one was written
+        code = 1
+        try:
+            for n in range(50):
+                publish(alice, 100 + n)
+            code = 0
+        finally:
+            connections.close_all()
+            os._exit(code)
+    # The parent publishes at the same time, on its own connections.
+    parent = [publish(alice, 200 + n) for n in range(50)]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    frames = listener.frames(100, timeout=20)
+    assert len(frames) == 100, f"{len(frames)} of 100 frames arrived"
+    by_writer = defaultdict(list)
+    for frame in frames:
+        by_writer["child" if frame["data"]["n"] < 200 else "parent"].append(frame["id"])
+    assert by_writer["parent"] == parent
+    assert by_writer["child"] == sorted(by_writer["child"])  # each process's own order
+    assert sorted(by_writer["child"] + parent) == list(range(before + 1, before + 101))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):
+    """A Redis server of this test's own, which the test may stop and start again (with
+    its data kept on disk, as a production Redis restarts)."""
+    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    if binary is None:
+        pytest.skip("needs redis-server or valkey-server on PATH")
+    port = testing.free_port()
+
+    class Server:
+        url = f"redis://127.0.0.1:{port}/0"
+        proc: subprocess.Popen | None = None
+
+        def start(self) -> None:
+            options = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+            options += ["--appendonly", "yes", "--save", ""]
+            self.proc = subprocess.Popen(
+                [*testing.DIE_WITH_PARENT, binary, *options],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            client = redis.Redis.from_url(self.url)
+
+            def up() -> bool:
+                try:
+                    return bool(client.ping())
+                except redis.ConnectionError:
+                    return False
+
+            testing.wait_until(up, timeout=10, message="redis-server to answer")
+            client.close()
+
+        def stop(self) -> None:
+            assert self.proc is not None
+            self.proc.terminate()  # AOF is written on shutdown
+            self.proc.wait(timeout=10)
+
+    server = Server()
+    server.start()
+    yield server
+    if server.proc and server.proc.poll() is None:
+        server.stop()
+
+
+def test_a_push_after_a_redis_outage_is_delivered(own_redis, settings, alice, listen, caplog):
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["hosts"][0]["address"] = own_redis.url
+    settings.CHANNEL_LAYERS = layers
+    listener = listen(alice.pk)
+    first = publish(alice, 1)
+    assert [f["id"] for f in listener.frames(1)] == [first]
+    listener.loop.run_until_complete(listener.layer.close_pools())  # reconnect after it
+
+    own_redis.stop()
+    started = time.monotonic()
+    during = publish(alice, 2)  # committed; its push fails and is logged
+    assert time.monotonic() - started < 5, "a push to a Redis that is down must fail fast"
+    assert "the event log keeps it" in caplog.text
+
+    own_redis.start()  # the publisher's pooled connection died with the old server
+    after = publish(alice, 3)
+    assert [f["id"] for f in listener.frames(1)] == [after]
+    assert during < after
+
+
+def test_events_from_a_real_worker_arrive_in_order_with_none_lost_across_a_burst(listen):
+    """100 echo tasks of 100 users at once: every event each worker process commits is
+    pushed, once, and each task's events arrive in the order they were committed."""
+    from tasks import services as task_services
+
+    users = [User.objects.create_user(username=f"burst{n}") for n in range(100)]
+    listener = listen(*(user.pk for user in users))
+    worker = testing.start_worker(concurrency=2)
+    try:
+        for user in users:
+            task_services.task_create(owner=user, title="burst", kind="echo", params={})
+        # Per task: pending, queued, in_progress, completed and its notification.new.
+        persisted = listener.frames(500, timeout=120, persisted_only=True)
+    finally:
+        worker.stop()
+    assert len(persisted) == 500, f"{len(persisted)} of 500 events arrived"
+    by_task: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for frame in persisted:
+        data = frame["data"]
+        by_task[data["task_id"]].append((frame["id"], data.get("status", frame["type"])))
+    assert len(by_task) == 100
+    for events in by_task.values():
+        assert events == [
+            (1, "pending"),
+            (2, "queued"),
+            (3, "in_progress"),
+            (4, "completed"),
+            (5, "notification.new"),
+        ]
