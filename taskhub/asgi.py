@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -21,3 +22,8 @@ application = ProtocolTypeRouter(
         "websocket": websocket_application,
     }
 )
+
+# Everything loaded so far (Django, the apps, their modules) lives as long as the process:
+# freeze it out of the cyclic collector, whose full passes would otherwise rescan it
+# beside the objects of thousands of sockets (long pauses in delivery, docs/benchmarks.md).
+gc.freeze()
