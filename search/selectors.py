@@ -34,19 +34,44 @@ class SearchHit:
 
 
 class TaskSearchResults:
-    """The hits, best first, evaluated a slice at a time: what Django's Paginator (and so
-    DRF's) needs, `count()` and `[a:b]`. Headlines are computed for the slice only, as
-    ts_headline is the expensive part."""
+    """The hits, best first, evaluated a page at a time: what Django's Paginator (and so
+    DRF's) needs, `count()` and `[a:b]`.
+
+    A page is one query: the matching rows ranked, cut to the page, with the total as a
+    window count and the headlines computed over the page's rows only (ts_headline is the
+    expensive part). The view says which page it will ask for (`expect_page`), so the
+    Paginator's `count()` runs that query and the slice that follows reuses it: one
+    query per search instead of a count, a page and a headline query.
+    """
 
     ordered = True
 
-    def __init__(self, tasks: QuerySet[Task] | None, tsquery: TsQuerySQL | None) -> None:
-        # The ranked, unevaluated queryset (None for a query without a searchable word).
+    def __init__(
+        self,
+        tasks: QuerySet[Task] | None,
+        tsquery: TsQuerySQL | None,
+        filters: tuple[str, list[object]] = ("", []),
+    ) -> None:
+        # The ranked, unevaluated queryset (None for a query without a searchable word):
+        # what EXPLAIN and a count beyond the last page use.
         self.queryset = tasks
         self._tsquery = tsquery
+        self._filters = filters
+        self._expected: tuple[int, int] | None = None
+        self._page: tuple[int, int, list[SearchHit]] | None = None
+        self._count: int | None = None
+
+    def expect_page(self, *, offset: int, limit: int) -> None:
+        self._expected = (offset, limit)
 
     def count(self) -> int:
-        return 0 if self.queryset is None else self.queryset.count()
+        if self.queryset is None or self._tsquery is None:
+            return 0
+        if self._count is None and self._expected is not None:
+            self._fetch(*self._expected)
+        if self._count is None:
+            self._count = self.queryset.count()
+        return self._count
 
     def __len__(self) -> int:
         return self.count()
@@ -61,49 +86,83 @@ class TaskSearchResults:
             return self[index : index + 1][0]
         if self.queryset is None or self._tsquery is None:
             return []
-        tasks = list(self.queryset[index])
-        marked = _headlines(tasks, self._tsquery)
-        hits = []
-        for task in tasks:
-            title_marked, description_marked = marked[task.pk]
-            title = highlight.strip_sentinels(task.title)
-            description = highlight.strip_sentinels(task.description)
-            hits.append(
-                SearchHit(
-                    task=task,
-                    rank=float(task.rank),
-                    title_snippet=highlight.title_snippet(title_marked, title),
-                    description_snippet=highlight.description_snippet(
-                        description_marked, description
-                    ),
-                )
-            )
+        start = index.start or 0
+        stop = index.stop
+        if stop is None:
+            stop = start + self.count()
+        if stop <= start:
+            return []
+        if self._page is not None:
+            offset, limit, hits = self._page
+            if offset == start and stop <= offset + limit:
+                return hits[: stop - start]
+        return self._fetch(start, stop - start)
+
+    def _fetch(self, offset: int, limit: int) -> list[SearchHit]:
+        assert self._tsquery is not None
+        rows = list(Task.objects.raw(*_page_sql(self._tsquery, self._filters, offset, limit)))
+        if rows:
+            self._count = int(rows[0].total)
+        elif offset == 0:
+            self._count = 0
+        hits = [_hit(task) for task in rows]
+        self._page = (offset, limit, hits)
         return hits
 
 
-def _headline_sql(column: str, tsquery: TsQuerySQL) -> RawSQL:
+def _hit(task: Task) -> SearchHit:
+    title = highlight.strip_sentinels(task.title)
+    description = highlight.strip_sentinels(task.description)
+    return SearchHit(
+        task=task,
+        rank=float(task.rank),
+        title_snippet=highlight.title_snippet(task.title_marked, title),
+        description_snippet=highlight.description_snippet(task.description_marked, description),
+    )
+
+
+def _headline_sql(column: str, tsquery: TsQuerySQL) -> tuple[str, list[object]]:
     # ts_headline nested once per configuration (see search.highlight), over the text with
     # the two marker characters removed so that every marker in the output is PostgreSQL's.
-    sql = f'translate("{_TABLE}"."{column}", %s, \'\')'
-    params: list[str] = [highlight.SENTINELS]
+    sql = f"translate(page.{column}, %s, '')"
+    params: list[object] = [highlight.SENTINELS]
     for config in (*settings.SEARCH_CONFIGS, PREFIX_CONFIG):
         sql = f"ts_headline(%s::regconfig, {sql}, {tsquery.sql}, %s)"
         params = [config, *params, *tsquery.params, _HEADLINE_OPTIONS]
-    return RawSQL(sql, params)
+    return sql, params
 
 
-def _headlines(tasks: list[Task], tsquery: TsQuerySQL) -> dict[object, tuple[str, str]]:
-    if not tasks:
-        return {}
-    rows = (
-        Task.objects.filter(pk__in=[task.pk for task in tasks])
-        .annotate(
-            title_marked=_headline_sql("title", tsquery),
-            description_marked=_headline_sql("description", tsquery),
-        )
-        .values_list("pk", "title_marked", "description_marked")
+_ORDER = "rank DESC, created_at DESC, id DESC"
+
+
+def _page_sql(
+    tsquery: TsQuerySQL, filters: tuple[str, list[object]], offset: int, limit: int
+) -> tuple[str, list[object]]:
+    """One page of hits with the total and the headlines (see TaskSearchResults)."""
+    where, where_params = filters
+    columns = ", ".join(f'"{field.column}"' for field in Task._meta.concrete_fields)
+    title_sql, title_params = _headline_sql("title", tsquery)
+    description_sql, description_params = _headline_sql("description", tsquery)
+    # The inner query ranks and cuts; the outer one computes headlines for the page's rows
+    # only, then restores the order (a subquery's order is not kept by its caller).
+    sql = (
+        f"SELECT page.*, {title_sql} AS title_marked, {description_sql} AS description_marked "
+        f"FROM (SELECT {columns}, ts_rank({_VECTOR}, {tsquery.sql}) AS rank, "
+        f"count(*) OVER () AS total FROM {_TABLE} "
+        f"WHERE {where} AND {_VECTOR} @@ {tsquery.sql} "
+        f"ORDER BY {_ORDER} LIMIT %s OFFSET %s) AS page "
+        f"ORDER BY {_ORDER}"
     )
-    return {pk: (title, description) for pk, title, description in rows}
+    params = [
+        *title_params,
+        *description_params,
+        *tsquery.params,
+        *where_params,
+        *tsquery.params,
+        limit,
+        offset,
+    ]
+    return sql, params
 
 
 def task_search_for(
@@ -114,8 +173,9 @@ def task_search_for(
     kind: str | None = None,
 ) -> TaskSearchResults:
     """The user's tasks matching `query` (web-search syntax, docs/search.md), best first:
-    ts_rank_cd over the title (weight A) and description (weight B), newest first among
-    equals. Raises ValidationError for an empty or over-long query."""
+    ts_rank over the title (weight A) and description (weight B), newest first among
+    equals (docs/search.md says why not ts_rank_cd). Raises ValidationError for an empty
+    or over-long query."""
     if not query.strip():
         raise ValidationError({"query": ["Type something to search for."]})
     limit = settings.SEARCH_MAX_QUERY_CHARS
@@ -129,19 +189,21 @@ def task_search_for(
     tsquery = to_sql(parsed, configs=settings.SEARCH_CONFIGS)
 
     tasks = Task.objects.filter(owner=user)
+    # The same scoping for the page query, which is written in SQL (TaskSearchResults).
+    where, where_params = [f'"{_TABLE}"."owner_id" = %s'], [user.pk]
     if status:
         tasks = tasks.filter(status=status)
+        where, where_params = [*where, f'"{_TABLE}"."status" = %s'], [*where_params, status]
     if kind:
         tasks = tasks.filter(kind=kind)
+        where, where_params = [*where, f'"{_TABLE}"."kind" = %s'], [*where_params, kind]
     # `vector @@ tsquery` with the tsquery built from constants: the planner folds it and
     # can use the GIN index (task_search_vector_idx).
     tasks = (
         tasks.filter(
             RawSQL(f"{_VECTOR} @@ {tsquery.sql}", tsquery.params, output_field=BooleanField())
         )
-        .annotate(
-            rank=RawSQL(f"ts_rank_cd({_VECTOR}, {tsquery.sql})", tsquery.params, FloatField())
-        )
+        .annotate(rank=RawSQL(f"ts_rank({_VECTOR}, {tsquery.sql})", tsquery.params, FloatField()))
         .order_by("-rank", "-created_at", "-id")
     )
-    return TaskSearchResults(tasks, tsquery)
+    return TaskSearchResults(tasks, tsquery, (" AND ".join(where), where_params))

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
+from search.selectors import SearchHit
 from tasks.api.serializers import TaskOutputSerializer
 from tasks.models import TaskStatus
 
@@ -15,6 +18,9 @@ class SearchFilterSerializer(serializers.Serializer):
 
 
 class SearchHitOutputSerializer(serializers.Serializer):
+    """A hit. The fields are for the OpenAPI schema; the representation is written out as
+    TaskOutputSerializer's is (building the fields per hit cost more than the hit)."""
+
     task = TaskOutputSerializer()
     rank = serializers.FloatField()
     title_snippet = serializers.CharField(
@@ -24,6 +30,17 @@ class SearchHitOutputSerializer(serializers.Serializer):
         help_text="About 200 characters of the description around the first match, "
         "HTML-escaped, matches in <mark>…</mark> (the only markup)."
     )
+
+    def to_representation(self, hit: SearchHit) -> dict[str, Any]:
+        return {
+            "task": _TASK.to_representation(hit.task),
+            "rank": float(hit.rank),
+            "title_snippet": str(hit.title_snippet),
+            "description_snippet": str(hit.description_snippet),
+        }
+
+
+_TASK = TaskOutputSerializer()
 
 
 class SearchPageOutputSerializer(serializers.Serializer):

@@ -28,5 +28,10 @@ class SearchApi(APIView):
         filters.is_valid(raise_exception=True)
         results = task_search_for(user=request.user, **filters.validated_data)
         paginator = SearchPagination()
+        # The page asked for, so the count and the page come from one query.
+        page_size = paginator.get_page_size(request)
+        number = request.query_params.get(paginator.page_query_param, "1")
+        if page_size and number.isdigit() and int(number) >= 1:
+            results.expect_page(offset=(int(number) - 1) * page_size, limit=page_size)
         page = paginator.paginate_queryset(results, request, view=self)
         return paginator.get_paginated_response(SearchHitOutputSerializer(page, many=True).data)
