@@ -95,7 +95,7 @@ def sockets(
         rss_open = rss_bytes(target.pid)
         # Idle with every socket open: nothing is sent, so this is housekeeping alone.
         idle = CpuMeter({"server": target.pid}, target.redis_url).start()
-        time.sleep(5)
+        time.sleep(3)
         idle.stop()
         still_open = clients.collect()["open"]
         closed = clients.close()
@@ -104,7 +104,7 @@ def sockets(
             "asked": size,
             "attempted": opened["attempted"],
             "connected": connected,
-            "still_open_after_5s": still_open,
+            "still_open_after_idle": still_open,
             "errors": opened["errors"],
             "seconds": round(opened["seconds"], 2),
             "connects_per_s": round(opened["rate"], 1) if opened["rate"] else None,
@@ -208,6 +208,7 @@ def session(
             seconds=storm_seconds,
             publishers=publishers,
             deadline_s=connect_deadline_s,
+            concurrency=concurrency,
         )
     finally:
         clients.close()
@@ -299,8 +300,10 @@ def _storm(
     seconds: float,
     publishers: int,
     deadline_s: float,
+    concurrency: int,
 ) -> dict[str, Any]:
-    """Publish for `seconds`; 2 s in, drop every socket at once and let them reconnect."""
+    """Publish for `seconds`; 2 s in, drop every socket at once and let them reconnect,
+    spread over the first second or one second per 1,000 sockets, whichever is longer."""
     pubs = Publishers(mode, users, publishers, target.redis_url)
     try:
         clients.collect()
@@ -311,11 +314,12 @@ def _storm(
             template=target.template,
             origin=target.origin,
             timeout=10,
-            first_spread=1.0,
+            first_spread=max(1.0, len(users) / 1000),
             base=0.5,
             cap=8.0,
             attempts=12,
             deadline_s=deadline_s,
+            concurrency=concurrency,
         )
         done = pubs.result(timeout=seconds + deadline_s + 120)
     finally:

@@ -244,9 +244,9 @@ def _socket_rows(part: dict[str, Any]) -> list[Compare]:
                 "%",
             ),
             (
-                f"{size}: still open after 5 s idle",
-                p.get("still_open_after_5s"),
-                r.get("still_open_after_5s"),
+                f"{size}: still open after 3 s idle",
+                p.get("still_open_after_idle"),
+                r.get("still_open_after_idle"),
                 "sockets",
             ),
         ]

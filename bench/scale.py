@@ -53,21 +53,21 @@ DEFAULT = Sizes([300], [20], 200, 200, 5, 200, 5, 2, 20, 20, 3, 100, 20_000, 100
 # slow server costs at most its deadline (and is reported as not all connected).
 SCALE = Sizes(
     [1000, 5000, 10000],
-    [20, 40, 60],
+    [15, 30, 45],
     5000,
     1000,
     30,
     1000,
-    20,
+    15,
     5,
     20,
-    45,
+    35,
     15,
     2000,
     1_000_000,
     1000,
     200,
-    6,
+    5,
 )
 
 
@@ -334,7 +334,7 @@ def _drain(
             node=drain.node_name(stack.node),
             owner_id=owner_id,
             count=sizes.drain_tasks,
-            deadline_s=120,
+            deadline_s=90,
             redis_url=redis_url,
         )
     }
