@@ -46,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Benchmark a real TaskHub stack (see docs/benchmarks.md).",
     )
     parser.add_argument("--start-samples", type=int, default=12, help="per path (default 12)")
-    parser.add_argument("--tasks", type=int, default=300, help="throughput batch (300)")
+    parser.add_argument("--tasks", type=int, default=150, help="throughput batch (150)")
     parser.add_argument("--events", type=int, default=40, help="event latency tasks (40)")
     parser.add_argument("--resume-events", type=int, default=1000, help="missed events (1000)")
     parser.add_argument("--resume-rounds", type=int, default=3, help="reconnects (3)")

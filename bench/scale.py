@@ -48,7 +48,7 @@ class Sizes:
 
 QUICK = Sizes([100], [20], 50, 50, 3, 50, 4, 1.5, 10, 20, 2, 50, 20_000, 100, 20, 2)
 # make bench: under ~3 minutes with the small scenarios, on a busy 2-core machine.
-DEFAULT = Sizes([300], [20], 200, 200, 5, 200, 5, 2, 20, 20, 3, 100, 20_000, 100, 30, 2)
+DEFAULT = Sizes([200], [20], 150, 200, 3, 200, 4, 1.5, 20, 20, 3, 100, 20_000, 100, 30, 2)
 # --scale: the sizes of docs/benchmarks.md's targets; each connect phase is capped, so a
 # slow server costs at most its deadline (and is reported as not all connected).
 SCALE = Sizes(
