@@ -10,6 +10,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskhub.settings")
 
 app = Celery("taskhub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Celery's Django fixup closes every database connection before and after each task (and,
+# in a prefork child with Django's connection pool configured, the whole pool) unless
+# DB_REUSE_MAX is set: a new PostgreSQL session per task whatever DB_CONN_MAX_AGE or the
+# pool say (measured: a tenth of a worker's CPU per echo task). Set, it closes them only
+# every DB_REUSE_MAX tasks; out of reach here, so Django's own rules decide instead:
+# tasks/worker_signals.py runs close_old_connections() around each task, as Django does
+# around each request.
+app.conf.update({"CELERY_DB_REUSE_MAX": 2**31})
 app.autodiscover_tasks()
 
 

@@ -15,9 +15,15 @@ import os
 import signal
 import threading
 
-from celery.signals import worker_process_shutdown, worker_ready, worker_shutting_down
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections, connections
 
 logger = logging.getLogger("tasks")
 
@@ -76,6 +82,15 @@ def _close_out_a_previous_life(sender: object, **kwargs: object) -> None:
         logger.exception("could not close out tasks of a previous run of %s", worker)
     finally:
         connections.close_all()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_db_connections(**kwargs: object) -> None:
+    """Around every task what Django does around every request (taskhub/celery.py turns
+    off Celery's close-everything): a connection that failed or outlived DB_CONN_MAX_AGE is
+    closed, a healthy one is kept (or, with a pool, handed back to it)."""
+    close_old_connections()
 
 
 @worker_process_shutdown.connect
