@@ -184,6 +184,10 @@ class _RedisWriter:
             pending = retry
         raise redis.exceptions.NoScriptError("the push script could not be loaded")
 
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
 
 class _LoopWriter:
     """Any other layer: its own group_send on an event loop kept by this process, so its
@@ -208,6 +212,10 @@ class _LoopWriter:
         else:  # called on a thread that runs a loop of its own: hop through asgiref
             async_to_sync(self._send)(messages)
 
+    def close(self) -> None:
+        with self.lock:
+            self.loop.close()  # channels_redis hooks this to close the layer's connections
+
 
 _writer: _RedisWriter | _LoopWriter | None = None
 _writer_lock = threading.Lock()
@@ -222,6 +230,8 @@ def _writer_for(layer: Any) -> _RedisWriter | _LoopWriter:
         with _writer_lock:
             writer = _writer
             if writer is None or writer.pid != os.getpid() or writer.layer is not layer:
+                if writer is not None and writer.pid == os.getpid():
+                    writer.close()  # the settings changed the layer (tests do)
                 kind = _RedisWriter if _RedisWriter.supports(layer) else _LoopWriter
                 writer = _writer = kind(layer)
     return writer

@@ -72,7 +72,8 @@ class Listener:
     def close(self) -> None:
         for group in self.groups:
             self.loop.run_until_complete(self.layer.group_discard(group, self.channel))
-        self.loop.run_until_complete(self.layer.close_pools())
+        if hasattr(type(self.layer), "close_pools"):  # RedisChannelLayer; pub/sub's close
+            self.loop.run_until_complete(self.layer.close_pools())  # with the loop
         self.loop.close()
 
 
@@ -299,3 +300,22 @@ def test_events_from_a_real_worker_arrive_in_order_with_none_lost_across_a_burst
             (4, "completed"),
             (5, "notification.new"),
         ]
+
+
+def test_another_channel_layer_gets_the_same_pushes_through_its_own_group_send(
+    settings, alice, listen
+):
+    """The direct Redis writes are for RedisChannelLayer only; any other layer (here the
+    pub/sub one) is driven through its own group_send, on a loop this process keeps."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": "taskhub-test-pubsub"},
+        }
+    }
+    listener = listen(alice.pk)
+    with transaction.atomic():
+        ids = [publish(alice, n) for n in range(3)]
+    assert [frame["id"] for frame in listener.frames(3)] == ids
+    later = publish(alice, 3)  # the kept loop and its connection serve the next push too
+    assert [frame["id"] for frame in listener.frames(1)] == [later]
