@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -370,6 +371,17 @@ class EventConsumer(AsyncWebsocketConsumer):
         self._bucket = TokenBucket(settings.TASKHUB_WS_MAX_MESSAGES_PER_SECOND)
         # Made on the first task.progress: most sockets never need one.
         self._progress: ProgressCoalescer | None = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, less its close_old_connections() before every message: that
+        is a hop through the ORM's one shared thread per client frame and per push (9 % of
+        a connect storm's samples). This consumer never uses the ORM on the event loop, and
+        chat's handlers reach it through database_sync_to_async, which closes stale
+        connections itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- The API other apps' handlers use ------------------------------------------------
 

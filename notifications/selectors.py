@@ -10,8 +10,10 @@ few pooled psycopg async connections on the event loop instead.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -148,8 +150,11 @@ class _LoopPool:
         self.timeout = timeout
         self.slots = asyncio.Semaphore(max_size)
         self.idle: list[psycopg.AsyncConnection[Any]] = []
+        # Reads by key waiting for the next batched query, per kind (see _batched).
+        self.batches: dict[str, dict[Any, asyncio.Future[Any]]] = {}
+        self.batch_tasks: set[asyncio.Task[None]] = set()
 
-    async def fetch(self, query: sql.Composable, params: list[Any]) -> list[tuple[Any, ...]]:
+    async def fetch(self, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:
             await asyncio.wait_for(self.slots.acquire(), self.timeout)
         except TimeoutError:
@@ -169,7 +174,7 @@ class _LoopPool:
             self.slots.release()
 
     async def _run(
-        self, conn: psycopg.AsyncConnection[Any], query: sql.Composable, params: list[Any]
+        self, conn: psycopg.AsyncConnection[Any], query: str, params: list[Any]
     ) -> list[tuple[Any, ...]]:
         try:
             cursor = await conn.execute(query, params)
@@ -236,8 +241,51 @@ async def close_async_pool() -> None:
         await pool.close()
 
 
-async def _fetch(query: sql.Composable, params: list[Any]) -> list[tuple[Any, ...]]:
+async def _fetch(query: str, params: list[Any]) -> list[tuple[Any, ...]]:
     return await _pool().fetch(query, params)
+
+
+async def _batched(
+    kind: str, key: Any, fetch_many: Callable[[list[Any]], Awaitable[dict[Any, Any]]]
+) -> Any:
+    """The value of `key`, read together with every other read of the same kind that
+    arrives in the same turn of the event loop: a storm of connects costs a few queries
+    with `= ANY(...)`, not one round trip each."""
+    pool = _pool()
+    pending = pool.batches.setdefault(kind, {})
+    future = pending.get(key)
+    if future is None:
+        loop = asyncio.get_running_loop()
+        if not pending:
+            loop.call_soon(_start_batch, pool, kind, fetch_many)
+        future = pending[key] = loop.create_future()
+    # Shielded: a waiter that is cancelled (its socket went) must not cancel the others'.
+    return await asyncio.shield(future)
+
+
+def _start_batch(
+    pool: _LoopPool, kind: str, fetch_many: Callable[[list[Any]], Awaitable[dict[Any, Any]]]
+) -> None:
+    futures = pool.batches.pop(kind, {})
+
+    async def run() -> None:
+        try:
+            values = await fetch_many(list(futures))
+        except BaseException as exc:
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: waiters that went away log nothing
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for key, future in futures.items():
+            if not future.done():
+                future.set_result(values.get(key))
+
+    task = asyncio.ensure_future(run())
+    pool.batch_tasks.add(task)
+    task.add_done_callback(pool.batch_tasks.discard)
 
 
 def _table(model: Any) -> sql.Identifier:
@@ -248,17 +296,46 @@ def _column(model: Any, name: str) -> sql.Identifier:
     return sql.Identifier(model._meta.get_field(name).column)
 
 
+@functools.cache
+def _query(name: str) -> str:
+    """The consumer's queries, composed once (table and column names from the models)."""
+    user_model = get_user_model()
+    counters, events, users = _table(EventCounter), _table(Event), _table(user_model)
+    if name == "newest":
+        query = sql.SQL("SELECT user_id, last_seq FROM {} WHERE user_id = ANY(%s)").format(counters)
+    elif name == "oldest":
+        query = sql.SQL("SELECT min(seq) FROM {} WHERE user_id = %s").format(events)
+    elif name == "events":
+        query = sql.SQL(
+            "SELECT seq, type, data, created_at FROM {} WHERE user_id = %s AND seq > %s"
+            " AND seq < %s ORDER BY seq LIMIT %s"
+        ).format(events)
+    elif name == "users_state":
+        has_active = any(f.name == "is_active" for f in user_model._meta.concrete_fields)
+        active = _column(user_model, "is_active") if has_active else sql.SQL("TRUE")
+        pk = _column(user_model, user_model._meta.pk.name)
+        query = sql.SQL(
+            "SELECT u.{pk}, u.{active}, coalesce(c.last_seq, 0) FROM {users} u"
+            " LEFT JOIN {counters} c ON c.user_id = u.{pk} WHERE u.{pk} = ANY(%s)"
+        ).format(pk=pk, active=active, users=users, counters=counters)
+    else:
+        raise ValueError(name)
+    return query.as_string(None)
+
+
+async def _newest_event_ids(user_ids: list[int]) -> dict[int, int]:
+    rows = await _fetch(_query("newest"), [user_ids])
+    return {user_id: int(last_seq) for user_id, last_seq in rows}
+
+
 async def anewest_event_id(*, user_id: int) -> int:
-    """newest_event_id() on the event loop."""
-    query = sql.SQL("SELECT last_seq FROM {} WHERE user_id = %s").format(_table(EventCounter))
-    rows = await _fetch(query, [user_id])
-    return int(rows[0][0]) if rows else 0
+    """newest_event_id() on the event loop (batched with concurrent reads)."""
+    return await _batched("newest", int(user_id), _newest_event_ids) or 0
 
 
 async def aoldest_event_id(*, user_id: int) -> int | None:
     """oldest_event_id() on the event loop."""
-    query = sql.SQL("SELECT min(seq) FROM {} WHERE user_id = %s").format(_table(Event))
-    rows = await _fetch(query, [user_id])
+    rows = await _fetch(_query("oldest"), [user_id])
     return rows[0][0]
 
 
@@ -266,32 +343,19 @@ async def aevent_frames_after(
     *, user_id: int, after_id: int, before_id: int | None = None, limit: int = EVENT_PAGE_MAX
 ) -> list[dict[str, Any]]:
     """events_after() as frames (event_frame()), on the event loop."""
-    query = sql.SQL(
-        "SELECT seq, type, data, created_at FROM {} WHERE user_id = %s AND seq > %s"
-        " AND seq < %s ORDER BY seq LIMIT %s"
-    ).format(_table(Event))
     before = before_id if before_id is not None else 2**63 - 1
-    rows = await _fetch(query, [user_id, after_id, before, max(1, limit)])
+    rows = await _fetch(_query("events"), [user_id, after_id, before, max(1, limit)])
     return [protocol.envelope(type, data, id=seq, ts=created) for seq, type, data, created in rows]
 
 
 async def ausers_state(*, user_ids: list[int]) -> dict[int, tuple[bool, int]]:
     """For each of `user_ids` that still exists: (is_active, newest event id). One query
     for every connected user of a process (the consumer's sweep)."""
-    user_model = get_user_model()
-    active = (
-        _column(user_model, "is_active")
-        if any(f.name == "is_active" for f in user_model._meta.concrete_fields)
-        else sql.SQL("TRUE")
-    )
-    pk = _column(user_model, user_model._meta.pk.name)
-    query = sql.SQL(
-        "SELECT u.{pk}, u.{active}, coalesce(c.last_seq, 0) FROM {users} u"
-        " LEFT JOIN {counters} c ON c.user_id = u.{pk} WHERE u.{pk} = ANY(%s)"
-    ).format(pk=pk, active=active, users=_table(user_model), counters=_table(EventCounter))
     state: dict[int, tuple[bool, int]] = {}
     for start in range(0, len(user_ids), 5000):
-        for user_id, is_active, newest in await _fetch(query, [user_ids[start : start + 5000]]):
+        for user_id, is_active, newest in await _fetch(
+            _query("users_state"), [user_ids[start : start + 5000]]
+        ):
             state[user_id] = (bool(is_active), int(newest))
     return state
 
@@ -299,22 +363,39 @@ async def ausers_state(*, user_ids: list[int]) -> dict[int, tuple[bool, int]]:
 async def aactive_user(*, lookup_field: str, value: Any) -> Any:
     """The active user whose `lookup_field` is `value`, or None — with only the primary
     key, the username and is_active loaded (the rest is deferred: the consumer needs
-    no more, and chat's handlers load the rest in their thread if they ever touch it)."""
-    user_model = get_user_model()
-    meta = user_model._meta
+    no more, and chat's handlers load the rest in their thread if they ever touch it).
+    Batched with concurrent lookups."""
     try:
-        value = meta.get_field(lookup_field).to_python(value)
+        value = get_user_model()._meta.get_field(lookup_field).to_python(value)
     except Exception:  # a claim that cannot be this field's value names nobody
         return None
+    return await _batched(
+        f"user:{lookup_field}", value, functools.partial(_active_users, lookup_field)
+    )
+
+
+@functools.cache
+def _user_fields(lookup_field: str) -> tuple[list[str], str]:
+    """The attnames a socket's user is loaded with, in from_db's order, and the query."""
+    user_model = get_user_model()
+    meta = user_model._meta
     wanted = {meta.pk.attname, meta.get_field(user_model.USERNAME_FIELD).attname, "is_active"}
-    fields = [f for f in meta.concrete_fields if f.attname in wanted]  # from_db's order
-    query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+    fields = [f for f in meta.concrete_fields if f.attname in wanted]
+    query = sql.SQL("SELECT {}, {} FROM {} WHERE {} = ANY(%s)").format(
         sql.SQL(", ").join(sql.Identifier(f.column) for f in fields),
+        _column(user_model, lookup_field),
         _table(user_model),
         _column(user_model, lookup_field),
     )
-    rows = await _fetch(query, [value])
-    if not rows:
-        return None
-    user = user_model.from_db("default", [f.attname for f in fields], rows[0])
-    return user if getattr(user, "is_active", True) else None
+    return [f.attname for f in fields], query.as_string(None)
+
+
+async def _active_users(lookup_field: str, values: list[Any]) -> dict[Any, Any]:
+    user_model = get_user_model()
+    attnames, query = _user_fields(lookup_field)
+    users = {}
+    for row in await _fetch(query, [values]):
+        user = user_model.from_db("default", attnames, row[:-1])
+        if getattr(user, "is_active", True):
+            users[row[-1]] = user
+    return users
