@@ -7,6 +7,7 @@ user's Channels group only after that transaction commits.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import weakref
@@ -19,7 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications import protocol, push, selectors
-from notifications.models import Event, Notification
+from notifications.models import Event, EventCounter, Notification
 from notifications.redis_client import async_redis
 from taskhub import metrics
 
@@ -42,6 +43,24 @@ def next_event_seq(*, user_id: int) -> int:
         return int(cursor.fetchone()[0])
 
 
+# The event and its number in one statement (one round trip, no ORM on the hot path): the
+# counter row's upsert takes the user's next number and keeps the row locked until commit,
+# exactly as next_event_seq() does.
+_INSERT_EVENT = f"""
+    WITH counter AS (
+        INSERT INTO {EventCounter._meta.db_table} (user_id, last_seq) VALUES (%(user_id)s, 1)
+        ON CONFLICT (user_id)
+        DO UPDATE SET last_seq = {EventCounter._meta.db_table}.last_seq + 1
+        RETURNING last_seq
+    )
+    INSERT INTO {Event._meta.db_table} (user_id, seq, type, data, task_id, created_at)
+    SELECT %(user_id)s, last_seq, %(type)s, %(data)s::jsonb, %(task_id)s::uuid, %(created_at)s
+    FROM counter
+    RETURNING id, seq
+"""
+_EVENT_FIELDS = ["id", "user_id", "seq", "type", "data", "task_id", "created_at"]
+
+
 def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | None = None) -> Event:
     """Persist an event for `user_id` and push it to their sockets after commit.
 
@@ -51,12 +70,23 @@ def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | No
     push of the transaction go out in one batch (notifications/push.py).
     """
     with transaction.atomic(savepoint=False):
-        event = Event.objects.create(
-            user_id=user_id,
-            seq=next_event_seq(user_id=user_id),
-            type=type,
-            data=data,
-            task_id=task_id,
+        created_at = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _INSERT_EVENT,
+                {
+                    "user_id": user_id,
+                    "type": type,
+                    "data": json.dumps(data),
+                    "task_id": str(task_id) if task_id is not None else None,
+                    "created_at": created_at,
+                },
+            )
+            pk, seq = cursor.fetchone()
+        event = Event.from_db(
+            connection.alias,
+            _EVENT_FIELDS,
+            [pk, user_id, seq, type, data, UUID(str(task_id)) if task_id else None, created_at],
         )
         frame = protocol.envelope(type, data, id=event.seq, ts=event.created_at)
         push_to_user_after_commit(user_id=user_id, frame=frame)
