@@ -267,6 +267,9 @@ class SocketHub:
         if not discards:
             return
         layer = get_channel_layer()
+        if isinstance(layer, RedisChannelLayer):
+            await _discard_pipelined(layer, discards)
+            return
         limit = asyncio.Semaphore(RELEASE_CONCURRENCY)
 
         async def discard(group: str, channel: str) -> None:
