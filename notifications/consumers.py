@@ -55,6 +55,7 @@ from django.conf import settings
 from notifications import protocol, selectors, services
 from notifications.middleware import forget_user, subprotocol_to_accept
 from taskhub import metrics
+from taskhub.instance import instance_name
 
 logger = logging.getLogger(__name__)
 
@@ -502,6 +503,8 @@ class EventConsumer(AsyncWebsocketConsumer):
                 "protocol_version": protocol.PROTOCOL_VERSION,
                 "last_event_id": self._last_id,
                 "idle_timeout": settings.TASKHUB_WS_IDLE_TIMEOUT,
+                # Which web instance holds this socket (docs/scaling.md).
+                "server": instance_name(),
             },
         )
 

@@ -44,9 +44,11 @@ def worker_user_directive() -> str:
 def render(*, listen_host: str, listen_port: int, backends: list[int], run_dir: Path) -> str:
     """nginx.conf for one machine: `backends` are the Daphne ports on 127.0.0.1."""
     listen = f"[{listen_host}]" if ":" in listen_host else listen_host
-    servers = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in backends
-    )
+    # max_fails=0: never mark an instance down. On loopback a dead instance refuses a
+    # connection in microseconds and nginx goes straight to the next one, while a marked
+    # one stays out for fail_timeout even after it is back; in a rolling restart that left
+    # "no live upstreams" (502) for a moment although one instance was serving.
+    servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=0;" for port in backends)
     temp = run_dir / "tmp"
     user = worker_user_directive()
     files = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)

@@ -35,6 +35,12 @@ async def test_welcome_names_the_user_the_version_and_the_newest_event_id(alice,
     assert "id" not in client.welcome
 
 
+async def test_welcome_names_the_instance_holding_the_socket(alice, connect, settings):
+    settings.TASKHUB_INSTANCE_NAME = "web7"
+    client = await connect(alice)
+    assert client.welcome["data"]["server"] == "web7"
+
+
 async def test_welcome_last_event_id_is_zero_for_a_new_user(alice, connect):
     client = await connect(alice)
     assert client.welcome["data"]["last_event_id"] == 0
