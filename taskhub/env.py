@@ -7,6 +7,7 @@ fails at start-up with a message instead of somewhere deep in a request.
 from __future__ import annotations
 
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -61,3 +62,31 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# DRF's rate syntax: a count, a slash, and a period it reads by its first letter.
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
+
+
+def env_rate(name: str, default: str) -> str:
+    """A throttle rate like `600/min` (DRF's `<count>/<s|min|hour|day>`)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    match = _RATE.match(raw)
+    if not match or int(match.group(1)) < 1:
+        raise ImproperlyConfigured(f"{name} must be a rate like 600/min or 10/s, got {raw!r}")
+    return f"{int(match.group(1))}/{match.group(2).lower()}"
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def env_log_level(name: str, default: str) -> str:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
+    return level

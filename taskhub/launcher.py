@@ -330,10 +330,14 @@ def restart_if_allowed(console: Console, dead: Child, env: dict[str, str]) -> Ch
 
 
 def stop_timeout() -> float:
+    raw = os.environ.get("TASKHUB_STOP_TIMEOUT") or "30"
     try:
-        return float(os.environ.get("TASKHUB_STOP_TIMEOUT") or 30)
+        value = float(raw)
     except ValueError:
-        return 30.0
+        value = -1.0
+    if value <= 0:
+        raise LaunchError(f"TASKHUB_STOP_TIMEOUT must be a number of seconds > 0, got {raw!r}")
+    return value
 
 
 def stop_children(children: list[Child], signals: Signals) -> None:
@@ -637,6 +641,9 @@ def supervise(
 
 
 def cmd_run(console: Console, signals: Signals) -> int:
+    # Bad values stop the run now, not when they are first needed (at Ctrl-C, say).
+    stop_timeout()
+    topology(dict(os.environ))
     data_dir = data_root()
     preflight = functools.partial(check_listen_ports, dict(os.environ))
     urls = external_urls()

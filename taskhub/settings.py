@@ -12,7 +12,15 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from taskhub import secret_key
-from taskhub.env import env_bool, env_float, env_int, env_list, env_str
+from taskhub.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_log_level,
+    env_rate,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -206,8 +214,8 @@ REST_FRAMEWORK = {
         "taskhub.throttling.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
-        "anon": env_str("THROTTLE_ANON", "600/min"),
-        "user": env_str("THROTTLE_USER", "6000/min"),
+        "anon": env_rate("THROTTLE_ANON", "600/min"),
+        "user": env_rate("THROTTLE_USER", "6000/min"),
     },
 }
 
@@ -400,7 +408,7 @@ LOGGING = {
     },
     "filters": {"drop_routine_ticks": {"()": "taskhub.log_filters.DropRoutineTicks"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},

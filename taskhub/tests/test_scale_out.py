@@ -18,12 +18,10 @@ import random
 import re
 import signal
 import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -557,18 +555,3 @@ def test_a_second_dispatch_worker_and_a_doubled_beat_run_each_task_once(farm, tm
 async def _all_finished_sync(farm: Farm, user: User, count: int) -> bool:
     async with httpx.AsyncClient(base_url=farm.base_url, timeout=30) as http:
         return await all_finished(http, user, count)
-
-
-def test_the_launcher_refuses_a_bad_instance_count(tmp_path):
-    env = {**os.environ, "TASKHUB_DATA_DIR": str(tmp_path), "WEB_INSTANCES": "lots"}
-    result = subprocess.run(
-        [sys.executable, "-m", "taskhub.launcher", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(settings.BASE_DIR),
-    )
-
-    assert result.returncode != 0
-    assert "WEB_INSTANCES must be a whole number, got 'lots'" in result.stdout + result.stderr

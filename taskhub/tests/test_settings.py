@@ -33,6 +33,9 @@ def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({"DEBUG": "1", "TASK_DEFAULT_TIMEOUT": "0"}, "TASK_DEFAULT_TIMEOUT must be >= 1"),
         ({"DEBUG": "1", "TASK_PROCESSORS": "nopath"}, "TASK_PROCESSORS entries are kind=dotted"),
         ({"DEBUG": "1", "DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must point at PostgreSQL"),
+        ({"DEBUG": "1", "THROTTLE_USER": "lots"}, "THROTTLE_USER must be a rate like 600/min"),
+        ({"DEBUG": "1", "THROTTLE_ANON": "0/min"}, "THROTTLE_ANON must be a rate like 600/min"),
+        ({"DEBUG": "1", "LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of DEBUG, INFO"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(env, message):
@@ -56,3 +59,26 @@ def test_check_deploy_passes_with_a_production_environment():
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TASKHUB_STOP_TIMEOUT": "soon"}, "TASKHUB_STOP_TIMEOUT must be a number of seconds > 0"),
+        ({"WEB_INSTANCES": "0"}, "WEB_INSTANCES must be between 1 and 32, got 0"),
+        ({"WORKERS": "two"}, "WORKERS must be a whole number, got 'two'"),
+    ],
+)
+def test_a_bad_launcher_setting_stops_make_run_before_anything_starts(env, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "taskhub.launcher", "run"],
+        env={**os.environ, "TASKHUB_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=settings.BASE_DIR,
+    )
+
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "launcher.lock").exists()  # nothing was started
