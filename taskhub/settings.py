@@ -276,6 +276,10 @@ TASKHUB_MAX_TIMEOUT = env_int("TASK_MAX_TIMEOUT", 3600, minimum=1)
 TASKHUB_SHUTDOWN_GRACE = env_float("WORKER_SHUTDOWN_GRACE", 10.0, minimum=0.0)
 TASKHUB_PROGRESS_MIN_INTERVAL = env_float("PROGRESS_MIN_INTERVAL", 0.25, minimum=0.0)
 TASKHUB_MAX_PARAMS_BYTES = env_int("TASK_MAX_PARAMS_BYTES", 16 * 1024, minimum=256)
+# A processor's result is stored in the task row and sent in its task.updated event (to
+# every socket of the owner, in the event log, in every cached read): a larger result
+# fails the task with a message saying so, instead of slowing all of those down.
+TASKHUB_MAX_RESULT_BYTES = env_int("TASK_MAX_RESULT_BYTES", 1024 * 1024, minimum=1024)
 # kind -> dotted path of a processor; a deployment adds its own with TASK_PROCESSORS
 # ("kind=package.module.function,kind2=...") without touching TaskHub's code.
 TASKHUB_PROCESSORS = {

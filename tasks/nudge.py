@@ -21,6 +21,8 @@ from functools import cache
 import redis
 from django.conf import settings
 
+from tasks import queue
+
 logger = logging.getLogger("tasks")
 
 FLAG = "taskhub:dispatcher:nudged"
@@ -36,14 +38,12 @@ def _client() -> redis.Redis:
 
 def nudge_dispatcher() -> None:
     """Ask for a dispatch now instead of at the next beat tick. Call after commit only."""
-    from tasks.tasks import dispatch_pending_tasks
-
     try:
         first = bool(_client().set(FLAG, 1, nx=True, ex=FLAG_TTL))
     except redis.RedisError:
         first = True  # cannot coalesce; an extra dispatch is always safe
     if first:
-        dispatch_pending_tasks.apply_async(expires=settings.TASKHUB_QUEUED_RESEND_AFTER)
+        queue.send_dispatch(expires=settings.TASKHUB_QUEUED_RESEND_AFTER)
 
 
 def clear_nudges() -> None:

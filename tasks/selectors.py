@@ -44,3 +44,11 @@ def task_get_for(*, user: AbstractBaseUser, task_id: UUID | str) -> Task:
 def task_get_anonymous(*, task_id: UUID | str) -> Task | None:
     """A task of the legacy API, found by its id alone (it has no owner)."""
     return Task.objects.filter(pk=task_id, owner__isnull=True).first()
+
+
+# --- For the runner (not scoped to a user: the worker acts for the owner) ---------------
+
+
+def task_stop_request(*, task_id: UUID | str) -> str | None:
+    """Why a running task is asked to stop ("" if it is not), None if the row is gone."""
+    return Task.objects.filter(pk=task_id).values_list("stop_requested", flat=True).first()

@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications import protocol
 from notifications.services import notify, publish, publish_ephemeral
 from taskhub.exceptions import ConflictError
-from tasks import change_hooks
+from tasks import change_hooks, queue
 from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
 from tasks.nudge import clear_nudges, nudge_dispatcher
 from tasks.processors import registry
+from tasks.processors.context import ProcessorContext, StopRequested
 
 logger = logging.getLogger("tasks")
 
@@ -276,6 +276,76 @@ def task_report_progress(*, task: Task, progress: int) -> None:
         )
 
 
+# --- Running -----------------------------------------------------------------------------
+
+
+class ResultRefused(Exception):
+    """A processor's result that cannot be stored (not JSON, or too big)."""
+
+
+def task_result_check(result: Any) -> None:
+    """ResultRefused unless `result` can be stored as the task's result: strict JSON
+    (PostgreSQL's jsonb takes no NaN or Infinity) within TASK_MAX_RESULT_BYTES."""
+    try:
+        encoded = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ResultRefused(f"result is not JSON: {exc}") from None
+    limit = settings.TASKHUB_MAX_RESULT_BYTES
+    if len(encoded.encode()) > limit:
+        raise ResultRefused(
+            f"result is {len(encoded.encode())} bytes of JSON; at most {limit} are kept"
+        )
+
+
+def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
+    """Run one queued task to its end: claim it (queued -> in_progress), run its processor,
+    record how it ended (completed | failed | cancelled). None if it was not queued any
+    more (a duplicate message: the claim is the guard).
+
+    Whatever happens between the claim and the outcome ends the task at once, so nothing
+    is left in_progress for the reaper: a processor's exception (SystemExit included), a
+    result that cannot be stored, the soft time limit, a stop request. KeyboardInterrupt
+    (the worker being stopped from a terminal) is recorded as an interrupted run and then
+    allowed to stop the worker.
+    """
+    task = task_start(task_id=task_id, worker=worker)
+    if task is None:
+        return None
+    try:
+        processor = registry.get_processor(task.kind)
+        context = ProcessorContext(
+            task, report_progress=lambda value: task_report_progress(task=task, progress=value)
+        )
+        result = processor(context)
+        task_result_check(result)
+    except SoftTimeLimitExceeded:
+        # The limit can fire in the middle of a query: go on with a fresh connection.
+        connection.close()
+        logger.warning("task %s timed out after %s s", task_id, task.timeout)
+        return task_fail(task_id=task_id, error=f"timed out after {task.timeout} s")
+    except StopRequested as stop:
+        if stop.reason == StopRequest.SHUTDOWN:
+            return task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
+        return task_mark_cancelled(task_id=task_id)
+    except ResultRefused as refused:
+        logger.info("task %s failed: %s", task_id, refused)
+        return task_fail(task_id=task_id, error=str(refused))
+    except KeyboardInterrupt:
+        task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
+        raise
+    except BaseException as exc:  # a processor's SystemExit fails its task like any error
+        logger.info("task %s failed: %s: %s", task_id, type(exc).__name__, exc)
+        return task_fail(task_id=task_id, error=f"{type(exc).__name__}: {exc}")
+    try:
+        return task_complete(task_id=task_id, result=result)
+    except Exception as exc:
+        # The result was checked, so this is the database refusing it (or gone): say so
+        # now rather than leave the task to the reaper.
+        logger.exception("task %s: recording its result failed", task_id)
+        connection.close()
+        return task_fail(task_id=task_id, error=f"recording the result failed: {exc}")
+
+
 # --- Cancel and retry --------------------------------------------------------------------
 
 
@@ -295,22 +365,15 @@ def task_cancel(*, task: Task) -> Task:
         task.refresh_from_db()
         if requested:
             logger.info("task %s cancel requested while in_progress", task.pk)
-            _revoke_run_message(task)
+            transaction.on_commit(
+                lambda: queue.revoke_run_message(task.pk, task.attempts), robust=True
+            )
             return task
         if task.status in TERMINAL_STATUSES:
             raise ConflictError(
                 f"Task is already {task.status}; only an unfinished task can be cancelled."
             )
     raise ConflictError("Task is changing state too fast to cancel; try again.")
-
-
-def _revoke_run_message(task: Task) -> None:
-    from tasks.tasks import run_task
-
-    try:
-        run_task.app.control.revoke(run_message_id(task))
-    except Exception:  # the cooperative stop still works without the broadcast
-        logger.warning("revoke of task %s failed", task.pk, exc_info=True)
 
 
 def task_retry(*, task: Task) -> Task:
@@ -341,21 +404,7 @@ def task_retry(*, task: Task) -> Task:
 # --- Dispatcher --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunOrder:
-    """What the runner message needs; sent only after the claiming transaction commits."""
-
-    task_id: str
-    attempt: int
-    timeout: int
-
-
-def run_message_id(task: Task) -> str:
-    # One Celery id per attempt: a revoke of attempt 1 never blocks attempt 2.
-    return f"{task.pk}:{task.attempts}"
-
-
-def dispatch_pending_tasks(*, limit: int | None = None) -> list[RunOrder]:
+def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
     """Claim due pending tasks, mark them queued and send their run messages after commit;
     re-send the messages of tasks queued too long ago (message lost with a broker restart).
 
@@ -367,7 +416,7 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[RunOrder]:
     # seeing its row (tasks/nudge.py).
     clear_nudges()
     now = timezone.now()
-    orders: list[RunOrder] = []
+    orders: list[queue.RunOrder] = []
     with transaction.atomic():
         due = list(
             Task.objects.select_for_update(skip_locked=True)
@@ -383,7 +432,7 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[RunOrder]:
             task.queued_at = now
             task.save(update_fields=["status", "queued_at", "updated_at"])
             _record_change(task, previous_status=TaskStatus.PENDING)
-            orders.append(RunOrder(str(task.pk), task.attempts, task.timeout))
+            orders.append(queue.RunOrder(str(task.pk), task.attempts, task.timeout))
 
         stale = list(
             Task.objects.select_for_update(skip_locked=True)
@@ -397,28 +446,14 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[RunOrder]:
             logger.warning(
                 "task %s queued since %s: re-sending its run message", task.pk, task.queued_at
             )
-            orders.append(RunOrder(str(task.pk), task.attempts, task.timeout))
+            orders.append(queue.RunOrder(str(task.pk), task.attempts, task.timeout))
         if stale:
             # The rows are locked above; restart their resend clock in one statement.
             Task.objects.filter(pk__in=[task.pk for task in stale]).update(queued_at=now)
 
         if orders:
-            transaction.on_commit(lambda: send_run_messages(orders), robust=True)
+            transaction.on_commit(lambda: queue.send_run_messages(orders), robust=True)
     return orders
-
-
-def send_run_messages(orders: Iterable[RunOrder]) -> None:
-    from tasks.tasks import run_task
-
-    for order in orders:
-        run_task.apply_async(
-            args=[order.task_id],
-            task_id=f"{order.task_id}:{order.attempt}",
-            # The soft limit raises inside the processor so the runner can record a clean
-            # "timed out"; the hard limit is the backstop for a processor that ignores it.
-            soft_time_limit=order.timeout,
-            time_limit=order.timeout + 30,
-        )
 
 
 # --- Shutdown and the reaper -------------------------------------------------------------

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 
+from tasks import selectors
 from tasks.models import StopRequest, Task
 
 
@@ -22,8 +24,11 @@ class ProcessorContext:
     # A tight loop calling checkpoint() must not turn into a query storm.
     CHECKPOINT_MIN_INTERVAL = 0.1
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, *, report_progress: Callable[[int], None]) -> None:
+        """`report_progress` stores a value and tells the owner; the runner
+        (tasks.services.task_run) hands it in, so this module needs no service."""
         self.task = task
+        self._store_progress = report_progress
         self.task_id = task.pk
         self.title = task.title
         self.description = task.description
@@ -35,8 +40,6 @@ class ProcessorContext:
 
     def report_progress(self, percent: float) -> None:
         """Record progress 0-100. Throttled: progress pushes are for eyes, not for logs."""
-        from tasks.services import task_report_progress
-
         value = max(0, min(100, int(percent)))
         now = time.monotonic()
         if value == self._last_progress:
@@ -44,7 +47,7 @@ class ProcessorContext:
         if value < 100 and now - self._last_progress_at < settings.TASKHUB_PROGRESS_MIN_INTERVAL:
             return
         self._last_progress, self._last_progress_at = value, now
-        task_report_progress(task=self.task, progress=value)
+        self._store_progress(value)
 
     def checkpoint(self) -> None:
         """Raise StopRequested if the task was cancelled or the worker is stopping."""
@@ -52,9 +55,7 @@ class ProcessorContext:
         if now - self._last_checkpoint_at < self.CHECKPOINT_MIN_INTERVAL:
             return
         self._last_checkpoint_at = now
-        reason = (
-            Task.objects.filter(pk=self.task_id).values_list("stop_requested", flat=True).first()
-        )
+        reason = selectors.task_stop_request(task_id=self.task_id)
         if reason:
             raise StopRequested(reason)
         if reason is None:  # the row was deleted under us

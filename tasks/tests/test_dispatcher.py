@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications.models import Event
-from tasks import nudge, services
+from tasks import nudge, queue, services
 from tasks.models import Task, TaskStatus
 from tasks.tests.factories import make_task
 
@@ -19,18 +19,16 @@ from tasks.tests.factories import make_task
 def sent(monkeypatch):
     """Run messages the dispatcher sends, kept instead of going to the broker so that no
     worker of another test picks them up. Everything up to the send is real."""
-    orders: list[services.RunOrder] = []
-    monkeypatch.setattr(services, "send_run_messages", lambda batch: orders.extend(batch))
+    orders: list[queue.RunOrder] = []
+    monkeypatch.setattr(queue, "send_run_messages", lambda batch: orders.extend(batch))
     return orders
 
 
 @pytest.fixture
 def dispatch_requests(monkeypatch):
     """Dispatch messages the nudges send, counted here instead of going to the broker."""
-    from tasks.tasks import dispatch_pending_tasks
-
     requests: list[dict] = []
-    monkeypatch.setattr(dispatch_pending_tasks, "apply_async", lambda **kw: requests.append(kw))
+    monkeypatch.setattr(queue, "send_dispatch", lambda **kw: requests.append(kw))
     nudge.clear_nudges()
     yield requests
     nudge.clear_nudges()
@@ -126,7 +124,7 @@ def test_a_queued_task_whose_message_was_lost_is_sent_again(alice, sent, setting
     stale.refresh_from_db()
     assert stale.status == TaskStatus.QUEUED
     assert stale.queued_at > timezone.now() - timedelta(seconds=5)
-    assert fresh.pk not in {order.task_id for order in orders}
+    assert str(fresh.pk) not in {order.task_id for order in orders}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -159,7 +157,7 @@ def test_a_row_locked_by_another_dispatcher_is_skipped_not_waited_for(alice, sen
 def test_two_dispatchers_at_once_enqueue_each_task_exactly_once(alice, bob, sent):
     tasks = [make_task(owner=alice if n % 2 else bob, title=f"t{n}") for n in range(300)]
     start = threading.Barrier(2)
-    claimed: list[list[services.RunOrder]] = [[], []]
+    claimed: list[list[queue.RunOrder]] = [[], []]
     errors: list[BaseException] = []
 
     def dispatcher(slot: int) -> None:
