@@ -40,14 +40,11 @@ def async_redis() -> aioredis.Redis:
 
 
 async def close_async_redis() -> None:
-    """Close the running loop's client, and the sockets' PostgreSQL pool of the same loop
-    (notifications.selectors): tests call this before their loop goes away."""
-    from notifications.selectors import close_async_pool  # selectors imports this module
-
+    """Close the running loop's client: tests call this (and selectors.close_async_pool,
+    for the sockets' PostgreSQL pool) before their loop goes away."""
     client = _async_clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
         await client.aclose(close_connection_pool=True)
-    await close_async_pool()
 
 
 def sync_redis() -> redis.Redis:

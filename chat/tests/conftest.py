@@ -17,6 +17,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from chat import services
 from chat.models import ChatRoom, Message
 from notifications.redis_client import close_async_redis, sync_redis
+from notifications.selectors import close_async_pool
 from taskhub.asgi import application
 
 
@@ -122,6 +123,7 @@ async def open_socket(transactional_db) -> AsyncIterator[Callable[..., Any]]:
         await socket.close()
     # Redis pools belong to this test's event loop; the next test has another.
     await close_async_redis()
+    await close_async_pool()
     await get_channel_layer().close_pools()
     # database_sync_to_async's worker thread keeps its connection open; close it so the
     # test database can be flushed and dropped.

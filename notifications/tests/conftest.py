@@ -17,6 +17,7 @@ from conftest import access_token_for
 from notifications import selectors, services
 from notifications.models import Event
 from notifications.redis_client import close_async_redis, sync_redis
+from notifications.selectors import close_async_pool
 from taskhub.asgi import application
 
 RECEIVE_TIMEOUT = 5
@@ -109,6 +110,7 @@ async def connect(transactional_db) -> AsyncIterator[Callable[..., Any]]:
     for client in clients:
         await client.close()
     await close_async_redis()
+    await close_async_pool()
     await get_channel_layer().close_pools()
     # database_sync_to_async's worker thread keeps its connection open; close it so the
     # test database can be flushed and dropped.
