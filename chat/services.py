@@ -52,7 +52,7 @@ def chat_user_data(user: AbstractBaseUser | None) -> dict[str, Any] | None:
 
 
 def chat_message_data(message: Message, *, room_slug: str | None = None) -> dict[str, Any]:
-    """One message as the protocol carries it (design.md: {id, room, author, text,
+    """One message as the protocol carries it (docs/chat.md: {id, room, author, text,
     created_at, edited_at}). Pass room_slug to spare a query when the room is known."""
     return {
         "id": message.id,

@@ -98,7 +98,7 @@ def _text(message: dict[str, Any]) -> str:
 
 def _room_for(user: Any, slug: str) -> ChatRoom:
     """The room, if the user may see it. A private room the user is not in answers exactly
-    like a room that does not exist (design.md: never confirm what you may not see)."""
+    like a room that does not exist (docs/chat.md: never confirm what you may not see)."""
     room = selectors.chat_room_find(slug=slug)
     if room is None or not selectors.chat_room_is_readable_by(room=room, user=user):
         raise Http404("No such room.")

@@ -59,7 +59,7 @@ from taskhub.instance import instance_name
 
 logger = logging.getLogger(__name__)
 
-# Close codes (design.md, "Event protocol").
+# Close codes (docs/protocol.md, "Close codes").
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_IDLE = 4408

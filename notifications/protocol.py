@@ -1,7 +1,7 @@
 """The WebSocket event protocol, version 1: every event type and its envelope.
 
 Producers, the consumer and docs/protocol.md all follow this module, so they cannot
-drift apart. See ../shared/design.md, "Event protocol".
+drift apart. See docs/protocol.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The browser page (design.md: "the browser page"): the dashboard and sign-up.
+"""The browser page (docs/browser.md): the dashboard and sign-up.
 
 Server-rendered shells only. The dashboard's data comes from the REST API and the /ws
 event stream in the browser (taskhub/static/taskhub/dashboard.js), so nothing here reads

@@ -41,7 +41,7 @@ WORKER_LOST = "the worker running this task stopped responding; retry to run it 
 
 
 def task_event_data(task: Task, *, previous_status: str | None) -> dict[str, Any]:
-    """The `task.updated` payload (design.md, "Event protocol")."""
+    """The `task.updated` payload (docs/protocol.md, "Server → client types")."""
     data: dict[str, Any] = {
         "task_id": str(task.id),
         "status": task.status,

@@ -1,4 +1,4 @@
-"""The task state machine of design.md: every allowed and every refused transition."""
+"""The task state machine (docs/architecture.md): every allowed and every refused transition."""
 
 from __future__ import annotations
 
