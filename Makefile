@@ -28,13 +28,13 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m taskhub.launcher run
+	$(PY) -m devserver.launcher run
 
 test: $(STAMP)
-	$(PY) -m taskhub.launcher test $(PYTEST_ARGS)
+	$(PY) -m devserver.launcher test $(PYTEST_ARGS)
 
 services: $(STAMP)
-	$(PY) -m taskhub.launcher services
+	$(PY) -m devserver.launcher services
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -46,7 +46,7 @@ fmt: $(STAMP)
 # Quick by default (under ~3 min); BENCH_ARGS="--scale" for the big comparisons against
 # the references (under 15 min); docs/benchmarks.md. Needs `wrk` (Debian: apt-get install wrk).
 bench: $(STAMP)
-	$(PY) -m taskhub.launcher exec $(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m devserver.launcher exec $(PY) bench/run.py $(BENCH_ARGS)
 
 # As in docs/grpc.md: protoc writes `import taskhub_pb2`; inside the package it must be relative.
 proto: $(STAMP)

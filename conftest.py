@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from taskhub import testing
+from devserver import testing
 from taskhub.celery import app as celery_app
 from tasks.nudge import clear_nudges
 

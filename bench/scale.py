@@ -100,7 +100,7 @@ class References:
     with it, whatever happens)."""
 
     def __init__(self, stack: Stack) -> None:
-        from taskhub.testing import free_port
+        from devserver.testing import free_port
 
         self.stack = stack
         self.ws_port = free_port()

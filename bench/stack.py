@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 if TYPE_CHECKING:
-    from taskhub.testing import ManagedProcess
+    from devserver.testing import ManagedProcess
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -100,8 +100,8 @@ class Stack:
     beat (its schedule file in a temporary directory), all with the bench environment."""
 
     def __init__(self, *, env: dict[str, str], concurrency: int = 2) -> None:
-        # Imported here: taskhub.testing reads Django settings, set up by the runner.
-        from taskhub.testing import free_port
+        # Imported here: devserver.testing reads Django settings, set up by the runner.
+        from devserver.testing import free_port
 
         self.env = env
         self.concurrency = concurrency
@@ -132,7 +132,7 @@ class Stack:
     def restart_web(self, *, timeout: float = 60.0) -> None:
         """A fresh Daphne on the same port: each scale step starts from the same state,
         so one step's leftovers (sockets still being cleaned up) do not skew the next."""
-        from taskhub.testing import ManagedProcess
+        from devserver.testing import ManagedProcess
 
         old = self.processes.pop("web")
         try:
@@ -154,7 +154,7 @@ class Stack:
         timeout: float = 60.0,
     ) -> ManagedProcess:
         """Start a reference server (or restart it: an old one of that name is stopped)."""
-        from taskhub.testing import ManagedProcess
+        from devserver.testing import ManagedProcess
 
         old = self.processes.pop(name, None)
         if old is not None:
@@ -180,7 +180,7 @@ class Stack:
                 os.killpg(process.proc.pid, signal.SIGKILL)
 
     def start(self, *, timeout: float = 90.0) -> None:
-        from taskhub.testing import ManagedProcess
+        from devserver.testing import ManagedProcess
 
         celery = str(BIN_DIR / "celery")
         commands = {

@@ -22,7 +22,7 @@ from playwright.sync_api import expect, sync_playwright
 
 # Run as a script from the project root: make the project importable for its one constant.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from taskhub.chromium import CHROMIUM, CHROMIUM_ARGS
+from devserver.chromium import CHROMIUM, CHROMIUM_ARGS
 
 PASSWORD = "demo-" + secrets.token_hex(8)
 

@@ -103,7 +103,7 @@ leftovers=$("$ROOT/.venv/bin/python" - "$DATA_DIR" <<'EOF'
 import sys
 from pathlib import Path
 
-from taskhub import embedded
+from devserver import embedded
 
 data = Path(sys.argv[1])
 procs = embedded.find_leftover_children(data)

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from chat.models import Message
 from chat.tests.conftest import access_token_for
-from taskhub import testing
+from devserver import testing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

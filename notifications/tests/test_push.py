@@ -71,7 +71,7 @@ async def test_200_sockets_of_50_users_each_receive_exactly_their_own_events(con
 def test_a_push_that_fails_is_logged_and_swallowed(caplog, settings):
     import copy
 
-    from taskhub.testing import free_port
+    from devserver.testing import free_port
 
     layers = copy.deepcopy(settings.CHANNEL_LAYERS)
     layers["default"]["CONFIG"]["hosts"][0]["address"] = f"redis://127.0.0.1:{free_port()}/0"

@@ -24,8 +24,8 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
 from django.db import connections, transaction
 
+from devserver import testing
 from notifications import protocol, services
-from taskhub import testing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,13 +14,13 @@ from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
+from devserver.testing import free_port
 from notifications.models import Event
 from notifications.tests.conftest import (
     newest_event_id,
     publish_event,
     write_event_without_push,
 )
-from taskhub.testing import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

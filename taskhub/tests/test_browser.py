@@ -23,11 +23,11 @@ from django.db import connections
 
 from chat import services as chat_services
 from chat.models import ChatRoom
+from devserver import testing
+from devserver.chromium import CHROMIUM, CHROMIUM_ARGS
+from devserver.testing import wait_until
 from notifications import selectors as notification_selectors
 from notifications.redis_client import sync_redis
-from taskhub import testing
-from taskhub.chromium import CHROMIUM, CHROMIUM_ARGS
-from taskhub.testing import wait_until
 from tasks import services as task_services
 from tasks.models import Task, TaskStatus
 

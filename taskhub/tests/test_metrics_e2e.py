@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
 from conftest import access_token_for
+from devserver import testing
 from notifications.models import Event
-from taskhub import testing
 from tasks.models import Task, TaskStatus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

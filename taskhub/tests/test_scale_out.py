@@ -1,6 +1,6 @@
 """Scale-out, as a user starts it: `WEB_INSTANCES=2 WORKERS=2 make run`.
 
-One real launcher (`python -m taskhub.launcher run`) on the test database starts nginx in
+One real launcher (`python -m devserver.launcher run`) on the test database starts nginx in
 front of two Daphne instances, two task workers, the dispatch worker, beat and gRPC. The
 tests talk to it as clients do, through nginx or straight to one instance, and break it as
 production does: SIGKILL an instance under 500 sockets, SIGKILL a worker mid-task, a
@@ -36,8 +36,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from chat import services as chat_services
+from devserver import nginx, testing
 from notifications.redis_client import sync_redis
-from taskhub import nginx, testing
 
 pytestmark = [
     pytest.mark.e2e,
@@ -111,7 +111,7 @@ def farm(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Farm]
         )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     launcher = testing.ManagedProcess(
-        "launcher", [sys.executable, "-m", "taskhub.launcher", "run"], env
+        "launcher", [sys.executable, "-m", "devserver.launcher", "run"], env
     )
     launcher.wait_until_up(lambda: launcher.wait_for_output("launch | started", timeout=120))
     farm = Farm(launcher, f"http://127.0.0.1:{port}", {"web1": internal, "web2": internal + 1})

@@ -31,7 +31,8 @@ from rest_framework_simplejwt.tokens import AccessToken
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from taskhub import secret_key, testing
+from devserver import testing
+from taskhub import secret_key
 from taskhub.tests.test_settings import run_manage
 from tasks.grpc.gen import taskhub_pb2 as pb
 from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc
@@ -256,7 +257,7 @@ def test_grpc_listens_on_loopback_only_by_default():
 
 
 def test_the_launcher_gives_every_development_process_the_runs_own_key_file(tmp_path, monkeypatch):
-    from taskhub import launcher
+    from devserver import launcher
 
     monkeypatch.delenv("SECRET_KEY", raising=False)
     monkeypatch.delenv("SECRET_KEY_FILE", raising=False)

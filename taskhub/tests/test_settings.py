@@ -71,7 +71,7 @@ def test_check_deploy_passes_with_a_production_environment():
 )
 def test_a_bad_launcher_setting_stops_make_run_before_anything_starts(env, message, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "taskhub.launcher", "run"],
+        [sys.executable, "-m", "devserver.launcher", "run"],
         env={**os.environ, "TASKHUB_DATA_DIR": str(tmp_path), **env},
         capture_output=True,
         text=True,

@@ -25,9 +25,9 @@ from grpc_status import rpc_status
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from devserver import testing
 from notifications import protocol
 from notifications.models import Event
-from taskhub import testing
 from tasks import services
 from tasks.grpc.gen import taskhub_pb2 as pb
 from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from devserver import testing
+from devserver.testing import wait_until
 from notifications.models import Event
-from taskhub import testing
-from taskhub.testing import wait_until
 from tasks import services
 from tasks.models import Task, TaskStatus
 

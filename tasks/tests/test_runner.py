@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from devserver import testing
+from devserver.testing import wait_until
 from notifications.models import Event
-from taskhub import testing
-from taskhub.testing import wait_until
 from tasks import services
 from tasks.models import Task, TaskStatus
 from tasks.tests.factories import make_task

@@ -54,7 +54,7 @@ def render(*, listen_host: str, listen_port: int, backends: list[int], run_dir: 
     files = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)
     if files == resource.RLIM_INFINITY:
         files = 1 << 20
-    return f"""# Written by taskhub.launcher for WEB_INSTANCES={len(backends)}, at every start.
+    return f"""# Written by devserver.launcher for WEB_INSTANCES={len(backends)}, at every start.
 # The proxy rules: {PROXY_RULES} (docker-compose uses it too).
 {user}daemon off;
 master_process on;

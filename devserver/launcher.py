@@ -1,8 +1,8 @@
 """The run launcher behind `make run`, `make test` and `make services`.
 
-    python -m taskhub.launcher run              # backing services, migrate, web/worker/beat/grpc
-    python -m taskhub.launcher test [pytest...] # backing services, then pytest
-    python -m taskhub.launcher services         # only the backing services, in the foreground
+    python -m devserver.launcher run              # backing services, migrate, web/worker/beat/grpc
+    python -m devserver.launcher test [pytest...] # backing services, then pytest
+    python -m devserver.launcher services         # only the backing services, in the foreground
 
 With DATABASE_URL and REDIS_URL both set, those are used and nothing is embedded; otherwise
 PostgreSQL and Valkey are started from pip packages with their data under ./.data (or
@@ -30,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from taskhub import embedded, nginx
-from taskhub.embedded import EmbeddedError
+from devserver import embedded, nginx
+from devserver.embedded import EmbeddedError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Not resolved: .venv/bin/python is a symlink to the base interpreter, the scripts are here.
@@ -40,7 +40,7 @@ GRPC_COMMAND = PROJECT_DIR / "tasks" / "management" / "commands" / "grpcserver.p
 NAME_WIDTH = 6
 SELF = "launch"
 
-log = logging.getLogger("taskhub.launcher")
+log = logging.getLogger("devserver.launcher")
 
 
 class LaunchError(RuntimeError):
@@ -737,7 +737,7 @@ def cmd_services(signals: Signals) -> int:
     return 0
 
 
-USAGE = """usage: python -m taskhub.launcher run | test [pytest args...] | exec CMD... | services
+USAGE = """usage: python -m devserver.launcher run | test [pytest args...] | exec CMD... | services
 
   run       backing services (embedded unless DATABASE_URL and REDIS_URL are set), migrate,
             then web, worker, beat (and grpc) with prefixed output; Ctrl-C stops all

