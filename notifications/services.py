@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import weakref
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -279,3 +280,14 @@ async def connection_unregister_many(entries: list[tuple[int, str]]) -> None:
 
 async def connection_unregister(*, user_id: int, channel_name: str) -> None:
     await connection_unregister_many([(user_id, channel_name)])
+
+
+# --- Retention ---------------------------------------------------------------------------
+
+
+def events_prune(*, older_than: timedelta) -> int:
+    """Delete events older than `older_than`; returns how many. A client further behind
+    re-reads state over REST instead of resuming (docs/protocol.md, "events_pruned"). The
+    counters stay: ids keep growing, so a pruned id is never handed out again."""
+    deleted, _ = Event.objects.filter(created_at__lt=timezone.now() - older_than).delete()
+    return deleted

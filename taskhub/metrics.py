@@ -26,7 +26,6 @@ from functools import cache
 
 import prometheus_client
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -144,27 +143,9 @@ class TaskHubStateCollector(Collector):
 
 
 def _database_state() -> tuple[dict[str, int], float]:
-    from tasks.models import Task, TaskStatus
+    from tasks import selectors
 
-    table = connection.ops.quote_name(Task._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT status, count(*) FROM {table} GROUP BY status")
-        counts = dict(cursor.fetchall())
-        # A pending task is due from when it became pending (created or retried: both set
-        # updated_at) or from its run_at if later; statement_timestamp(), not now(): inside
-        # a transaction now() is when the transaction began. The WHERE matches the partial
-        # index task_pending_idx, so this stays cheap however many tasks have finished.
-        cursor.execute(
-            f"""
-            SELECT COALESCE(EXTRACT(EPOCH FROM
-                statement_timestamp() - min(GREATEST(updated_at, run_at))), 0)
-            FROM {table}
-            WHERE status = %s AND (run_at IS NULL OR run_at <= statement_timestamp())
-            """,
-            [TaskStatus.PENDING],
-        )
-        lag = float(cursor.fetchone()[0])
-    return {status: int(counts.get(status, 0)) for status in TaskStatus.values}, max(0.0, lag)
+    return selectors.task_counts_by_status(), selectors.dispatcher_lag_seconds()
 
 
 def active_connection_count() -> int:

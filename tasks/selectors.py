@@ -5,10 +5,11 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Count, QuerySet
 from django.http import Http404
 
-from tasks.models import Task
+from tasks.models import Task, TaskStatus
 
 ORDERING_FIELDS = ("created_at", "updated_at", "title", "status", "progress")
 
@@ -52,3 +53,34 @@ def task_get_anonymous(*, task_id: UUID | str) -> Task | None:
 def task_stop_request(*, task_id: UUID | str) -> str | None:
     """Why a running task is asked to stop ("" if it is not), None if the row is gone."""
     return Task.objects.filter(pk=task_id).values_list("stop_requested", flat=True).first()
+
+
+# --- For /metrics (taskhub/metrics.py): the whole table, every owner ----------------------
+
+
+def task_counts_by_status() -> dict[str, int]:
+    """How many tasks are in each status right now (every status, 0 included)."""
+    counts = dict(Task.objects.order_by().values_list("status").annotate(n=Count("pk")))
+    return {status: int(counts.get(status, 0)) for status in TaskStatus.values}
+
+
+def dispatcher_lag_seconds() -> float:
+    """How long the oldest due pending task has been waiting, 0 if none.
+
+    A pending task is due from when it became pending (created or retried: both set
+    updated_at) or from its run_at if later. statement_timestamp(), not now(): inside a
+    transaction now() is when the transaction began. The WHERE matches the partial index
+    task_pending_idx, so this stays cheap however many tasks have finished.
+    """
+    table = connection.ops.quote_name(Task._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT COALESCE(EXTRACT(EPOCH FROM
+                statement_timestamp() - min(GREATEST(updated_at, run_at))), 0)
+            FROM {table}
+            WHERE status = %s AND (run_at IS NULL OR run_at <= statement_timestamp())
+            """,
+            [TaskStatus.PENDING],
+        )
+        return max(0.0, float(cursor.fetchone()[0]))

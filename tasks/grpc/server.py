@@ -21,13 +21,11 @@ import grpc
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import close_old_connections
-from django.db.models import QuerySet
 from django.http import Http404
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from notifications import protocol
-from notifications.models import Event, EventCounter
+from notifications import selectors as event_log
 from taskhub.pagination import CappedPageNumberPagination
 from tasks import selectors, services
 from tasks.api.serializers import TaskCreateInputSerializer
@@ -112,21 +110,6 @@ def _task_for(*, user: AbstractBaseUser, task_id: str) -> Task:
     except ValueError:
         raise Http404("No such task.") from None
     return selectors.task_get_for(user=user, task_id=parsed)
-
-
-def _task_events_after(
-    *, user: AbstractBaseUser, after_seq: int, task_id: UUID | None
-) -> QuerySet[Event]:
-    """The user's task events after `after_seq`, oldest first: the same read the WebSocket
-    resume makes, served by the (user, seq) unique index."""
-    events = Event.objects.filter(user=user, seq__gt=after_seq, type=protocol.TASK_UPDATED)
-    if task_id is not None:
-        events = events.filter(task_id=task_id)
-    return events.order_by("seq")
-
-
-def _last_event_id(*, user: AbstractBaseUser) -> int:
-    return EventCounter.objects.filter(user=user).values_list("last_seq", flat=True).first() or 0
 
 
 # --- The servicer ------------------------------------------------------------------------
@@ -219,7 +202,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             if not context.add_callback(ended.set):
                 return
             context.send_initial_metadata(
-                ((LAST_EVENT_ID_METADATA, str(_last_event_id(user=user))),)
+                ((LAST_EVENT_ID_METADATA, str(event_log.newest_event_id(user_id=user.pk))),)
             )
             last_sent = request.after_event_id
             while context.is_active():
@@ -229,7 +212,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
                         f"Server shutting down; reconnect with after_event_id={last_sent}.",
                     )
                 batch = list(
-                    _task_events_after(user=user, after_seq=last_sent, task_id=task_id)[
+                    event_log.task_updates_after(user=user, after_id=last_sent, task_id=task_id)[
                         :WATCH_BATCH_SIZE
                     ]
                 )
