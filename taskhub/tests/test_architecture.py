@@ -102,3 +102,34 @@ def test_the_product_has_no_import_cycle():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+DEV_TOOLING = "devserver"
+
+
+def dev_tooling_imports(modules: dict[str, Path]) -> list[str]:
+    """`module -> name` for every import of the development tooling among `modules`."""
+    return [
+        f"{module} -> {name}"
+        for module, path in sorted(modules.items())
+        for name in imported_names(module, path)
+        if name == DEV_TOOLING or name.startswith(f"{DEV_TOOLING}.")
+    ]
+
+
+def test_no_app_imports_the_dev_tooling():
+    # The image ships without requirements-dev.txt: an app importing devserver (which
+    # needs psutil, the embedded servers...) would break in production, not here.
+    assert dev_tooling_imports(product_modules()) == []
+
+
+def test_a_dev_tooling_import_is_seen_even_inside_a_function(tmp_path):
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def handler():\n    from devserver import testing\n")
+    eager = tmp_path / "eager.py"
+    eager.write_text("import devserver.launcher\nimport devserverish\n")
+    assert dev_tooling_imports({"app.lazy": lazy, "app.eager": eager}) == [
+        "app.eager -> devserver.launcher",
+        "app.lazy -> devserver",
+        "app.lazy -> devserver.testing",
+    ]
