@@ -4,6 +4,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
+# What a deployment needs only: requirements-dev.txt (embedded servers, playwright, ruff,
+# test clients) never enters the image.
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 

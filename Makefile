@@ -17,12 +17,13 @@ help:
 	@echo "make services  only the embedded PostgreSQL + Valkey, in the foreground"
 	@echo "make lint | fmt | bench | proto | venv | clean"
 
-# Re-installs when requirements.txt is newer than the stamp; creates .venv when missing.
-# PYTHON=/path/to/python3.11 if it is not on PATH under that name.
-$(STAMP): requirements.txt
+# Development installs both files (requirements-dev.txt includes requirements.txt; the
+# Docker image installs requirements.txt only). Re-installs when either is newer than the
+# stamp; creates .venv when missing. PYTHON=/path/to/python3.11 if it is not on PATH under that name.
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
-	@echo "installing requirements.txt into $(VENV) (the first time takes a few minutes)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@echo "installing requirements-dev.txt into $(VENV) (the first time takes a few minutes)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)
