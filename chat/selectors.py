@@ -81,7 +81,8 @@ def chat_room_get_for(*, user: AbstractBaseUser, slug: str) -> ChatRoom:
 
 def chat_room_find(*, slug: str) -> ChatRoom | None:
     """A room by slug with no visibility check: for callers that tell "no such room" and
-    "not allowed" apart (the WebSocket's subscribe.chat answers `forbidden`)."""
+    "not allowed" apart (posting to a public room you have not joined is `forbidden`; a
+    private room you are not in stays `not_found`, as if it did not exist: docs/chat.md)."""
     return ChatRoom.objects.filter(slug=slug).first()
 
 
