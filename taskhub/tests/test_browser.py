@@ -37,7 +37,7 @@ XSS = "<img src=x onerror=alert(1)>"
 T = TypeVar("T")
 
 playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)"
+    "playwright.sync_api", reason="playwright is missing (pip install -r requirements-dev.txt)"
 )
 expect = playwright_api.expect
 # expect() polls until its condition holds; a run of a few seconds needs more than 5 s.
