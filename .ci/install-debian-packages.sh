@@ -3,6 +3,7 @@
 #   chromium + chromium-driver  the browser page's tests (Playwright's Python package drives
 #                               /usr/bin/chromium; no browser is downloaded from elsewhere)
 #   nginx                       the scale-out tests (WEB_INSTANCES=2 puts it in front)
+#   pgbouncer                   the test of TaskHub behind PgBouncer in transaction mode
 # Without them those tests skip themselves, saying so.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ missing=()
 [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null 2>&1 ||
   missing+=(chromium chromium-driver fonts-dejavu-core)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "== present: $(/usr/bin/chromium --version 2>/dev/null | head -1), $(/usr/sbin/nginx -v 2>&1)"

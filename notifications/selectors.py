@@ -217,6 +217,11 @@ def _pool_kwargs() -> dict[str, Any]:
     for key in ("cursor_factory", "context"):
         params.pop(key, None)
     params["autocommit"] = True  # single-statement reads: no transaction to hold open
+    # Never server-side prepared statements: psycopg prepares a query after 5 runs on one
+    # connection, and behind PgBouncer in transaction mode (docs/scaling.md) the next run
+    # may land on another server session, where the statement does not exist. The sync
+    # ORM never prepares (Django's client-side binding); the reads here are tiny.
+    params["prepare_threshold"] = None
     return params
 
 
