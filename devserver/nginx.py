@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
 import resource
 import shutil
 from pathlib import Path
@@ -34,10 +35,13 @@ def worker_user_directive() -> str:
     no files (bodies stay in memory), so no permission under the data dir has to change."""
     if os.geteuid() != 0:
         return ""
-    for group in ("nogroup", "nobody"):
+    # www-data: the account Debian's nginx package makes for its workers, not shared with
+    # other daemons as `nobody` is.
+    for user, group in (("www-data", "www-data"), ("nobody", "nogroup"), ("nobody", "nobody")):
         with contextlib.suppress(KeyError):
+            pwd.getpwnam(user)
             grp.getgrnam(group)
-            return f"user nobody {group};\n"
+            return f"user {user} {group};\n"
     return ""
 
 
@@ -51,9 +55,10 @@ def render(*, listen_host: str, listen_port: int, backends: list[int], run_dir: 
     servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=0;" for port in backends)
     temp = run_dir / "tmp"
     user = worker_user_directive()
-    files = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)
-    if files == resource.RLIM_INFINITY:
-        files = 1 << 20
+    # As many files as this process may open, up to 65,536 (nginx sizes its connection
+    # table from worker_connections up front: a million would cost hundreds of MB).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    files = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     return f"""# Written by devserver.launcher for WEB_INSTANCES={len(backends)}, at every start.
 # The proxy rules: {PROXY_RULES} (docker-compose uses it too).
 {user}daemon off;
@@ -62,8 +67,7 @@ worker_processes 1;
 pid {run_dir / "nginx.pid"};
 error_log stderr warn;
 
-# As many files as this process may open (the hard limit it inherited); two per proxied
-# WebSocket (the client's and the upstream's).
+# Two files per proxied WebSocket (the client's and the upstream's).
 worker_rlimit_nofile {files};
 events {{
     worker_connections {files // 2};

@@ -80,6 +80,11 @@ def load_or_create(path: Path) -> str:
 
 
 def _read(path: Path) -> str:
+    if path.stat().st_mode & 0o077:
+        raise ImproperlyConfigured(
+            f"{path} can be read by other users: anyone who can read it can sign tokens. "
+            f"Run `chmod 600 {path}` (or delete it and a new key is made)."
+        )
     key = path.read_text().strip()
     if not key:
         raise ImproperlyConfigured(f"{path} is empty: delete it and a new key is made")

@@ -8,6 +8,7 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import dj_database_url
+import redis.connection
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
@@ -159,29 +160,40 @@ CACHES = {
     }
 }
 
+_REDIS_DB = redis.connection.parse_url(REDIS_URL).get("db", 0)
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis' RedisPubSubChannelLayer, with the on_reconnect hook its README
+        # documents and 4.3 never calls (notifications/layers.py). Pub/sub, not the list
+        # layer (RedisChannelLayer): 15 ms delivery p50 at 5,000 sockets against 7.7 s
+        # (docs/benchmarks.md). Nothing is queued in Redis, so the list layer's capacity,
+        # expiry and group_expiry have no counterpart: a push reaches the sockets
+        # subscribed at that moment or nobody (docs/architecture.md, "The event path").
+        "BACKEND": "notifications.layers.PubSubChannelLayer",
         "CONFIG": {
-            # socket_timeout=None: with redis-py 8 the default read timeout closes idle
-            # WebSockets after ~5 s (channels_redis#422).
-            # max_connections: channels_redis hands this dict to redis.asyncio's
-            # ConnectionPool.from_url, whose pool (one per event loop, i.e. per Daphne
-            # process) raises MaxConnectionsError past 100 connections in use at once: a
-            # burst of connects/group_adds/group_sends must not hit that.
+            # socket_timeout stays finite here (redis-py 8's 5 s): the layer's reads pass
+            # their own 0.1 s timeout, so an idle socket is not closed as with the list
+            # layer's blocking BZPOPMIN (channels_redis#422); the timeout only bounds a
+            # PUBLISH/SUBSCRIBE to a Redis that stopped answering, which would otherwise
+            # hold the shard's lock, and every connect behind it, forever.
+            # max_connections: the pool (one per shard per Daphne process) lends a
+            # connection per in-flight publish; redis-py's default of 100 raises
+            # MaxConnectionsError under a burst.
             "hosts": [
                 {
                     "address": REDIS_URL,
-                    "socket_timeout": None,
+                    "socket_timeout": 5,
                     "socket_connect_timeout": 5,
                     "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000, minimum=10),
                 }
             ],
-            # The stock capacity (100) silently drops group messages under load.
-            "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1500, minimum=100),
-            "expiry": 60,
-            "group_expiry": 86400,
-            "prefix": "taskhub:asgi",
+            # Redis pub/sub channels are not scoped by database number, the list layer's
+            # keys were: stacks sharing a Redis server on different dbs (as the docs and
+            # the test setup do) would hear each other's pushes without the db here.
+            "prefix": env_str("CHANNEL_LAYER_PREFIX", f"taskhub:asgi:{_REDIS_DB}:"),
+            # Every consumer of a process gets {"type": "layer.reconnected"} once the
+            # layer re-subscribed after losing Redis: pushes in between were lost.
+            "on_reconnect": "layer.reconnected",
         },
     }
 }
@@ -394,7 +406,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Production hardening (manage.py check --deploy passes when these are set) ---------
 
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many reverse proxies stand in front of the web process (nginx: 1). Only then are the
+# X-Forwarded-* headers trusted: DRF's throttles take the client address from the
+# X-Forwarded-For entry the nearest proxy wrote (deploy/nginx/proxy.conf overwrites it with
+# the address it saw), and https from X-Forwarded-Proto. With 0, a client that sent those
+# headers itself could dodge the rate limits or claim https.
+NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+REST_FRAMEWORK["NUM_PROXIES"] = NUM_PROXIES
+if NUM_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

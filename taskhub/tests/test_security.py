@@ -128,9 +128,22 @@ def test_a_publicly_known_key_is_refused_in_every_mode(key, debug):
     assert "SECRET_KEY is a publicly known key" in result.stderr
 
 
+def test_a_key_file_other_users_can_read_is_refused(tmp_path):
+    key_file = tmp_path / "secret_key"
+    secret_key.load_or_create(key_file)
+    key_file.chmod(0o644)
+
+    result = settings_key(DEBUG="1", SECRET_KEY_FILE=str(key_file))
+
+    assert result.returncode != 0
+    assert "can be read by other users" in result.stderr
+    assert f"chmod 600 {key_file}" in result.stderr
+
+
 def test_a_public_key_planted_in_the_key_file_is_refused(tmp_path):
     key_file = tmp_path / "secret_key"
     key_file.write_text(OLD_PUBLIC_KEY + "\n")
+    key_file.chmod(0o600)
 
     result = settings_key(DEBUG="1", SECRET_KEY_FILE=str(key_file))
 

@@ -76,3 +76,41 @@ def test_anonymous_clients_are_limited_per_address(client_for):
         ]
 
     assert answers == [401, 401, 429]
+
+
+def anon_answers(client, forwarded_for: list[str]) -> list[int]:
+    """Anonymous requests (a login with a wrong password), each with its own header."""
+    return [
+        client.post(
+            "/api/auth/token/",
+            {"username": "nobody", "password": "wrong"},
+            content_type="application/json",
+            HTTP_X_FORWARDED_FOR=value,
+        ).status_code
+        for value in forwarded_for
+    ]
+
+
+def test_a_made_up_forwarded_for_does_not_dodge_the_anonymous_limit(client):
+    with rates(anon="2/min"):
+        answers = anon_answers(client, ["203.0.113.1", "203.0.113.2", "203.0.113.3"])
+
+    assert answers[2] == 429  # NUM_PROXIES=0: the peer's address counts, not the header
+
+
+def test_behind_one_proxy_each_client_address_it_reports_has_its_own_limit(client):
+    from django.conf import settings
+
+    with override_settings(
+        REST_FRAMEWORK={
+            **settings.REST_FRAMEWORK,
+            "NUM_PROXIES": 1,
+            "DEFAULT_THROTTLE_RATES": {"user": "6000/min", "anon": "2/min"},
+        }
+    ):
+        # nginx overwrites the header with the address it saw (deploy/nginx/proxy.conf).
+        first = anon_answers(client, ["203.0.113.1"] * 3)
+        second = anon_answers(client, ["203.0.113.2"])
+
+    assert first == [401, 401, 429]
+    assert second == [401]
