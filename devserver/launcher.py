@@ -30,12 +30,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from devserver import embedded, nginx
+from devserver import embedded, nginx, processes
 from devserver.embedded import EmbeddedError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# Not resolved: .venv/bin/python is a symlink to the base interpreter, the scripts are here.
-BIN_DIR = Path(sys.executable).parent
+BIN_DIR = processes.BIN_DIR
 GRPC_COMMAND = PROJECT_DIR / "tasks" / "management" / "commands" / "grpcserver.py"
 NAME_WIDTH = 6
 SELF = "launch"
@@ -262,7 +261,7 @@ class Child:
 
 
 def start_child(console: Console, name: str, args: list[str], env: dict[str, str]) -> Child:
-    proc = embedded.spawn(
+    proc = processes.spawn(
         args,
         death_signal=signal.SIGTERM,
         env=env,
@@ -319,7 +318,7 @@ def restart_if_allowed(console: Console, dead: Child, env: dict[str, str]) -> Ch
         log.error("%s died %d times within %.0f s", dead.name, len(recent), RESTART_WINDOW)
         return None
     # Reap what it left in its group (a worker's pool processes) before the new one starts.
-    embedded.signal_group(dead.proc.pid, signal.SIGKILL)
+    processes.signal_group(dead.proc.pid, signal.SIGKILL)
     dead.pump.join(timeout=2)
     log.warning(
         "%s exited with %s; restarting it (its siblings carry the load meanwhile)",
@@ -359,7 +358,7 @@ def stop_children(children: list[Child], signals: Signals) -> None:
         time.sleep(0.1)
     for child in children:
         # Also reaps what the leader left in its group (e.g. pool processes).
-        embedded.signal_group(child.proc.pid, signal.SIGKILL)
+        processes.signal_group(child.proc.pid, signal.SIGKILL)
         code = child.proc.wait()
         child.pump.join(timeout=2)
         log.info("%s exited with %s", child.name, describe_exit(code))
@@ -402,7 +401,7 @@ def static_root_probe(env: dict[str, str]) -> subprocess.Popen[bytes]:
         "from django.conf import settings; "
         "print('STATIC_ROOT=' + str(getattr(settings, 'STATIC_ROOT', None) or ''))"
     )
-    return embedded.spawn(
+    return processes.spawn(
         [python(), "manage.py", "shell", "-c", code],
         env=env,
         cwd=PROJECT_DIR,
@@ -470,6 +469,7 @@ class Topology:
     port: int
     web_instances: int
     workers: int
+    internal_port: int | None = None
 
     @property
     def web_ports(self) -> list[int]:
@@ -477,7 +477,7 @@ class Topology:
         with nginx on PORT (WEB_INTERNAL_PORT moves them)."""
         if self.web_instances == 1:
             return [self.port]
-        base = int(os.environ.get("WEB_INTERNAL_PORT") or self.port + 1)
+        base = self.internal_port or self.port + 1
         return [base + i for i in range(self.web_instances)]
 
 
@@ -492,32 +492,30 @@ def _count(env: dict[str, str], name: str, *, maximum: int) -> int:
     return value
 
 
-def topology(env: dict[str, str]) -> Topology:
-    raw_port = env.get("PORT") or "8000"
+def _port(env: dict[str, str], name: str, default: str = "") -> int:
+    raw = env.get(name) or default
     try:
-        port = int(raw_port)
+        return int(raw)
     except ValueError:
-        raise LaunchError(f"PORT must be a port number, got {raw_port!r}") from None
+        raise LaunchError(f"{name} must be a port number, got {raw!r}") from None
+
+
+def topology(env: dict[str, str]) -> Topology:
     return Topology(
         host=env.get("HOST") or "127.0.0.1",
-        port=port,
+        port=_port(env, "PORT", "8000"),
         web_instances=_count(env, "WEB_INSTANCES", maximum=32),
         workers=_count(env, "WORKERS", maximum=32),
+        internal_port=_port(env, "WEB_INTERNAL_PORT") if env.get("WEB_INTERNAL_PORT") else None,
     )
 
 
 def app_commands(env: dict[str, str], data_dir: Path) -> list[AppProcess]:
+    """What `make run` starts, each line from the one table (devserver/processes.py)."""
     shape = topology(env)
-    celery_worker = [script("celery"), "-A", "taskhub", "worker", "--loglevel=INFO"]
-    worker = [*celery_worker, "-Q", "celery"]
-    if env.get("WORKER_CONCURRENCY"):
-        worker += ["--concurrency", env["WORKER_CONCURRENCY"]]
-    # The dispatcher, reaper and retention on a queue of their own, so they keep running
-    # while every slot of `worker` is busy (settings.CELERY_TASK_QUEUES).
-    dispatch = [*celery_worker, "-Q", "dispatch", "--concurrency", "1", "-n", "dispatch@%h"]
-
-    def daphne(host: str, port: int) -> list[str]:
-        return [script("daphne"), "-b", host, "-p", str(port), "taskhub.asgi:application"]
+    for name in ("celery", "daphne"):
+        script(name)  # a clear "run make venv" rather than a failed exec
+    concurrency = env.get("WORKER_CONCURRENCY") or None
 
     several_webs, several_workers = shape.web_instances > 1, shape.workers > 1
     commands: list[AppProcess] = []
@@ -535,38 +533,29 @@ def app_commands(env: dict[str, str], data_dir: Path) -> list[AppProcess]:
             commands.append(
                 AppProcess(
                     f"web{number}",
-                    daphne("127.0.0.1", port),
-                    env={"INSTANCE_NAME": f"web{number}"},
+                    processes.web("127.0.0.1", port).argv(),
+                    # Behind nginx: trust the X-Forwarded-For entry it writes.
+                    env={"INSTANCE_NAME": f"web{number}", "NUM_PROXIES": "1"},
                     restart=True,
                 )
             )
         ready = tuple(f"http://127.0.0.1:{port}/readyz" for port in shape.web_ports)
         commands.append(AppProcess("nginx", nginx.command(binary, config), wait_for=ready))
     else:
-        commands.append(AppProcess("web", daphne(shape.host, shape.port)))
+        commands.append(AppProcess("web", processes.web(shape.host, shape.port).argv()))
     if several_workers:
         for number in range(1, shape.workers + 1):
             name = f"worker{number}"
-            commands.append(AppProcess(name, [*worker, "-n", f"{name}@%h"], restart=True))
+            line = processes.worker(concurrency=concurrency, node=f"{name}@%h")
+            commands.append(AppProcess(name, line.argv(), restart=True))
     else:
-        commands.append(AppProcess("worker", worker))
+        commands.append(AppProcess("worker", processes.worker(concurrency=concurrency).argv()))
     commands += [
-        AppProcess("dispatch", dispatch),
-        AppProcess(
-            "beat",
-            [
-                script("celery"),
-                "-A",
-                "taskhub",
-                "beat",
-                "--loglevel=INFO",
-                "--schedule",
-                str(data_dir / "celerybeat-schedule"),
-            ],
-        ),
+        AppProcess("dispatch", processes.dispatch().argv()),
+        AppProcess("beat", processes.beat(data_dir / "celerybeat-schedule").argv()),
     ]
     if GRPC_COMMAND.exists():
-        commands.append(AppProcess("grpc", [python(), "manage.py", "grpcserver"]))
+        commands.append(AppProcess("grpc", processes.grpc().argv()))
     return commands
 
 
@@ -697,7 +686,7 @@ def cmd_exec(command: list[str], signals: Signals) -> int:
         env = child_env(backing, data_dir)
         # In the terminal's process group, unlike the app processes: Ctrl-C reaches the
         # command directly (pytest prints its summary) and --pdb can read the terminal.
-        proc = embedded.spawn(
+        proc = processes.spawn(
             command,
             death_signal=signal.SIGTERM,
             own_group=False,

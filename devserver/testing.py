@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,8 +22,10 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import connection
 
+from devserver import processes
+from devserver.processes import spawn
+
 BASE_DIR = Path(settings.BASE_DIR)
-BIN_DIR = Path(sys.executable).parent
 T = TypeVar("T")
 
 
@@ -76,14 +76,6 @@ def process_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-# Linux: the child gets SIGKILL if the test run dies, so no orphan outlives it. Through
-# util-linux's setpriv rather than a preexec_fn: Python code between fork and exec runs the
-# at-fork hooks of every loaded extension, and grpc's crash the child once the gRPC tests
-# have started its threads.
-_SETPRIV = shutil.which("setpriv")
-DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
-
-
 class ManagedProcess:
     """A child process whose output is kept (and echoed on failure) for assertions."""
 
@@ -91,14 +83,19 @@ class ManagedProcess:
         self.name = name
         self.args = args
         self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [*DIE_WITH_PARENT, *args],
+        # SIGKILL if the test run dies, so no orphan outlives it; a session of its own, so
+        # kill_group() reaches its children (a worker's pool) and a terminal's Ctrl-C does not.
+        self.proc = spawn(
+            args,
+            death_signal=signal.SIGKILL,
+            own_group=False,
+            start_new_session=True,
             cwd=BASE_DIR,
             env=env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -161,42 +158,15 @@ def start_worker(
 ) -> ManagedProcess:
     """A worker on the test database; without `queues` it consumes them all."""
     node = node or f"test-{uuid.uuid4().hex[:8]}@%h"
-    worker = ManagedProcess(
-        "worker",
-        [
-            str(BIN_DIR / "celery"),
-            "-A",
-            "taskhub",
-            "worker",
-            "-n",
-            node,
-            "--loglevel=INFO",
-            "--concurrency",
-            str(concurrency),
-            "--without-gossip",
-            "--without-mingle",
-            *(["-Q", queues] if queues else []),
-        ],
-        process_env(**(extra_env or {})),
-    )
+    line = processes.worker(queues=queues, concurrency=concurrency, node=node, lone=True)
+    worker = ManagedProcess("worker", line.argv(), process_env(**(extra_env or {})))
     worker.wait_until_up(lambda: worker.wait_for_output(" ready.", timeout=60))
     return worker
 
 
 def start_beat(*, extra_env: dict[str, str] | None = None, schedule_dir: Path) -> ManagedProcess:
-    beat = ManagedProcess(
-        "beat",
-        [
-            str(BIN_DIR / "celery"),
-            "-A",
-            "taskhub",
-            "beat",
-            "--loglevel=INFO",
-            "--schedule",
-            str(schedule_dir / "beat-schedule"),
-        ],
-        process_env(**(extra_env or {})),
-    )
+    line = processes.beat(schedule_dir / "beat-schedule")
+    beat = ManagedProcess("beat", line.argv(), process_env(**(extra_env or {})))
     beat.wait_until_up(lambda: beat.wait_for_output("beat: Starting", timeout=60))
     return beat
 
@@ -205,11 +175,8 @@ def start_daphne(
     *, port: int | None = None, extra_env: dict[str, str] | None = None
 ) -> tuple[ManagedProcess, str]:
     port = port or free_port()
-    web = ManagedProcess(
-        "web",
-        [str(BIN_DIR / "daphne"), "-b", "127.0.0.1", "-p", str(port), "taskhub.asgi:application"],
-        process_env(**(extra_env or {})),
-    )
+    line = processes.web("127.0.0.1", port)
+    web = ManagedProcess("web", line.argv(), process_env(**(extra_env or {})))
     base_url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
