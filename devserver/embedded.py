@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import json
 import logging
@@ -186,12 +187,15 @@ def log_tail(path: Path, lines: int = 25) -> str:
 # --- permissions (PostgreSQL refuses to run as root) ---------------------------------------
 
 
-def ensure_system_user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        pass
-    log.info("creating system user %r to run PostgreSQL (it refuses to run as root)", name)
+@dataclass(frozen=True)
+class HostChange:
+    """One change a root run makes to this machine so PostgreSQL can run as its own user."""
+
+    description: str
+    apply: Callable[[], None]
+
+
+def create_system_user(name: str) -> None:
     try:
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
@@ -205,27 +209,16 @@ def ensure_system_user(name: str) -> pwd.struct_passwd:
             f"could not create system user {name!r} for PostgreSQL: {detail}; create it, "
             "or run as a normal user, or set DATABASE_URL and REDIS_URL"
         ) from exc
-    return pwd.getpwnam(name)
 
 
-def ensure_traversable(paths: Iterable[Path], why: str) -> None:
-    """Add o+x to each directory that lacks it (only those), so another user can pass through."""
-    for path in paths:
-        mode = path.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            path.chmod(mode | stat.S_IXOTH)
-            log.info(
-                "chmod o+x %s (was %s) so %s can reach %s",
-                path,
-                stat.filemode(mode),
-                PG_SYSTEM_USER,
-                why,
-            )
+def _add_mode(paths: list[Path], bits: list[int]) -> None:
+    for path, bit in zip(paths, bits, strict=True):
+        path.chmod(path.lstat().st_mode | bit)
 
 
-def ensure_tree_readable(root: Path) -> None:
-    """o+r on files, o+rx on directories and executables under root, where missing."""
-    changed = 0
+def _unreadable_entries(root: Path) -> tuple[list[Path], list[int]]:
+    """Entries under root that lack o+r (and o+x for directories and programs)."""
+    paths, bits = [], []
     for dirpath, _dirnames, filenames in os.walk(root):
         entries = [(Path(dirpath), True)] + [(Path(dirpath) / f, False) for f in filenames]
         for path, is_dir in entries:
@@ -236,10 +229,69 @@ def ensure_tree_readable(root: Path) -> None:
             if is_dir or mode & stat.S_IXUSR:
                 want |= stat.S_IXOTH
             if mode & want != want:
-                path.chmod(mode | want)
-                changed += 1
-    if changed:
-        log.info("made %d entries under %s readable by %s", changed, root, PG_SYSTEM_USER)
+                paths.append(path)
+                bits.append(want)
+    return paths, bits
+
+
+def root_setup_plan(data_dir: Path, bin_dir: Path, user: str = PG_SYSTEM_USER) -> list[HostChange]:
+    """What a root run must change on this machine before PostgreSQL can run as `user`:
+    the user itself, o+x on directories on the way to the data and the binaries (only
+    those that lack it), o+r on the binaries' tree. Computed only; nothing changes here."""
+    plan: list[HostChange] = []
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        plan.append(
+            HostChange(
+                f"add system user {user!r} (useradd --system --no-create-home "
+                "--shell /usr/sbin/nologin)",
+                functools.partial(create_system_user, user),
+            )
+        )
+    reasons: dict[Path, str] = {}
+    for path in [*reversed(data_dir.parents), data_dir]:
+        reasons.setdefault(path, "its data directory")
+    for path in reversed(bin_dir.parents):
+        reasons.setdefault(path, "its binaries")
+    for path, why in reasons.items():
+        mode = path.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            plan.append(
+                HostChange(
+                    f"chmod o+x {path} (now {stat.filemode(mode)}) so {user} can reach {why}",
+                    functools.partial(_add_mode, [path], [stat.S_IXOTH]),
+                )
+            )
+    tree = bin_dir.parent
+    paths, bits = _unreadable_entries(tree)
+    if paths:
+        plan.append(
+            HostChange(
+                f"make {len(paths)} entries under {tree} readable by others (o+r; o+x on "
+                f"directories and programs) so {user} can run the binaries",
+                functools.partial(_add_mode, paths, bits),
+            )
+        )
+    return plan
+
+
+def apply_root_setup(plan: list[HostChange], user: str = PG_SYSTEM_USER) -> None:
+    """Say every change before making any (docs/running.md, "PostgreSQL refuses to run as
+    root"): a root run changes the machine beyond .data/ only where this lists it."""
+    if not plan:
+        return
+    log.warning(
+        "running as root: PostgreSQL refuses to, so it runs as system user %r. "
+        "To make that possible this run changes the machine (a normal user, or "
+        "DATABASE_URL and REDIS_URL set, would need none of it):",
+        user,
+    )
+    for change in plan:
+        log.warning("  - %s", change.description)
+    for change in plan:
+        change.apply()
+    log.info("done: %d change(s) for %s", len(plan), user)
 
 
 def chown_tree(root: Path, user: pwd.struct_passwd) -> None:
@@ -416,11 +468,8 @@ class Postgres:
     def prepare(self) -> None:
         bin_dir = postgres_bin_dir()
         if os.geteuid() == 0:
-            self.run_as = ensure_system_user(PG_SYSTEM_USER)
-            ensure_traversable(reversed(self.data_dir.parents), "its data directory")
-            ensure_traversable([self.data_dir], "its data directory")
-            ensure_traversable(reversed(bin_dir.parents), "its binaries")
-            ensure_tree_readable(bin_dir.parent)
+            apply_root_setup(root_setup_plan(self.data_dir, bin_dir))
+            self.run_as = pwd.getpwnam(PG_SYSTEM_USER)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir)
         version = (self.pgdata / "PG_VERSION").read_text().strip()
