@@ -297,6 +297,12 @@ def task_result_check(result: Any) -> None:
         )
 
 
+def _reconnect_if_broken() -> None:
+    """Drop the thread's database connection if an error left it unusable, so the next
+    query opens a fresh one (Django does this between requests, not within one)."""
+    connection.close_if_unusable_or_obsolete()
+
+
 def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
     """Run one queued task to its end: claim it (queued -> in_progress), run its processor,
     record how it ended (completed | failed | cancelled). None if it was not queued any
@@ -324,16 +330,23 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
         logger.warning("task %s timed out after %s s", task_id, task.timeout)
         return task_fail(task_id=task_id, error=f"timed out after {task.timeout} s")
     except StopRequested as stop:
+        _reconnect_if_broken()
         if stop.reason == StopRequest.SHUTDOWN:
             return task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
         return task_mark_cancelled(task_id=task_id)
     except ResultRefused as refused:
+        _reconnect_if_broken()
         logger.info("task %s failed: %s", task_id, refused)
         return task_fail(task_id=task_id, error=str(refused))
     except KeyboardInterrupt:
+        _reconnect_if_broken()
         task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
         raise
     except BaseException as exc:  # a processor's SystemExit fails its task like any error
+        # The processor's own query may have broken the connection (a PostgreSQL restart,
+        # a killed session): recording the failure on it would raise again and leave the
+        # task to the reaper.
+        _reconnect_if_broken()
         logger.info("task %s failed: %s: %s", task_id, type(exc).__name__, exc)
         return task_fail(task_id=task_id, error=f"{type(exc).__name__}: {exc}")
     try:

@@ -51,3 +51,12 @@ def never_returns(ctx: ProcessorContext) -> dict:
     """Spins without a checkpoint: only the time limit can end it."""
     while True:
         time.sleep(0.01)
+
+
+def loses_its_database(ctx: ProcessorContext) -> dict:
+    """Its database session is killed under it (a PostgreSQL restart or failover)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return {"unreachable": True}

@@ -13,6 +13,7 @@ from tasks.models import Task, TaskStatus
 from tasks.tests.factories import make_task
 
 MISBEHAVING = {
+    "loses_its_database": "tasks.tests.processors.loses_its_database",
     "returns": "tasks.tests.processors.returns",
     "raises": "tasks.tests.processors.raises",
     "never_returns": "tasks.tests.processors.never_returns",
@@ -149,6 +150,26 @@ def test_a_processor_that_never_returns_is_ended_by_its_time_limit(alice, purge_
 
     assert task.status == TaskStatus.FAILED
     assert task.error == "timed out after 1 s"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_processor_whose_database_session_dies_fails_at_once_not_by_the_reaper(
+    alice, purge_broker
+):
+    kind = "loses_its_database=tasks.tests.processors.loses_its_database"
+    worker = testing.start_worker(extra_env={"TASK_PROCESSORS": kind})
+    try:
+        task = services.task_create(owner=alice, title="db lost", kind="loses_its_database")
+        wait_until(lambda: _finished(task), timeout=30, message="the task to end")
+        after = services.task_create(owner=alice, title="next", kind="echo", params={"n": 2})
+        wait_until(lambda: _finished(after), timeout=30, message="the next task")
+    finally:
+        worker.stop()
+
+    assert task.status == TaskStatus.FAILED
+    assert task.error.startswith("OperationalError")
+    assert after.status == TaskStatus.COMPLETED
 
 
 def _finished(task: Task) -> bool:
