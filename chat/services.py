@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
@@ -27,7 +25,7 @@ from django.utils.text import slugify
 
 from chat import selectors
 from chat.models import ChatParticipant, ChatRoom, Message, ParticipantRole
-from notifications import protocol
+from notifications import protocol, push
 
 logger = logging.getLogger("chat")
 
@@ -72,17 +70,18 @@ def _broadcast_rollback_unsafe(
     Only call after commit. The consumer forwards `frame`, adding `ref` on the socket whose
     channel is `reply_to` (the sender's), so the sender's own copy doubles as its ack. A
     failure is logged and swallowed: the message is stored and history will show it.
+    Through notifications.push, which keeps one Redis client per process (no thread and
+    event loop per call, as async_to_sync(group_send) would make).
     """
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            room_group(room_id),
-            {"type": "event.push", "frame": frame, "reply_to": reply_to, "ref": ref},
-        )
-    except Exception:
-        logger.warning("chat broadcast to room %s failed", room_id, exc_info=True)
+    push.group_send_now(
+        [
+            (
+                room_group(room_id),
+                {"type": "event.push", "frame": frame, "reply_to": reply_to, "ref": ref},
+            )
+        ],
+        what=f"chat room {room_id}",
+    )
 
 
 def _broadcast_on_commit(

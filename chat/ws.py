@@ -31,10 +31,11 @@ COMMANDS = frozenset({SUBSCRIBE, UNSUBSCRIBE, POST, EDIT, TYPING})
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}\Z")
 
-# The rooms each socket is subscribed to. Weak keys: the entry goes with the consumer.
-# The consumer leaves every group on disconnect itself; this only answers "is this socket
-# subscribed?" (the ack path of post/edit, unsubscribe-all).
-_subscriptions: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+# The rooms each socket is subscribed to, id -> slug. Weak keys: the entry goes with the
+# consumer. The consumer leaves every group on disconnect itself; this answers "is this
+# socket subscribed?" (the ack path of post/edit, unsubscribe-all) and "which histories
+# does it need again?" (resend_history).
+_subscriptions: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
 class CommandError(Exception):
@@ -113,6 +114,15 @@ def _open_room(user: Any, slug: str) -> ChatRoom:
     return room
 
 
+def _histories(slugs: list[str]) -> dict[str, list[dict[str, Any]]]:
+    histories = {}
+    for slug in slugs:
+        room = selectors.chat_room_find(slug=slug)
+        if room is not None:  # deleted meanwhile: nothing to show, nothing will come
+            histories[slug] = _history(room)
+    return histories
+
+
 def _history(room: ChatRoom) -> list[dict[str, Any]]:
     return [
         services.chat_message_data(m, room_slug=room.slug)
@@ -151,7 +161,7 @@ async def _subscribe(consumer: Any, message: dict[str, Any], ref: Any) -> None:
     # Join the group before reading history: a message committed in between is then in
     # both (clients de-duplicate by id) rather than in neither.
     await consumer.join_group(services.room_group(room.id))
-    _subscriptions.setdefault(consumer, set()).add(room.id)
+    _subscriptions.setdefault(consumer, {})[room.id] = room.slug
     messages = await database_sync_to_async(_history)(room)
     await consumer.reply(protocol.CHAT_HISTORY, {"room": room.slug, "messages": messages}, ref=ref)
 
@@ -160,7 +170,7 @@ async def _unsubscribe(consumer: Any, message: dict[str, Any], ref: Any) -> None
     """Leave one room's stream (`room`), or every room this socket follows (no `room`).
     Membership stays; leaving a room is the REST API's job. No reply frame: the protocol
     defines none, and the client stops receiving the room's messages."""
-    subscribed = _subscriptions.setdefault(consumer, set())
+    subscribed = _subscriptions.setdefault(consumer, {})
     if message.get("room") is None:
         room_ids = set(subscribed)
     else:
@@ -168,7 +178,7 @@ async def _unsubscribe(consumer: Any, message: dict[str, Any], ref: Any) -> None
         room_ids = {room.id}
     for room_id in room_ids:
         await consumer.leave_group(services.room_group(room_id))
-        subscribed.discard(room_id)
+        subscribed.pop(room_id, None)
 
 
 async def _post_message(consumer: Any, message: dict[str, Any], ref: Any) -> None:
@@ -207,3 +217,26 @@ _HANDLERS: dict[str, Callable[[Any, dict[str, Any], Any], Awaitable[None]]] = {
     EDIT: _edit_message,
     TYPING: _typing_hint,
 }
+
+
+# --- After the channel layer lost Redis --------------------------------------------------
+
+
+async def resend_history(consumers: list[Any]) -> None:
+    """Send each socket a fresh `chat.history` (no `ref`) of every room it is subscribed to.
+
+    notifications.consumers.SocketHub calls this once the channel layer re-subscribed
+    after losing Redis: a broadcast published meanwhile reached nobody, and a room's
+    messages are not in the per-user event log that the sockets catch up from. One read
+    per room, however many sockets follow it. Clients merge a history by message id
+    (docs/chat.md), so what they already had is not shown twice.
+    """
+    slugs = sorted({slug for c in consumers for slug in _subscriptions.get(c, {}).values()})
+    if not slugs:
+        return
+    histories = await database_sync_to_async(_histories)(slugs)
+    for consumer in consumers:
+        for slug in list(_subscriptions.get(consumer, {}).values()):  # sends yield
+            if slug in histories:
+                data = {"room": slug, "messages": histories[slug]}
+                await consumer.reply(protocol.CHAT_HISTORY, data)

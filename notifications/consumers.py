@@ -27,9 +27,12 @@ Delivery of persisted events (those with an `id`) — why none is sent twice or 
   push happens after the group join and is addressed to this socket. Pushes arriving
   while a replay runs wait in the channel layer (Channels dispatches one message at a
   time per consumer) and are then dropped (id <= _last_id) or delivered in order.
-* A push that never arrives (Redis blip, channel over capacity) is noticed when the next
-  push shows a gap, by the hub's sweep (a socket still behind an id the previous sweep
-  saw committed: within 2 x WS_CATCHUP_INTERVAL), or on reconnect with `last_event_id`.
+* A push that never arrives (Redis pub/sub keeps nothing: a publish while this process
+  is not subscribed, during a Redis restart or blip, is gone) is noticed when the next
+  push shows a gap, at once when the channel layer reports it reconnected (the hub's
+  resync: every socket behind the newest committed id catches up), by the hub's sweep (a
+  socket still behind an id the previous sweep saw committed: within
+  2 x WS_CATCHUP_INTERVAL), or on reconnect with `last_event_id`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 
 from notifications import protocol, selectors, services
@@ -200,6 +202,11 @@ class SocketHub:
 
     Closed sockets are released in batches (`release`): their registry entries in a few
     pipelines, their groups with bounded concurrency.
+
+    After the channel layer lost Redis and came back (`resync_soon`), pushes in between
+    are lost for every socket of the process at once: one resync then catches every socket
+    up from the log and re-sends chat history (docs/protocol.md, "After the server lost
+    Redis").
     """
 
     def __init__(self) -> None:
@@ -209,6 +216,8 @@ class SocketHub:
         self._pending_done: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._resync: asyncio.Task[None] | None = None
+        self._resync_again = False
 
     def add(self, consumer: EventConsumer) -> None:
         self.sockets.add(consumer)
@@ -268,19 +277,47 @@ class SocketHub:
         if not discards:
             return
         layer = get_channel_layer()
-        if isinstance(layer, RedisChannelLayer):
-            await _discard_pipelined(layer, discards)
-            return
         limit = asyncio.Semaphore(RELEASE_CONCURRENCY)
 
         async def discard(group: str, channel: str) -> None:
             async with limit:
                 try:
                     await layer.group_discard(group, channel)
-                except Exception:  # the membership expires on its own (group_expiry)
+                except Exception:  # the pub/sub layer's discard is in-process; others expire
                     logger.warning("could not leave group %s", group, exc_info=True)
 
         await asyncio.gather(*(discard(group, channel) for group, channel in discards))
+
+    def resync_soon(self) -> None:
+        """Every socket of this process may have missed pushes (the layer reconnected):
+        one resync for all of them, however many sockets report it. A report while one
+        runs starts another after it, since that one's reads may predate the new gap."""
+        if self._resync is None:
+            self._resync = asyncio.ensure_future(self._resync_all())
+        else:
+            self._resync_again = True
+
+    async def _resync_all(self) -> None:
+        try:
+            while True:
+                self._resync_again = False
+                try:
+                    await self._sweep(after_reconnect=True)
+                    sockets = [c for c in self.sockets if not c._closed]
+                    if sockets:
+                        # Imported here, as in EventConsumer.handle_chat: chat depends on
+                        # notifications, never the other way round at import.
+                        from chat import ws as chat_ws
+
+                        await chat_ws.resend_history(sockets)
+                except Exception:
+                    # The periodic sweep still finds lost persisted events; a chat client
+                    # re-subscribes when it reconnects.
+                    logger.warning("resync after a channel layer reconnect failed", exc_info=True)
+                if not self._resync_again:
+                    return
+        finally:
+            self._resync = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -327,7 +364,11 @@ class SocketHub:
                 for group in list(consumer._groups):
                     await layer.group_add(group, consumer.channel_name)
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, *, after_reconnect: bool = False) -> None:
+        """Close the sockets of deactivated users; catch up the sockets that missed a push.
+        Missed means behind what the previous sweep saw committed (a push newer than that
+        may still be in flight), or, after a reconnect, behind anything committed: every
+        push published while this process was not subscribed is gone."""
         sockets = [c for c in self.sockets if c.user is not None and not c._closed]
         if not sockets:
             return
@@ -344,7 +385,7 @@ class SocketHub:
             seen_before, consumer._sweep_mark = consumer._sweep_mark, newest
             # Behind an id already committed at the previous sweep: that push is lost,
             # not merely in flight.
-            if consumer._last_id < seen_before:
+            if consumer._last_id < (newest if after_reconnect else seen_before):
                 self._spawn(consumer._catch_up(limit))
 
 
@@ -352,23 +393,6 @@ def _stop_waiting(done: asyncio.Future[None]) -> None:
     if not done.done():
         logger.warning("releasing closed sockets takes over %g s; not waiting", RELEASE_WAIT)
         done.set_result(None)
-
-
-async def _discard_pipelined(layer: RedisChannelLayer, discards: list[tuple[str, str]]) -> None:
-    """RedisChannelLayer.group_discard() for many at once: the same ZREM on the same
-    key, in one pipeline per shard instead of a round trip (and a pooled connection) each.
-    A mass disconnect of 5,000 sockets took over 10 s of event-loop time one by one."""
-    by_shard: dict[int, list[tuple[bytes, str]]] = {}
-    for group, channel in discards:
-        by_shard.setdefault(layer.consistent_hash(group), []).append(
-            (layer._group_key(group), channel)
-        )
-    for index, members in by_shard.items():
-        for start in range(0, len(members), 1000):
-            async with layer.connection(index).pipeline(transaction=False) as pipe:
-                for key, channel in members[start : start + 1000]:
-                    pipe.zrem(key, channel)
-                await pipe.execute()
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SocketHub] = weakref.WeakKeyDictionary()
@@ -667,6 +691,11 @@ class EventConsumer(AsyncWebsocketConsumer):
                 await self._deliver_from_log(before_id=newest + 1)
 
     # --- Group messages ------------------------------------------------------------------
+
+    async def layer_reconnected(self, message: dict[str, Any]) -> None:
+        """The channel layer's on_reconnect (taskhub/settings.py CHANNEL_LAYERS), sent to
+        every socket of this process: pushes were lost while it was away from Redis."""
+        socket_hub().resync_soon()
 
     async def event_push(self, message: dict[str, Any]) -> None:
         """A frame for this socket from a group (user.<id>, a chat room...)."""

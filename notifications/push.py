@@ -6,50 +6,43 @@ keeps its connection pools per loop) opened a new Redis connection for it and dr
 again. Profiled (docs/benchmarks.md): 4.7-7.1 ms of CPU per pushed event, most of a
 worker's CPU per task.
 
-What happens instead, with channels_redis' RedisChannelLayer (the configured layer): this
-process writes what the layer's `group_send` would write, with a plain redis-py client it
-keeps for its lifetime, pipelined:
-
-1. one round trip per Redis host reads the members of every group in the batch (after
-   dropping members older than the layer's group_expiry, as group_send does);
-2. one round trip per host stores every message, with a Lua script that does what
-   group_send's does for each channel key: drop expired messages, skip a channel at
-   capacity (counted and logged, like the layer), ZADD the message, renew the expiry.
-
-The message stored for each channel key is built by the layer itself
-(`_map_channel_keys_to_connection`: its serializer, random prefix, `__asgi_channel__` list
-and per-channel capacity), so a consumer's `receive()` cannot tell these writes from the
-layer's own. That is a private method of channels_redis 4.3 (pinned in requirements.txt):
-an upgrade must re-read channels_redis/core.py `group_send`, and the tests in
+What happens instead, with the configured pub/sub layer (notifications/layers.py): this
+process PUBLISHes what the layer's `group_send` would, with a plain redis-py client it
+keeps for its lifetime, one pipeline per Redis shard per batch. The layer itself names the
+Redis channel of a group (its prefix, `__group__`), picks its shard and serializes the
+message (msgpack), so a consumer cannot tell these publishes from the layer's own. Naming
+and sharding are methods of channels_redis 4.3's loop layer (pinned in requirements.txt):
+an upgrade must re-read channels_redis/pubsub.py `group_send`; the tests in
 notifications/tests/test_push_path.py go through real consumers to catch a mismatch. Any
-other layer (the pub/sub one, the in-memory one) gets its own `group_send` run on an event
-loop this process keeps, which also keeps that layer's connections.
+other layer gets its own `group_send` run on an event loop this process keeps, which also
+keeps that layer's connections.
+
+A publish reaches the sockets subscribed at that moment and is kept nowhere: a push lost
+to a Redis outage is found by the consumers (docs/architecture.md, "The event path").
 
 Per process, fork-safe: the client or loop belongs to the pid that made it; a forked child
 (Celery's prefork pool) makes its own on first use instead of writing on its parent's
 sockets.
 
 Batching: pushes registered with `push_after_commit` in one transaction are sent together
-after it commits (a dispatcher run or a fan-out is two round trips, not two per event).
-See `_Push.run` for how that stays correct with savepoints.
+after it commits (a dispatcher run or a fan-out is one round trip, not one per event), in
+order. See `_Push.run` for how that stays correct with savepoints.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import threading
-import time
 import weakref
-from collections import defaultdict, deque
+from collections import deque
 from typing import Any
 
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
 from django.db import transaction
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -59,52 +52,27 @@ logger = logging.getLogger("notifications.services")
 # A (group, message) pair, the arguments of group_send.
 GroupMessage = tuple[str, dict[str, Any]]
 
-# KEYS: channel keys. ARGV: one message per key, then one capacity per key, then the score
-# (the message's score), the key expiry and the cutoff below which a stored message has expired.
-# Returns how many channels were at capacity (their message is not stored).
-_STORE_SCRIPT = """
-local n = #KEYS
-local score = ARGV[2 * n + 1]
-local expiry = ARGV[2 * n + 2]
-local cutoff = ARGV[2 * n + 3]
-local full = 0
-for i = 1, n do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
-  if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[n + i]) then
-    redis.call('ZADD', KEYS[i], score, ARGV[i])
-    redis.call('EXPIRE', KEYS[i], expiry)
-  else
-    full = full + 1
-  end
-end
-return full
-"""
-_STORE_SHA = hashlib.sha1(_STORE_SCRIPT.encode()).hexdigest()
-
-# Apart enough to stay distinct at today's time.time() (a double's step there is ~2.4e-7).
-_SCORE_STEP = 1e-6
-
-# A publisher must not hang on a Redis that stopped answering (the layer's own setting is
-# no timeout, which suits a socket that waits for messages, not one that writes them).
+# A publisher must not hang on a Redis that stopped answering.
 _SOCKET_TIMEOUT = 5.0
 
 
-class _RedisWriter:
-    """group_send for a RedisChannelLayer, as pipelined sync writes (see the module doc)."""
+class _PubSubWriter:
+    """group_send for a RedisPubSubChannelLayer, as pipelined sync PUBLISHes."""
 
-    def __init__(self, layer: RedisChannelLayer) -> None:
+    def __init__(self, layer: RedisPubSubChannelLayer) -> None:
         self.layer = layer
         self.pid = os.getpid()
-        self.clients = [self._client(host) for host in layer.hosts]
-        # A channel's messages are read lowest score first, so each message gets a score
-        # above every earlier one of this process (time.time() alone repeats, and equal
-        # scores would be read in the order of their random prefixes).
-        self._last_score = 0.0
-        self._score_lock = threading.Lock()
+        # The layer's per-loop half, never run: it names groups' channels and picks
+        # shards exactly as group_send does (it opens no connection until used).
+        self.naming = RedisPubSubLoopLayer(*layer._args, **layer._kwargs, channel_layer=layer)
+        self.clients = [self._client(shard.host) for shard in self.naming._shards]
 
     @staticmethod
     def supports(layer: Any) -> bool:
-        return type(layer) is RedisChannelLayer and all("address" in h for h in layer.hosts)
+        if not isinstance(layer, RedisPubSubChannelLayer):
+            return False
+        naming = RedisPubSubLoopLayer(*layer._args, **layer._kwargs, channel_layer=layer)
+        return all("address" in shard.host for shard in naming._shards)
 
     @staticmethod
     def _client(host: dict[str, Any]) -> redis.Redis:
@@ -112,77 +80,27 @@ class _RedisWriter:
         if options.get("socket_timeout") is None:
             options["socket_timeout"] = _SOCKET_TIMEOUT
         options.setdefault("socket_connect_timeout", _SOCKET_TIMEOUT)
-        # No retry: a push is sent at most once (a retried pipeline may write twice), and a
-        # Redis that is down fails it at once instead of after redis-py's default backoff
-        # of seconds, per event. The pool itself replaces a connection that a Redis
-        # restart closed before handing it out, so the first push after one goes through.
+        # No retry: a push is sent at most once (a retried pipeline may publish twice),
+        # and a Redis that is down fails it at once instead of after redis-py's default
+        # backoff of seconds, per event. The pool itself replaces a connection that a
+        # Redis restart closed before handing it out, so the first push after one goes
+        # through.
         options["retry"] = Retry(NoBackoff(), 0)
         return redis.Redis.from_url(host["address"], **options)
 
-    def _scores(self, count: int) -> list[float]:
-        step = _SCORE_STEP
-        with self._score_lock:
-            first = max(time.time(), self._last_score + step)
-            self._last_score = first + (count - 1) * step
-        return [first + n * step for n in range(count)]
-
     def send(self, messages: list[GroupMessage]) -> None:
-        layer = self.layer
-        now = time.time()
-        members = self._members({group for group, _ in messages}, now)
-        calls: dict[int, list[tuple[str, list[bytes], list[Any]]]] = defaultdict(list)
-        expiry, cutoff = int(layer.expiry), int(now) - int(layer.expiry)
-        for (group, message), score in zip(messages, self._scores(len(messages)), strict=True):
-            channels = members[group]
-            if not channels:
-                continue
-            keys_by_host, key_message, key_capacity = layer._map_channel_keys_to_connection(
-                channels, message
-            )
-            for index, keys in keys_by_host.items():
-                args = [key_message[k] for k in keys] + [key_capacity[k] for k in keys]
-                args += [score, expiry, cutoff]
-                calls[index].append((group, keys, args))
-        for index, host_calls in calls.items():
-            self._store(self.clients[index], host_calls)
-
-    def _members(self, groups: set[str], now: float) -> dict[str, list[str]]:
-        layer = self.layer
-        by_host: dict[int, list[str]] = defaultdict(list)
-        for group in sorted(groups):
-            by_host[layer.consistent_hash(group)].append(group)
-        members: dict[str, list[str]] = {}
-        for index, host_groups in by_host.items():
-            pipe = self.clients[index].pipeline(transaction=False)
-            for group in host_groups:
-                key = layer._group_key(group)
-                pipe.zremrangebyscore(key, min=0, max=int(now) - layer.group_expiry)
-                pipe.zrange(key, 0, -1)
-            replies = pipe.execute()
-            for group, names in zip(host_groups, replies[1::2], strict=True):
-                members[group] = [name.decode() for name in names]
-        return members
-
-    def _store(self, client: redis.Redis, calls: list[tuple[str, list[bytes], list[Any]]]) -> None:
-        pending = calls
-        for _ in range(2):
-            pipe = client.pipeline(transaction=False)
-            for _group, keys, args in pending:
-                pipe.evalsha(_STORE_SHA, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            retry = []
-            for call, reply in zip(pending, replies, strict=True):
-                if isinstance(reply, redis.exceptions.NoScriptError):
-                    retry.append(call)  # Redis restarted or flushed its scripts
-                elif isinstance(reply, Exception):
-                    raise reply
-                elif reply:
-                    logger.info("%s channel(s) over capacity in group %s", reply, call[0])
-            if not retry:
-                return
-            client.script_load(_STORE_SCRIPT)
-            pending = retry
-        raise redis.exceptions.NoScriptError("the push script could not be loaded")
+        naming, serialize = self.naming, self.layer.serialize
+        pipes: dict[int, Any] = {}
+        for group, message in messages:
+            channel = naming._get_group_channel_name(group)
+            shard = naming._shards.index(naming._get_shard(channel))
+            pipe = pipes.get(shard)
+            if pipe is None:
+                pipe = pipes[shard] = self.clients[shard].pipeline(transaction=False)
+            pipe.publish(channel, serialize(message))
+        # A group lives on one shard, so each group's messages keep their order.
+        for pipe in pipes.values():
+            pipe.execute()
 
     def close(self) -> None:
         for client in self.clients:
@@ -217,11 +135,11 @@ class _LoopWriter:
             self.loop.close()  # channels_redis hooks this to close the layer's connections
 
 
-_writer: _RedisWriter | _LoopWriter | None = None
+_writer: _PubSubWriter | _LoopWriter | None = None
 _writer_lock = threading.Lock()
 
 
-def _writer_for(layer: Any) -> _RedisWriter | _LoopWriter:
+def _writer_for(layer: Any) -> _PubSubWriter | _LoopWriter:
     """This process's writer for `layer` (made on first use, again after a fork or when the
     settings give a new layer)."""
     global _writer
@@ -232,7 +150,7 @@ def _writer_for(layer: Any) -> _RedisWriter | _LoopWriter:
             if writer is None or writer.pid != os.getpid() or writer.layer is not layer:
                 if writer is not None and writer.pid == os.getpid():
                     writer.close()  # the settings changed the layer (tests do)
-                kind = _RedisWriter if _RedisWriter.supports(layer) else _LoopWriter
+                kind = _PubSubWriter if _PubSubWriter.supports(layer) else _LoopWriter
                 writer = _writer = kind(layer)
     return writer
 
@@ -255,7 +173,9 @@ def group_send_now(messages: list[GroupMessage], *, what: str) -> bool:
     try:
         _writer_for(layer).send(messages)
     except Exception:
-        logger.warning("push to %s failed; the event log keeps it", what, exc_info=True)
+        # Nothing retries it: persisted events stay in the event log, chat messages in
+        # their room's history, and the sockets read them from there.
+        logger.warning("push to %s failed; not retried", what, exc_info=True)
         return False
     return True
 

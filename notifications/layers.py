@@ -1,0 +1,89 @@
+"""The channel layer: channels_redis' pub/sub layer, plus the `on_reconnect` its README
+documents.
+
+Why pub/sub: channels_redis' RedisChannelLayer takes one message per Redis round trip
+per channel and serialises every waiting socket behind one lock; at 5,000 sockets its
+delivery p50 was 7.7 s against 15-16 ms for RedisPubSubChannelLayer (docs/benchmarks.md).
+
+Its trade-off: Redis pub/sub keeps nothing. While the layer's subscriber connection is
+down (Redis restarted, a network blip) every message published is lost for this
+process, and nothing says so: redis-py reconnects and re-subscribes on its own. The
+layer's README offers `on_disconnect`/`on_reconnect` for exactly this, but channels_redis
+4.3 accepts them and never calls them (channels_redis#406, since its move to redis-py's
+PubSub). This subclass makes `on_reconnect` work as documented: once a shard's
+subscriber connection is back and has re-subscribed, every channel of this process (every
+consumer) receives a message of that type. notifications.consumers turns it into one
+resync for the whole process (docs/protocol.md, "After the server lost Redis").
+
+The subclass touches two names of channels_redis 4.3 (pinned in requirements.txt): the
+loop layer's `_shards` and a shard's `_ensure_redis`/`_redis`/`_pubsub`. An upgrade must
+re-read channels_redis/pubsub.py; notifications/tests/test_reconnect.py restarts a real
+Redis under live sockets to catch a mismatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
+from redis.asyncio.client import PubSub
+
+logger = logging.getLogger(__name__)
+
+
+class _WatchedPubSub(PubSub):
+    """redis-py's PubSub, telling `reconnected` after it re-subscribed on a new connection
+    (redis-py calls on_connect on a reconnect only, never on the first connect)."""
+
+    def __init__(self, *args: Any, reconnected: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reconnected = reconnected
+
+    async def on_connect(self, connection: Any) -> None:
+        await super().on_connect(connection)  # SUBSCRIBE for every channel is sent now
+        self._reconnected()
+
+
+class _Shard(RedisSingleShardConnection):
+    def __init__(self, host: dict[str, Any], loop_layer: RedisPubSubLoopLayer, message: bytes):
+        super().__init__(host, loop_layer)
+        self._reconnect_message = message
+
+    def _ensure_redis(self) -> None:
+        if self._redis is None:
+            super()._ensure_redis()
+            self._pubsub = _WatchedPubSub(self._redis.connection_pool, reconnected=self._tell)
+
+    def _tell(self) -> None:
+        channels = self.channel_layer.channels
+        logger.warning(
+            "channel layer reconnected to Redis; telling %d channel(s) to resync", len(channels)
+        )
+        for queue in channels.values():
+            queue.put_nowait(self._reconnect_message)
+
+
+class PubSubChannelLayer(RedisPubSubChannelLayer):
+    """RedisPubSubChannelLayer whose `on_reconnect` (a message type) is delivered to every
+    channel of the process after its subscriber connection to a shard came back."""
+
+    def __init__(self, *args: Any, on_reconnect: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_reconnect = on_reconnect
+
+    def _get_layer(self) -> RedisPubSubLoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = super()._get_layer()  # made and registered for this loop, unconnected
+            if self.on_reconnect:
+                message = self.serialize({"type": self.on_reconnect})
+                layer._shards = [_Shard(shard.host, layer, message) for shard in layer._shards]
+        return layer
