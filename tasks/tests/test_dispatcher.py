@@ -111,20 +111,21 @@ def test_a_task_scheduled_for_later_waits_for_its_time(alice, sent):
 
 @pytest.mark.django_db
 def test_a_queued_task_whose_message_was_lost_is_sent_again(alice, sent, settings):
-    stale = make_task(
-        owner=alice,
-        status=TaskStatus.QUEUED,
-        queued_at=timezone.now() - timedelta(seconds=settings.TASKHUB_QUEUED_RESEND_AFTER + 5),
-    )
+    lost_at = timezone.now() - timedelta(seconds=settings.TASKHUB_QUEUED_RESEND_AFTER + 5)
+    stale = make_task(owner=alice, status=TaskStatus.QUEUED, queued_at=lost_at)
     fresh = make_task(owner=alice, status=TaskStatus.QUEUED, queued_at=timezone.now())
+    fresh_since = fresh.queued_at
 
     orders = services.dispatch_pending_tasks()
 
     assert [order.task_id for order in orders] == [str(stale.pk)]
     stale.refresh_from_db()
+    fresh.refresh_from_db()
     assert stale.status == TaskStatus.QUEUED
-    assert stale.queued_at > timezone.now() - timedelta(seconds=5)
-    assert str(fresh.pk) not in {order.task_id for order in orders}
+    # Its clock restarts with the resend, so it is not sent again on the next pass.
+    assert stale.queued_at > fresh_since > lost_at
+    assert fresh.queued_at == fresh_since
+    assert services.dispatch_pending_tasks() == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -156,16 +157,25 @@ def test_a_row_locked_by_another_dispatcher_is_skipped_not_waited_for(alice, sen
 @pytest.mark.django_db(transaction=True)
 def test_two_dispatchers_at_once_enqueue_each_task_exactly_once(alice, bob, sent):
     tasks = [make_task(owner=alice if n % 2 else bob, title=f"t{n}") for n in range(300)]
-    start = threading.Barrier(2)
+    # Lock-step rounds: in each, both dispatchers claim at the same moment, and the next
+    # round starts when both are done. Without it one thread could drain the table before
+    # the other was scheduled, and "exactly once" would be tested on one dispatcher.
+    rounds = threading.Barrier(2)
     claimed: list[list[queue.RunOrder]] = [[], []]
+    last: list[list[queue.RunOrder]] = [[], []]
     errors: list[BaseException] = []
 
     def dispatcher(slot: int) -> None:
         try:
-            start.wait(10)
-            while batch := services.dispatch_pending_tasks(limit=25):
-                claimed[slot].extend(batch)
+            while True:
+                rounds.wait(30)  # both start the round together
+                last[slot] = services.dispatch_pending_tasks(limit=25)
+                claimed[slot].extend(last[slot])
+                rounds.wait(30)  # both have claimed: `last` is this round's
+                if not (last[0] or last[1]):
+                    return
         except BaseException as exc:  # surfaced below
+            rounds.abort()  # the other thread must not wait for this one
             errors.append(exc)
         finally:
             connection.close()
@@ -179,6 +189,7 @@ def test_two_dispatchers_at_once_enqueue_each_task_exactly_once(alice, bob, sent
     assert errors == []
     all_ids = [order.task_id for order in claimed[0] + claimed[1]]
     assert sorted(all_ids) == sorted(str(task.pk) for task in tasks)
-    assert claimed[0] and claimed[1], "both dispatchers should have claimed some rows"
+    # In every round with rows left, each took a batch of its own (SKIP LOCKED).
+    assert len(claimed[0]) >= 25 and len(claimed[1]) >= 25
     queued_events = Event.objects.filter(type="task.updated", data__status="queued").count()
     assert queued_events == len(tasks)
