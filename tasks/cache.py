@@ -154,9 +154,13 @@ def task_detail_cached(
 
 
 def task_list_first_page_cached(
-    *, user: AbstractBaseUser, status: str | None, fill: Callable[[], dict[str, Any]]
+    *,
+    user: AbstractBaseUser,
+    status: str | None,
+    page_size: int,
+    fill: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
-    """The first page of the user's list (default order and page size), optionally one
+    """The first page of the user's list, newest first, `page_size` rows, optionally one
     status: `{"count": n, "results": [...]}` as `fill()` makes it."""
-    key = f"tasks:list:{_user_key(user)}:{status or 'all'}"
+    key = f"tasks:list:{_user_key(user)}:{status or 'all'}:{page_size}"
     return _read_through(TASK_LIST, _owner_version_key(user.pk), key, fill)

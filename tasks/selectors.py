@@ -12,6 +12,8 @@ from django.http import Http404
 from tasks.models import Task, TaskStatus
 
 ORDERING_FIELDS = ("created_at", "updated_at", "title", "status", "progress")
+# Newest first: what a list shows unless asked otherwise (and what tasks/cache.py caches).
+DEFAULT_ORDERING = "-created_at"
 
 
 def task_list_for(
@@ -30,7 +32,7 @@ def task_list_for(
         # The id breaks ties so pages never repeat or skip a row.
         tasks = tasks.order_by(ordering, "-id")
     else:
-        tasks = tasks.order_by("-created_at", "-id")
+        tasks = tasks.order_by(DEFAULT_ORDERING, "-id")
     return tasks
 
 

@@ -16,13 +16,19 @@ from tasks.api.serializers import (
     TaskListFilterSerializer,
     TaskOutputSerializer,
 )
+from tasks.selectors import DEFAULT_ORDERING
 
 
 def _is_popular_first_page(request: Request) -> bool:
-    """The reads worth caching (tasks/cache.py): the first page of the user's list in the
-    default order and page size, all tasks or one status (e.g. "my pending tasks")."""
+    """The reads worth caching (tasks/cache.py): the first page of the user's list, newest
+    first (the default order, or asked for by name as the dashboard does), all tasks or one
+    status (e.g. "my pending tasks"), in any page size."""
     params = request.query_params
-    return set(params) <= {"status", "page"} and params.get("page", "1") == "1"
+    return (
+        set(params) <= {"status", "page", "page_size", "ordering"}
+        and params.get("page", "1") == "1"
+        and params.get("ordering", DEFAULT_ORDERING) == DEFAULT_ORDERING
+    )
 
 
 class TaskListCreateApi(APIView):
@@ -38,16 +44,20 @@ class TaskListCreateApi(APIView):
         return paginator.get_paginated_response(TaskOutputSerializer(page, many=True).data)
 
     def _cached_first_page(self, request: Request, *, status: str | None) -> Response:
+        paginator = CappedPageNumberPagination()
+        page_size = paginator.get_page_size(request)
+
         def fill() -> dict:
-            paginator = CappedPageNumberPagination()
             tasks = selectors.task_list_for(user=request.user, status=status)
             page = paginator.paginate_queryset(tasks, request, view=self)
             rows = [dict(row) for row in TaskOutputSerializer(page, many=True).data]
             return {"count": paginator.page.paginator.count, "results": rows}
 
-        page = cache.task_list_first_page_cached(user=request.user, status=status, fill=fill)
+        page = cache.task_list_first_page_cached(
+            user=request.user, status=status, page_size=page_size, fill=fill
+        )
         # The links are the request's own (its host), so they are built here, not cached.
-        has_next = page["count"] > CappedPageNumberPagination.page_size
+        has_next = page["count"] > page_size
         next_link = replace_query_param(request.build_absolute_uri(), "page", 2)
         return Response(
             {

@@ -149,6 +149,29 @@ def test_a_cached_first_page_links_to_the_next_page(alice):
     assert len(following["results"]) == 5
 
 
+def test_the_dashboards_first_page_is_cached_in_its_own_size(
+    alice, django_capture_on_commit_callbacks
+):
+    for number in range(25):
+        make_task(owner=alice, title=f"task {number}")
+    client = signed_in(alice)
+    dashboard = "/api/tasks/?ordering=-created_at&page_size=50"
+    first = client.get(dashboard).json()
+
+    with CaptureQueriesContext(connection) as queries:
+        again = client.get(dashboard).json()
+    default = client.get("/api/tasks/").json()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.task_create(owner=alice, title="newest")
+    after = client.get(dashboard).json()
+
+    assert len(queries) == 0
+    assert again == first
+    assert (len(first["results"]), first["next"]) == (25, None)
+    assert len(default["results"]) == 20
+    assert after["results"][0]["title"] == "newest"
+
+
 def test_filtered_or_ordered_lists_are_not_cached(alice):
     make_task(owner=alice, title="a", kind="echo")
     client = signed_in(alice)
