@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.test import override_settings
 from django_redis import get_redis_connection
+
+from taskhub.throttling import OneRoundTripThrottle
 
 pytestmark = pytest.mark.django_db
 
@@ -22,6 +22,27 @@ def rates(*, user: str = "6000/min", anon: str = "600/min"):
     )
 
 
+class Clock:
+    """The throttle's clock (DRF's `timer` seam), moved only by the test: a window slides
+    when the test says so, however slow the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(OneRoundTripThrottle, "timer", clock)
+    return clock
+
+
 @pytest.fixture(autouse=True)
 def fresh_logs():
     """User ids repeat from test to test; their logs in Redis must not."""
@@ -30,10 +51,16 @@ def fresh_logs():
         client.delete(key)
 
 
-def test_alice_past_her_rate_gets_a_429_with_a_json_message_and_retry_after(alice, client_for):
+def test_alice_past_her_rate_gets_a_429_with_a_json_message_and_retry_after(
+    alice, client_for, clock
+):
     client = client_for(alice)
     with rates(user="3/min"):
-        statuses = [client.get("/api/tasks/").status_code for _ in range(3)]
+        statuses = []
+        for _ in range(3):
+            statuses.append(client.get("/api/tasks/").status_code)
+            clock.advance(1)
+        clock.advance(2)
         refused = client.get("/api/tasks/")
 
     assert statuses == [200, 200, 200]
@@ -41,8 +68,8 @@ def test_alice_past_her_rate_gets_a_429_with_a_json_message_and_retry_after(alic
     assert refused["Content-Type"] == "application/json"
     detail = refused.json()["detail"]
     assert detail.startswith("Request was throttled. Expected available in ")
-    # The oldest of the three requests leaves the window in just under a minute.
-    assert 55 <= int(refused["Retry-After"]) <= 60
+    # The oldest of the three requests, 5 s old, leaves the window in 55 s.
+    assert refused["Retry-After"] == "55"
 
 
 def test_bob_is_not_held_back_by_alices_requests(alice, bob, client_for):
@@ -54,17 +81,20 @@ def test_bob_is_not_held_back_by_alices_requests(alice, bob, client_for):
     assert answers == [200, 200]
 
 
-def test_a_refused_request_is_not_counted_and_the_window_slides(alice, client_for):
+def test_a_refused_request_is_not_counted_and_the_window_slides(alice, client_for, clock):
     client = client_for(alice)
-    with rates(user="2/s"):
+    with rates(user="2/min"):
         first = [client.get("/api/tasks/").status_code for _ in range(2)]
+        refused = []
         for _ in range(5):  # refused, so none of these may extend the wait
-            assert client.get("/api/tasks/").status_code == 429
-        time.sleep(1.05)
-        after_the_window = client.get("/api/tasks/").status_code
+            clock.advance(10)
+            refused.append(client.get("/api/tasks/").status_code)
+        clock.advance(10.5)  # 60.5 s after the first two
+        after_the_window = [client.get("/api/tasks/").status_code for _ in range(3)]
 
     assert first == [200, 200]
-    assert after_the_window == 200
+    assert refused == [429] * 5
+    assert after_the_window == [200, 200, 429]
 
 
 def test_anonymous_clients_are_limited_per_address(client_for):
