@@ -89,14 +89,19 @@ def general_room(db) -> ChatRoom:
     return room
 
 
-@pytest.fixture
-def clean_connection_registry() -> None:
-    """Open-socket counts left in Redis by an earlier test (or its killed server) must not
-    count against this one: neither the per-user limit nor the connections gauge."""
+def clear_connection_registry() -> None:
+    """Forget every open-socket entry in Redis (notifications' connection registry)."""
     redis = sync_redis()
     keys = list(redis.scan_iter("taskhub:ws:*"))
     if keys:
         redis.delete(*keys)
+
+
+@pytest.fixture
+def clean_connection_registry() -> None:
+    """Open-socket counts left in Redis by an earlier test (or its killed server) must not
+    count against this one: neither the per-user limit nor the connections gauge."""
+    clear_connection_registry()
 
 
 # --- A task as a user follows it -----------------------------------------------------------

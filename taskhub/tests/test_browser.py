@@ -27,7 +27,6 @@ from devserver import testing
 from devserver.chromium import CHROMIUM, CHROMIUM_ARGS
 from devserver.testing import wait_until
 from notifications import selectors as notification_selectors
-from notifications.redis_client import sync_redis
 from tasks import services as task_services
 from tasks.models import Task, TaskStatus
 
@@ -46,6 +45,8 @@ expect.set_options(timeout=SEEN_WITHIN_MS)
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
+    # Socket counts left by an earlier test's (killed) server: not against the user limit.
+    pytest.mark.usefixtures("clean_connection_registry"),
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason=f"{CHROMIUM} not found: run .ci/install-debian-packages.sh (apt chromium) to run "
@@ -118,26 +119,6 @@ def open_page(browser) -> Iterator[Callable[..., Any]]:
     for context in contexts:
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
-
-
-@pytest.fixture
-def general_room(transactional_db) -> ChatRoom:
-    """The room the chat data migration creates; a transactional test before this one
-    flushed the tables (the migration's row with them), so make sure it is there."""
-    room, _ = ChatRoom.objects.get_or_create(
-        slug="general", defaults={"name": "General", "is_public": True}
-    )
-    return room
-
-
-@pytest.fixture(autouse=True)
-def clean_connection_registry() -> None:
-    """Socket counts left in Redis by an earlier test's (killed) server must not count
-    against this one's per-user limit."""
-    redis = sync_redis()
-    keys = list(redis.scan_iter("taskhub:ws:*"))
-    if keys:
-        redis.delete(*keys)
 
 
 @pytest.fixture

@@ -36,8 +36,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from chat import services as chat_services
+from conftest import clear_connection_registry
 from devserver import nginx, testing
-from notifications.redis_client import sync_redis
 from tasks.models import Task, TaskStatus
 
 pytestmark = [
@@ -117,8 +117,7 @@ def farm(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Farm]
     launcher.wait_until_up(lambda: launcher.wait_for_output("launch | started", timeout=120))
     farm = Farm(launcher, f"http://127.0.0.1:{port}", {"web1": internal, "web2": internal + 1})
     # Registry entries of an earlier farm that was killed would count for minutes yet.
-    for key in sync_redis().scan_iter(match="taskhub:ws:*"):
-        sync_redis().delete(key)
+    clear_connection_registry()
     yield farm
     assert launcher.stop(signal.SIGINT, timeout=60) == 0, launcher.output[-4000:]
     assert "stopped cleanly" in launcher.output
@@ -387,6 +386,7 @@ async def connections_reported(instance_url: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.slow
 async def test_an_instance_killed_under_500_sockets_loses_its_clients_nothing(farm):
     users = [await make_user() for _ in range(50)]
     async with (
@@ -442,6 +442,7 @@ async def _ready(farm: Farm, name: str) -> bool:
     return await asyncio.to_thread(farm.is_ready, name)
 
 
+@pytest.mark.slow
 async def test_a_rolling_restart_under_a_steady_flow_loses_nothing(farm):
     users = [await make_user() for _ in range(10)]
     created: dict[int, int] = {user.id: 0 for user in users}

@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from grpc_status import rpc_status
-from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from conftest import access_token_for
 from devserver import testing
 from notifications import protocol
 from notifications.models import Event
@@ -82,7 +82,7 @@ def stub(channel: grpc.Channel) -> pb_grpc.TaskServiceStub:
 
 
 def bearer(user: User) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {RefreshToken.for_user(user).access_token}"),)
+    return (("authorization", f"Bearer {access_token_for(user)}"),)
 
 
 def struct(value: dict) -> struct_pb2.Struct:
@@ -114,7 +114,7 @@ def create(stub, user: User, **fields) -> pb.Task:
 # --- Create, get, list -------------------------------------------------------------------
 
 
-def test_alice_creates_gets_and_lists_her_task_as_rest_shows_it(stub, alice):
+def test_alice_creates_gets_and_lists_her_task_as_rest_shows_it(stub, alice, client_for):
     created = create(
         stub,
         alice,
@@ -140,9 +140,7 @@ def test_alice_creates_gets_and_lists_her_task_as_rest_shows_it(stub, alice):
     assert listed.next_page_token == ""
 
     # REST shows the same task: integral numbers stayed integers despite protobuf's doubles.
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(alice).access_token}")
-    rest = client.get(f"/api/tasks/{created.id}/").json()
+    rest = client_for(alice).get(f"/api/tasks/{created.id}/").json()
     assert rest["params"] == {"width": 640, "ratio": 1.5, "names": ["a", "b"]}
     assert type(rest["params"]["width"]) is int
     assert json_format.MessageToDict(created.params) == rest["params"]
@@ -249,7 +247,7 @@ def test_malformed_or_unknown_id_is_not_found(stub, alice, bad_id):
 
 
 def test_calls_without_a_valid_token_are_unauthenticated(stub, alice):
-    token = str(RefreshToken.for_user(alice).access_token)
+    token = access_token_for(alice)
     for metadata in [
         (),
         (("authorization", "Bearer not-a-jwt"),),
