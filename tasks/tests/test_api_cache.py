@@ -202,6 +202,10 @@ def test_the_dispatcher_and_the_runners_services_never_read_the_cache(
 ):
     task = make_task(owner=alice, title="work")
     reads = sample("django_cache_get_total", backend="redis")
+    # The counter is live (a missing one would read 0 before and after): a read moves it.
+    signed_in(alice).get(f"/api/tasks/{task.pk}/")
+    assert sample("django_cache_get_total", backend="redis") > reads
+    reads = sample("django_cache_get_total", backend="redis")
 
     with django_capture_on_commit_callbacks(execute=False):  # no run message is sent
         services.dispatch_pending_tasks()
