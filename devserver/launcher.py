@@ -371,20 +371,6 @@ def describe_exit(code: int) -> str:
     return f"code {code}"
 
 
-def run_step(
-    console: Console, name: str, args: list[str], env: dict[str, str], signals: Signals
-) -> int:
-    """A start-up command with prefixed output; KeyboardInterrupt if a stop is requested."""
-    child = start_child(console, name, args, env)
-    while child.proc.poll() is None:
-        if signals.requested:
-            stop_children([child], signals)
-            raise KeyboardInterrupt
-        signals.wait(0.1)
-    child.pump.join(timeout=5)
-    return child.proc.returncode
-
-
 def python() -> str:
     return str(BIN_DIR / "python")
 
@@ -396,53 +382,27 @@ def script(name: str) -> str:
     return str(path)
 
 
-def static_root_probe(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    code = (
-        "from django.conf import settings; "
-        "print('STATIC_ROOT=' + str(getattr(settings, 'STATIC_ROOT', None) or ''))"
-    )
-    return processes.spawn(
-        [python(), "manage.py", "shell", "-c", code],
-        env=env,
-        cwd=PROJECT_DIR,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 def setup_database(console: Console, env: dict[str, str], signals: Signals) -> None:
+    """migrate, and collectstatic beside it: it needs no database, and taskhub/settings.py
+    always sets STATIC_ROOT (served by ServeStatic when DEBUG is off), so there is nothing
+    to ask Django first."""
     started = time.monotonic()
-    # Django starts in about a second: probe STATIC_ROOT while migrate runs.
-    probe = static_root_probe(env)
-    try:
-        code = run_step(
-            console, "setup", [python(), "manage.py", "migrate", "--noinput"], env, signals
-        )
-        if code != 0:
-            raise LaunchError(f"manage.py migrate failed with code {code} (output above)")
-        try:
-            out, _ = probe.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            raise LaunchError("manage.py shell (reading STATIC_ROOT) hung for 120 s") from None
-    finally:
-        if probe.poll() is None:
-            probe.kill()
-            probe.wait()
-    lines = out.decode("utf-8", "replace").splitlines()
-    static_root = next((ln[12:] for ln in lines if ln.startswith("STATIC_ROOT=")), "")
-    if static_root:
-        args = [python(), "manage.py", "collectstatic", "--noinput", "--verbosity", "0"]
-        if run_step(console, "setup", args, env, signals) != 0:
-            raise LaunchError("manage.py collectstatic failed (output above)")
-    elif probe.returncode != 0:
-        console.line("setup", "\n".join(lines[-20:]))
-        raise LaunchError("could not read the settings (manage.py shell failed, output above)")
-    log.info(
-        "migrate%s done in %.1f s",
-        " + collectstatic" if static_root else "",
-        time.monotonic() - started,
-    )
+    steps = {
+        "migrate": [python(), "manage.py", "migrate", "--noinput"],
+        "collectstatic": [python(), "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+    }
+    children = {name: start_child(console, "setup", args, env) for name, args in steps.items()}
+    while any(child.proc.poll() is None for child in children.values()):
+        if signals.requested:
+            stop_children(list(children.values()), signals)
+            raise KeyboardInterrupt
+        signals.wait(0.1)
+    for name, child in children.items():
+        child.pump.join(timeout=5)
+        if child.proc.returncode != 0:
+            code = describe_exit(child.proc.returncode)
+            raise LaunchError(f"manage.py {name} failed with {code} (output above)")
+    log.info("migrate + collectstatic done in %.1f s", time.monotonic() - started)
 
 
 @dataclass(frozen=True)
