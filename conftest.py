@@ -55,12 +55,17 @@ def client_for() -> Callable[[User | None], APIClient]:
     return make
 
 
-@pytest.fixture
-def purge_broker() -> None:
-    """Drop run messages left over from an earlier test so a new worker starts clean, and
-    the nudge flag that one of them may have left set (it would hold back the next nudge)."""
+def drop_pending_messages() -> None:
+    """Drop the messages waiting in the broker (run, dispatch) and the nudge flag one of
+    them may have left set (it would hold back the next nudge)."""
     celery_app.control.purge()
     clear_nudges()
+
+
+@pytest.fixture
+def purge_broker() -> None:
+    """Nothing left over from an earlier test: a new worker starts clean."""
+    drop_pending_messages()
 
 
 @pytest.fixture
