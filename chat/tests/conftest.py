@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connections
 from rest_framework_simplejwt.tokens import RefreshToken
@@ -124,7 +125,8 @@ async def open_socket(transactional_db) -> AsyncIterator[Callable[..., Any]]:
     # Redis pools belong to this test's event loop; the next test has another.
     await close_async_redis()
     await close_async_pool()
-    await get_channel_layer().close_pools()
+    # The pub/sub layer's connections and subscriptions of this test's loop.
+    await get_channel_layer().flush()
     # database_sync_to_async's worker thread keeps its connection open; close it so the
     # test database can be flushed and dropped.
     await sync_to_async(connections.close_all)()
@@ -134,6 +136,10 @@ def access_token_for(user: User) -> str:
     return str(RefreshToken.for_user(user).access_token)
 
 
-def group_size(room: ChatRoom) -> int:
-    """How many channels the Redis layer holds in the room's group."""
-    return sync_redis().zcard(f"taskhub:asgi:group:{services.room_group(room.id)}")
+def subscribed_in_redis(room: ChatRoom) -> int:
+    """How many connections Redis has subscribed to the room's group channel: the test
+    process's layer is, while any of its sockets follows the room, and only then."""
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    channel = f"{config['prefix']}__group__{services.room_group(room.id)}"
+    [(_, count)] = sync_redis().pubsub_numsub(channel)
+    return count

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -17,36 +18,37 @@ pytestmark = pytest.mark.django_db
 
 
 class GroupListener:
-    """A real channel on the Redis layer, added to a room's group, as a socket would be."""
+    """A real channel on the configured (pub/sub) layer, in a room's group, as a socket
+    of a Daphne process is: every call runs on one event loop of its own, since the
+    layer's subscriptions and receive buffers belong to the loop that made them."""
 
     def __init__(self, room: ChatRoom) -> None:
         self.layer = get_channel_layer()
+        self.loop = asyncio.new_event_loop()
         self.group = services.room_group(room.id)
-        self.channel = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(self.group, self.channel)
+        self.channel = self.loop.run_until_complete(self.layer.new_channel())
+        self.loop.run_until_complete(self.layer.group_add(self.group, self.channel))
+
+    def _receive(self, timeout: float) -> dict | None:
+        async def receive() -> dict | None:
+            try:
+                return await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+            except TimeoutError:
+                return None
+
+        return self.loop.run_until_complete(receive())
 
     def receive(self) -> dict:
-        async def receive_with_timeout() -> dict:
-            import asyncio
-
-            return await asyncio.wait_for(self.layer.receive(self.channel), timeout=5)
-
-        return async_to_sync(receive_with_timeout)()
+        message = self._receive(timeout=5)
+        assert message is not None, "nothing arrived in 5 s"
+        return message
 
     def nothing_pending(self) -> bool:
-        async def peek() -> bool:
-            import asyncio
-
-            try:
-                await asyncio.wait_for(self.layer.receive(self.channel), timeout=0.3)
-            except TimeoutError:
-                return True
-            return False
-
-        return async_to_sync(peek)()
+        return self._receive(timeout=0.3) is None
 
     def close(self) -> None:
-        async_to_sync(self.layer.group_discard)(self.group, self.channel)
+        self.loop.run_until_complete(self.layer.group_discard(self.group, self.channel))
+        self.loop.close()  # the layer closes this loop's connections with it
 
 
 @pytest.fixture

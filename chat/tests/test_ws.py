@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from channels.db import database_sync_to_async
 
 from chat import services
 from chat.models import Message
-from chat.tests.conftest import group_size
+from chat.tests.conftest import subscribed_in_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,9 +26,13 @@ def stored_text(message_id: int) -> str:
     return Message.objects.get(pk=message_id).text
 
 
-@database_sync_to_async
-def room_group_size(room) -> int:
-    return group_size(room)
+async def subscribed_becomes(room, count: int, timeout: float = 5) -> None:
+    """Wait until Redis has `count` subscriptions to the room's group (an UNSUBSCRIBE is
+    sent, not awaited, by the layer)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (now := await database_sync_to_async(subscribed_in_redis)(room)) != count:
+        assert asyncio.get_running_loop().time() < deadline, f"{now} subscribed, not {count}"
+        await asyncio.sleep(0.05)
 
 
 async def test_subscribe_sends_the_last_20_messages_oldest_first(open_socket, general, alice):
@@ -80,7 +86,7 @@ async def test_after_unsubscribe_nothing_more_arrives(open_socket, general, alic
 
     await alice_tab.request({"type": "chat.message.post", "room": "general", "text": "anyone?"})
     await bob_tab.assert_nothing_more()
-    assert await room_group_size(general) == 1
+    await subscribed_becomes(general, 1)  # alice's tab still follows it
 
 
 async def test_unsubscribe_without_a_room_leaves_every_room(open_socket, general, alice):
@@ -90,16 +96,20 @@ async def test_unsubscribe_without_a_room_leaves_every_room(open_socket, general
     await tab.subscribe(room.slug)
     await tab.send({"type": "unsubscribe.chat"})
     await tab.assert_nothing_more()
-    assert await room_group_size(general) == 0
-    assert await room_group_size(room) == 0
+    await subscribed_becomes(general, 0)
+    await subscribed_becomes(room, 0)
+    other_tab = await open_socket(alice)
+    for slug in ("general", room.slug):
+        await other_tab.request({"type": "chat.message.post", "room": slug, "text": "still?"})
+    await tab.assert_nothing_more()
 
 
 async def test_disconnect_leaves_the_room_group(open_socket, general, alice):
     tab = await open_socket(alice)
     await tab.subscribe("general")
-    assert await room_group_size(general) == 1
+    await subscribed_becomes(general, 1)
     await tab.close()
-    assert await room_group_size(general) == 0
+    await subscribed_becomes(general, 0)
 
 
 async def test_an_edit_by_the_author_reaches_everyone(open_socket, general, alice, bob):

@@ -111,7 +111,8 @@ async def connect(transactional_db) -> AsyncIterator[Callable[..., Any]]:
         await client.close()
     await close_async_redis()
     await close_async_pool()
-    await get_channel_layer().close_pools()
+    # The pub/sub layer's connections and subscriptions of this test's loop.
+    await get_channel_layer().flush()
     # database_sync_to_async's worker thread keeps its connection open; close it so the
     # test database can be flushed and dropped.
     await sync_to_async(connections.close_all)()

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import override_settings
 
@@ -20,17 +21,14 @@ from notifications.tests.conftest import open_socket, publish_event, write_event
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def no_group_from_earlier_runs() -> None:
-    """User ids restart with every test database; group keys in Redis do not."""
-    redis = sync_redis()
-    keys = list(redis.scan_iter("taskhub:asgi:group:user.*"))
-    if keys:
-        redis.delete(*keys)
-
-
-def group_members(user: User) -> int:
-    return sync_redis().zcard(f"taskhub:asgi:group:{protocol.user_group(user.pk)}")
+def subscribed_in_redis(user: User) -> int:
+    """How many connections Redis has subscribed to the user's group channel: this
+    process's layer stays subscribed while any socket of its is in the group, and only
+    then (a socket left in the group would keep it, and its pushes, forever)."""
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    channel = f"{config['prefix']}__group__{protocol.user_group(user.pk)}"
+    [(_, count)] = sync_redis().pubsub_numsub(channel)
+    return count
 
 
 async def make_users(count: int) -> list[User]:
@@ -64,7 +62,7 @@ async def test_after_300_sockets_close_at_once_registry_and_groups_are_empty(con
 
     assert await sync_to_async(selectors.active_connection_count)() == 0
     for user in users:
-        assert await sync_to_async(group_members)(user) == 0
+        await wait_for(lambda u=user: subscribed_in_redis(u) == 0, message="the group to go")
         assert await sync_to_async(selectors.user_connection_count)(user_id=user.pk) == 0
     # ...and the process serves the next sockets as it did the first.
     again = await asyncio.gather(*(connect(user) for user in users))
@@ -80,16 +78,18 @@ async def test_a_socket_cancelled_without_disconnect_still_leaves_nothing_behind
     client = await open_socket(token=token)  # not the fixture's: it is never closed
     await client.receive_type("welcome")
     other = await connect(alice)
-    assert await sync_to_async(group_members)(alice) == 2
     client.communicator.future.cancel()
 
-    await wait_for(lambda: group_members(alice) == 1, message="the cancelled socket's group")
     await wait_for(
         lambda: selectors.user_connection_count(user_id=alice.pk) == 1,
         message="the cancelled socket's registry entry",
     )
     event_id = await publish_event(alice)
     assert (await other.receive_type("task.updated"))["id"] == event_id
+    # Once the other socket closes too, nothing of alice's is subscribed: the cancelled
+    # socket left her group although its disconnect() never ran.
+    await other.close()
+    await wait_for(lambda: subscribed_in_redis(alice) == 0, message="alice's group to go")
 
 
 # --- The sweep -----------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""The channel layer loses Redis under live sockets and gets it back.
+
+Redis pub/sub keeps nothing: whatever is published while a web process is not subscribed
+is gone. What a user must see anyway: every persisted event, once, in order, and the chat
+messages of the rooms they follow, soon after Redis is back, without reconnecting and
+without waiting for the periodic sweep (disabled here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.test import override_settings
+
+from chat import services as chat_services
+from chat.models import ChatRoom
+from notifications.tests.conftest import publish_event
+from notifications.tests.test_push_path import own_redis  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def layer_on_own_redis(own_redis, settings):  # noqa: F811
+    """The channel layer (only it) on a Redis this test stops and starts."""
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["hosts"][0]["address"] = own_redis.url
+    settings.CHANNEL_LAYERS = layers
+    return own_redis
+
+
+def general() -> ChatRoom:
+    """Made by a migration, but an earlier transactional test may have flushed it."""
+    room, _ = ChatRoom.objects.get_or_create(
+        slug="general", defaults={"name": "General", "is_public": True}
+    )
+    return room
+
+
+@database_sync_to_async
+def post_to_general(author, text: str) -> int:
+    room = general()
+    chat_services.chat_room_join(room=room, user=author)
+    return chat_services.chat_message_post(room=room, author=author, text=text).id
+
+
+async def test_after_redis_comes_back_sockets_get_what_was_published_meanwhile(
+    layer_on_own_redis, alice, bob, connect
+):
+    await sync_to_async(general)()
+    with override_settings(TASKHUB_WS_CATCHUP_INTERVAL=0):  # no sweep: the resync alone
+        tabs = [await connect(alice), await connect(alice)]
+        bob_tab = await connect(bob)
+        for tab in tabs:
+            await tab.send({"type": "subscribe.chat", "room": "general", "ref": "sub"})
+            assert (await tab.receive_type("chat.history"))["ref"] == "sub"
+        before = await publish_event(alice, 1)
+        for tab in tabs:
+            assert [e["id"] for e in await tab.receive_events(1)] == [before]
+
+        await sync_to_async(layer_on_own_redis.stop)()
+        during = [await publish_event(alice, n) for n in (2, 3)]  # pushes fail
+        message_id = await post_to_general(bob, "while Redis was down")  # broadcast fails
+        bob_event = await publish_event(bob, 9)
+        await asyncio.sleep(0.5)
+        await sync_to_async(layer_on_own_redis.start)()
+
+        for tab in tabs:
+            # Both arrive without the client asking: the events from the log, in order,
+            # and the room's history again (no ref: the server sent it of its own accord).
+            frames = [await tab.receive(timeout=15) for _ in range(3)]
+            events = [f for f in frames if "id" in f]
+            [history] = [f for f in frames if f["type"] == "chat.history"]
+            assert [e["id"] for e in events] == during
+            assert [e["data"]["n"] for e in events] == [2, 3]
+            assert "ref" not in history
+            assert history["data"]["room"] == "general"
+            assert history["data"]["messages"][-1]["id"] == message_id
+        # bob follows no room: his event only, no history.
+        assert [e["id"] for e in await bob_tab.receive_events(1)] == [bob_event]
+
+        # Subscribed again: the next push is live, and nothing came twice.
+        after = await publish_event(alice, 4)
+        for tab in tabs:
+            assert [e["id"] for e in await tab.receive_events(1)] == [after]
+            await tab.assert_nothing_more()
+        await bob_tab.assert_nothing_more()
