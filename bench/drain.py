@@ -85,6 +85,7 @@ def project(
         "tasks_per_s": round(done / seconds, 1),
         "worker_cpu_ms_per_task": meter.per("worker", done),
         "redis_cpu_ms_per_task": meter.per("redis", done),
+        **meter.postgres_per(done, "task"),
         "load_1m": load_1m(),
     }
     if left:
@@ -122,5 +123,6 @@ def reference(
         "tasks_per_s": round(done / seconds, 1),
         "worker_cpu_ms_per_task": meter.per("worker", done),
         "redis_cpu_ms_per_task": meter.per("redis", done),
+        **meter.postgres_per(done, "task"),
         "load_1m": load_1m(),
     }

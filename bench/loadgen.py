@@ -74,6 +74,11 @@ class Load:
         self.arrivals: list[tuple[int, int, float, float]] = []  # user, id, t, arrived
         self.record_arrivals = False
         self.closing = False
+        # Frames with an id but without the bench's data.t: not published by this run.
+        # Redis pub/sub ignores the db number, so another stack on the same Redis server
+        # whose channel prefix matches ours (the same REDIS_URL db) pushes into our
+        # sockets; their ids would otherwise hide ours as "twice" and skew every count.
+        self.foreign = 0
 
     # --- connecting ----------------------------------------------------------------------
 
@@ -122,6 +127,10 @@ class Load:
                 event_id = frame.get("id")
                 if event_id is None:
                     continue
+                sent = (frame.get("data") or {}).get("t")
+                if sent is None:
+                    self.foreign += 1
+                    continue
                 if event_id in sock.ids:
                     sock.duplicates += 1
                     continue
@@ -129,11 +138,9 @@ class Load:
                     sock.out_of_order += 1
                 sock.ids.add(event_id)
                 sock.last_id = max(sock.last_id, event_id)
-                sent = (frame.get("data") or {}).get("t")
-                if sent is not None:
-                    self.latencies.append(arrived - sent)
-                    if self.record_arrivals:
-                        self.arrivals.append((sock.user_id, event_id, sent, arrived))
+                self.latencies.append(arrived - sent)
+                if self.record_arrivals:
+                    self.arrivals.append((sock.user_id, event_id, sent, arrived))
         except ConnectionClosed:
             pass
         finally:
@@ -196,6 +203,7 @@ class Load:
             "arrivals": self.arrivals,
             "duplicates": sum(s.duplicates for s in self.sockets.values()),
             "out_of_order": sum(s.out_of_order for s in self.sockets.values()),
+            "foreign": self.foreign,
             "open": sum(
                 1 for s in self.sockets.values() if s.ws is not None and s.unexpected_close is None
             ),
@@ -403,6 +411,7 @@ class Clients:
             "arrivals": [v for r in replies for v in r["arrivals"]],
             "duplicates": sum(r["duplicates"] for r in replies),
             "out_of_order": sum(r["out_of_order"] for r in replies),
+            "foreign": sum(r["foreign"] for r in replies),
             "open": sum(r["open"] for r in replies),
             "unexpected_closes": _merge_counts(r["unexpected_closes"] for r in replies),
             "welcome_at": {int(k): v for r in replies for k, v in r["welcome_at"].items()},

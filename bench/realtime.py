@@ -118,6 +118,7 @@ def sockets(
             if connected
             else None,
             "server_cpu_ms_per_connect": meter.per("server", connected),
+            **meter.postgres_per(connected, "connect"),
             "idle_cpu_percent": round(100 * idle.spent["server"] / idle.spent["wall"], 1),
             "close_all_s": round(closed["seconds"], 2),
             **({"server_log_tail": target.log_tail()} if opened["errors"] else {}),
@@ -248,9 +249,11 @@ def _delivery(
         "lost": missing,
         "duplicates": seen["duplicates"],
         "out_of_order": seen["out_of_order"],
+        "foreign_frames": seen["foreign"],
         "latency_ms": latency_figures(latencies),
         "server_cpu_ms_per_event": meter.per("server", delivered),
         "redis_cpu_ms_per_event": meter.per("redis", delivered),
+        **meter.postgres_per(delivered, "event"),
         "server_cpu_percent": round(100 * meter.spent["server"] / meter.spent["wall"], 1),
         "publisher_cpu_ms_per_event": round(done["cpu"] * MS / done["published"], 3)
         if done["published"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 Row = tuple[str, str, str, str, str, str]
+# bench/runner.py's SCENARIOS: without any of them (--scale, --scale-out) there is no table.
+SMALL_SCENARIOS = ("start_latency", "throughput", "event_latency", "resume", "fanout_memory")
 
 
 def _num(value: Any) -> str:
@@ -160,17 +162,21 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     header: Row = ("figure", "n", "p50/value", "p95", "mean", "unit")
-    table = rows(results)
+    only = (results.get("params") or {}).get("only")
+    table = rows(results) if not only or set(only) & set(SMALL_SCENARIOS) else []
     widths = (44, 5, 10, 9, 9, 8)
     fmt = "{{:<{}}} {{:>{}}} {{:>{}}} {{:>{}}} {{:>{}}}  {{:<{}}}".format(*widths)
-    lines.append(fmt.format(*header))
-    lines.append("-" * (sum(widths) + 6))
+    if table:
+        lines.append(fmt.format(*header))
+        lines.append("-" * (sum(widths) + 6))
     for row in table:
         lines.append(row if isinstance(row, str) else fmt.format(*row).rstrip())
     if "scale" in results:
         lines.append(
             render_scale(results["scale"], results.get("sizes", {}), results.get("stack_env", {}))
         )
+    if "scale_out" in results:
+        lines.append(render_scale_out(results["scale_out"]))
     if "error" in results:
         lines.append(f"\nrun error: {results['error']}")
     return "\n".join(lines)
@@ -196,6 +202,27 @@ def _x(project: Any, reference: Any) -> str:
     if reference == 0:
         return "-" if project else "1.0x"
     return f"{project / reference:.2f}x"
+
+
+def _pg_rows(label: str, project: Any, reference: Any, unit: str) -> list[Compare]:
+    """PostgreSQL's CPU per unit of work: the bench database's backends, then the whole
+    server (bench/measure.py, PostgresCpu, says why both)."""
+    key = f"cpu_ms_per_{unit}"
+    noun = {"req": "request"}.get(unit, unit)
+    return [
+        (
+            f"{label}PG CPU per {noun}, bench db",
+            _get(project, f"postgres_db_{key}"),
+            _get(reference, f"postgres_db_{key}"),
+            "ms",
+        ),
+        (
+            f"{label}PG CPU per {noun}, whole PG",
+            _get(project, f"postgres_{key}"),
+            _get(reference, f"postgres_{key}"),
+            "ms",
+        ),
+    ]
 
 
 def _errors(counts: Any) -> Any:
@@ -237,6 +264,7 @@ def _socket_rows(part: dict[str, Any]) -> list[Compare]:
                 r.get("server_cpu_ms_per_connect"),
                 "ms",
             ),
+            *_pg_rows(f"{size}: ", p, r, "connect"),
             (
                 f"{size}: server CPU, idle, all open",
                 p.get("idle_cpu_percent"),
@@ -266,6 +294,12 @@ def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
             "/s",
         ),
         ("delivery: lost", _get(p, *d, "lost"), _get(r, *d, "lost"), "events"),
+        (
+            "delivery: frames not from this run",
+            _get(p, *d, "foreign_frames"),
+            _get(r, *d, "foreign_frames"),
+            "frames",
+        ),
         (
             "delivery: twice / out of order",
             f"{_get(p, *d, 'duplicates')} / {_get(p, *d, 'out_of_order')}",
@@ -301,6 +335,7 @@ def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
             _get(r, *d, "redis_cpu_ms_per_event"),
             "ms",
         ),
+        *_pg_rows("delivery: ", _get(p, *d), _get(r, *d), "event"),
         (
             "delivery: publisher CPU per event",
             _get(p, *d, "publisher_cpu_ms_per_event"),
@@ -381,6 +416,7 @@ def _rest_rows(part: dict[str, Any]) -> list[Compare]:
                 ref.get("server_cpu_ms_per_req"),
                 "ms",
             ),
+            *_pg_rows(f"{label}: ", mine, ref, "req"),
             (
                 f"{label}: non-2xx / socket errors",
                 f"{mine.get('non_2xx')} / {mine.get('socket_errors') or 0}",
@@ -408,6 +444,7 @@ def _drain_rows(part: dict[str, Any]) -> list[Compare]:
             r.get("redis_cpu_ms_per_task"),
             "ms",
         ),
+        *_pg_rows("", p, r, "task"),
     ]
 
 
@@ -425,6 +462,7 @@ def _search_rows(part: dict[str, Any]) -> list[Compare]:
             ),
             (f"{name}: p99", c.get("p99_ms"), None, "ms"),
             (f"{name}: server CPU per search", c.get("server_cpu_ms_per_search"), None, "ms"),
+            *_pg_rows(f"{name}: ", c, None, "search"),
         ]
     out.append(
         (
@@ -490,4 +528,98 @@ def render_scale(part: dict[str, Any], sizes: dict[str, Any], stack_env: dict[st
                     "  " + label[:50], _num(project), _num(reference), _x(project, reference), unit
                 ).rstrip()
             )
+    return "\n".join(lines)
+
+
+# --- Scale-out: 1 web instance beside 2 behind nginx -------------------------------------
+
+
+def _scale_out_rows(part: dict[str, Any]) -> list[Compare]:
+    """(figure, 1 instance, 2 instances, unit); the factor is 2 / 1."""
+    one, two = part.get("1", {}), part.get("2", {})
+    d, w = ("delivery",), ("rest",)
+
+    def both(label: str, *path: str, unit: str) -> Compare:
+        return (label, _get(one, *path), _get(two, *path), unit)
+
+    bound = _get(part, "sizes", "latency_bound_ms")
+    return [
+        both("processes in front", "processes", unit=""),
+        both("delivery: sockets connected", *d, "sockets_connected", unit=""),
+        both("delivery: sockets per user", *d, "sockets_per_user", unit=""),
+        both("delivery: connections on each instance", *d, "connections_per_instance", unit=""),
+        both("delivery: events/s asked", *d, "asked_rate", unit="/s"),
+        both("delivery: events per publish transaction", *d, "batch", unit=""),
+        both("delivery: events/s published", *d, "published_per_s", unit="/s"),
+        both(f"delivery: events/s within {_num(bound)} ms", *d, "events_in_bound_per_s", unit="/s"),
+        both(
+            f"delivery: deliveries/s within {_num(bound)} ms",
+            *d,
+            "deliveries_in_bound_per_s",
+            unit="/s",
+        ),
+        both("delivery: lost (deliveries)", *d, "lost", unit=""),
+        both("delivery: twice", *d, "duplicates", unit=""),
+        both("delivery: out of order", *d, "out_of_order", unit=""),
+        both("delivery: frames not from this run", *d, "foreign_frames", unit=""),
+        both("delivery: latency p50", *d, "latency_ms", "p50", unit="ms"),
+        both("delivery: latency p99", *d, "latency_ms", "p99", unit="ms"),
+        both("delivery: web tier CPU per delivery", *d, "server_cpu_ms_per_delivery", unit="ms"),
+        both("delivery: web tier CPU", *d, "server_cpu_percent", unit="%"),
+        both("delivery: Redis CPU per delivery", *d, "redis_cpu_ms_per_delivery", unit="ms"),
+        *_pg_rows("delivery: ", _get(one, *d), _get(two, *d), "event"),
+        both("delivery: publisher CPU per event", *d, "publisher_cpu_ms_per_event", unit="ms"),
+        both("delivery: client processes' CPU", *d, "client_cpu_percent", unit="%"),
+        both("POST /api/tasks/: req/s", *w, "req_per_s", unit="/s"),
+        both("POST /api/tasks/: p50", *w, "p50_ms", unit="ms"),
+        both("POST /api/tasks/: p99", *w, "p99_ms", unit="ms"),
+        both("POST /api/tasks/: web tier CPU per request", *w, "server_cpu_ms_per_req", unit="ms"),
+        *_pg_rows("POST /api/tasks/: ", _get(one, *w), _get(two, *w), "req"),
+        (
+            "POST /api/tasks/: non-2xx / socket errors",
+            f"{_get(one, *w, 'non_2xx')} / {_get(one, *w, 'socket_errors') or 0}",
+            f"{_get(two, *w, 'non_2xx')} / {_get(two, *w, 'socket_errors') or 0}",
+            "",
+        ),
+    ]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return "/".join(str(v) for v in value.values())
+    return _num(value)
+
+
+def render_scale_out(part: dict[str, Any]) -> str:
+    widths = (52, 16, 16, 9, 7)
+    fmt = "{{:<{}}} {{:>{}}} {{:>{}}} {{:>{}}}  {{:<{}}}".format(*widths)
+    lines = [
+        "",
+        "Scale-out: 1 web instance beside 2 behind nginx (factor = 2 instances / 1; "
+        "for rates > 1 is faster, for times and CPU < 1 is cheaper)",
+        fmt.format("figure", "1 instance", "2 instances", "factor", "unit"),
+        "-" * (sum(widths) + 5),
+    ]
+    if "1" not in part and "error" in part:
+        lines.append(f"  FAILED: {part['error'][:200]}")
+        return "\n".join(lines)
+    for n in ("1", "2"):
+        for what in ("", "delivery", "rest"):
+            failed = _get(part, n, what, "error") if what else _get(part, n, "error")
+            if failed:
+                lines.append(f"  {n} instance(s) {what}: FAILED: {str(failed)[:200]}")
+    for label, one, two, unit in _scale_out_rows(part):
+        lines.append(
+            fmt.format("  " + label[:50], _cell(one), _cell(two), _x(two, one), unit).rstrip()
+        )
+    if any(_get(part, n, "delivery", "foreign_frames") for n in ("1", "2")):
+        lines.append(
+            "  WARNING: frames not published by this run reached its sockets: another stack "
+            "uses this REDIS_URL's db (Redis pub/sub ignores db numbers; the channel prefix "
+            "names the db). Give the bench a Redis DB of its own and run again."
+        )
+    seconds = [_get(part, n, "seconds") for n in ("1", "2")]
+    lines.append(f"  ({seconds[0]} s + {seconds[1]} s)")
     return "\n".join(lines)

@@ -62,9 +62,11 @@ def run_wrk(
     connections: int,
     threads: int,
     seconds: int,
-    server_pid: int,
+    server_pids: dict[str, int],
     redis_url: str,
 ) -> dict[str, Any]:
+    """`server_pids`: the processes that serve `url` (Daphne; with several instances, each
+    of them and nginx), whose CPU is summed as `server` (and kept apart under `cpu_s`)."""
     auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
     with tempfile.TemporaryDirectory(prefix="taskhub-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
@@ -79,7 +81,8 @@ def run_wrk(
             str(script),
             url,
         ]
-        meter = CpuMeter({"server": server_pid}, redis_url).start()
+        # children: nginx's work is done by its worker process, not its master.
+        meter = CpuMeter(server_pids, redis_url, children=True).start()
         try:
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=seconds + 60, check=False
@@ -90,9 +93,13 @@ def run_wrk(
     if done.returncode != 0:
         raise BenchError(f"wrk failed: {done.stderr.strip()[:300]}")
     result = parse_wrk(done.stdout)
-    result["server_cpu_ms_per_req"] = meter.per("server", result["requests"] or 0)
-    result["server_cpu_percent"] = round(100 * meter.spent["server"] / meter.spent["wall"], 1)
-    result["redis_cpu_ms_per_req"] = meter.per("redis", result["requests"] or 0)
+    requests = result["requests"] or 0
+    server = sum(meter.spent[name] for name in server_pids)
+    result["server_cpu_ms_per_req"] = round(server * 1000 / requests, 3) if requests else None
+    result["server_cpu_percent"] = round(100 * server / meter.spent["wall"], 1)
+    result["cpu_s"] = {name: meter.spent[name] for name in server_pids}
+    result["redis_cpu_ms_per_req"] = meter.per("redis", requests)
+    result.update(meter.postgres_per(requests, "req"))
     result["command"] = " ".join([*command[:-3], "-s post.lua", url])
     result["load_1m"] = load_1m()
     return result

@@ -23,8 +23,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import scale
+from bench import scale, scaleout
 from bench.loadgen import raise_open_file_limit
+from bench.measure import track_postgres
 from bench.report import render
 from bench.stack import (
     STACK_ENV,
@@ -38,6 +39,9 @@ from bench.stack import (
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The small, single-client scenarios (bench/scenarios.py): the default and --quick run them.
 SCENARIOS = ("start_latency", "throughput", "event_latency", "resume", "fanout_memory")
+# 1 web instance beside 2 behind nginx (bench/scaleout.py): only when asked for, as it
+# starts its own web tiers and would push --scale past its 15 minutes.
+SCALE_OUT = "scale_out"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,6 +65,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="the big comparisons only (1k/5k/10k sockets, 5k x 1000 ev/s, 1M rows...)",
     )
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="delivery and REST create at 1 and 2 web instances (behind nginx), and the "
+        "factor between them; alone unless --scale or --only adds parts (~3 min)",
+    )
     parser.add_argument("--clients", type=int, default=2, help="WebSocket client processes (2)")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes (2)")
     parser.add_argument(
@@ -73,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=SCENARIOS + scale.PARTS,
+        choices=(*SCENARIOS, *scale.PARTS, SCALE_OUT),
         help="run just this scenario (repeatable); default: all, in this order: "
         + ", ".join(SCENARIOS + scale.PARTS),
     )
@@ -85,6 +95,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.sizes.seconds = args.delivery_seconds
     if not args.only and args.scale:
         args.only = list(scale.PARTS)
+    if args.scale_out:
+        args.only = [*(args.only or []), SCALE_OUT]
+    args.scale_out_sizes = scaleout.QUICK if args.quick else scaleout.DEFAULT
     if not 1 <= args.clients <= 8 or not 1 <= args.publishers <= 8:
         parser.error("--clients and --publishers must be between 1 and 8")
     if args.quick:
@@ -191,6 +204,17 @@ async def run_scenarios(
             results["scale"] = await asyncio.to_thread(
                 _run_scale, args, stack, client.user_id, client.token, run_id
             )
+        if args.only and SCALE_OUT in args.only:
+            print("bench: scale_out (1 and 2 web instances) ...", file=sys.stderr, flush=True)
+            started = time.monotonic()
+            try:
+                results[SCALE_OUT] = await asyncio.to_thread(
+                    _run_scale_out, args, stack, client.token, run_id
+                )
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                results[SCALE_OUT] = {"error": f"{type(exc).__name__}: {exc}"}
+            results.setdefault("seconds", {})[SCALE_OUT] = round(time.monotonic() - started, 1)
     finally:
         if client is not None:
             await client.http.aclose()
@@ -214,6 +238,27 @@ def _run_scale(
             token=token,
             run_id=run_id,
             database_url=os.environ["DATABASE_URL"],
+            redis_url=os.environ["REDIS_URL"],
+        )
+    finally:
+        connections.close_all()
+
+
+def _run_scale_out(
+    args: argparse.Namespace, stack: Stack, token: str, run_id: str
+) -> dict[str, Any]:
+    from django.db import connections
+
+    try:
+        sizes = args.scale_out_sizes
+        return scaleout.run(
+            stack,
+            sizes=sizes,
+            users=scale.make_users(sizes.sockets, f"{run_id}so"),
+            token=token,
+            clients_n=args.clients,
+            publishers_n=args.publishers,
+            concurrency=args.ws_concurrency,
             redis_url=os.environ["REDIS_URL"],
         )
     finally:
@@ -264,6 +309,11 @@ def run(argv: list[str]) -> int:
         return 2
     print(f"bench: migrating {bench_url.rsplit('/', 1)[-1]} ...", file=sys.stderr, flush=True)
     call_command("migrate", interactive=False, verbosity=0)
+    # PostgreSQL's CPU in every "CPU per unit of work" figure (bench/measure.py): the
+    # server's processes are found through a session's backend, so only on this machine.
+    postgres_cpu = track_postgres(bench_url)
+    if postgres_cpu is not None:
+        print(f"bench: PostgreSQL CPU not measured: {postgres_cpu}", file=sys.stderr)
 
     run_id = uuid.uuid4().hex[:8]
     load_before = os.getloadavg()
@@ -272,10 +322,14 @@ def run(argv: list[str]) -> int:
         "command": command.strip(),
         "database": bench_url.rsplit("/", 1)[-1],
         "machine": machine_info(),
-        "params": {k: v for k, v in vars(args).items() if k not in ("output", "sizes")},
+        "params": {
+            k: v for k, v in vars(args).items() if k not in ("output", "sizes", "scale_out_sizes")
+        },
         "sizes": vars(args.sizes),
+        "scale_out_sizes": vars(args.scale_out_sizes),
         "stack_env": STACK_ENV,
         "open_files_limit": open_files,
+        "postgres_cpu": postgres_cpu or "measured",
     }
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     stack: Stack | None = None

@@ -186,6 +186,7 @@ def run(
                 "p50_ms": round(percentile(ms, 50), 2),
                 "p99_ms": round(percentile(ms, 99), 2),
                 "server_cpu_ms_per_search": meter.per("server", len(ms)),
+                **meter.postgres_per(len(ms), "search"),
                 **_sql_plan(user_id, query),
             }
     with psycopg.connect(database_url, autocommit=True) as conn:
