@@ -299,8 +299,13 @@ def task_result_check(result: Any) -> None:
 
 def _reconnect_if_broken() -> None:
     """Drop the thread's database connection if an error left it unusable, so the next
-    query opens a fresh one (Django does this between requests, not within one)."""
-    connection.close_if_unusable_or_obsolete()
+    query opens a fresh one. Only that: Django's close_if_unusable_or_obsolete() would also
+    close a healthy connection (obsolete at CONN_MAX_AGE=0, or inside a caller's atomic
+    block, where a new one cannot be opened)."""
+    if connection.connection is None or connection.in_atomic_block:
+        return
+    if connection.errors_occurred and not connection.is_usable():
+        connection.close()
 
 
 def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
