@@ -257,11 +257,6 @@ async def connection_refresh_many(entries: list[tuple[int, str]]) -> None:
             await pipe.execute()
 
 
-async def connection_refresh(*, user_id: int, channel_name: str) -> None:
-    """Renew one socket's entries."""
-    await connection_refresh_many([(user_id, channel_name)])
-
-
 async def connection_unregister_many(entries: list[tuple[int, str]]) -> None:
     """Remove the entries of many closed sockets, (user_id, channel_name) each, in
     pipelines: a mass disconnect costs a few round trips, not two per socket."""
