@@ -454,7 +454,10 @@ def _contrast_ratio(page: Any, element: Any) -> float:
         """(element) => {
           const rgb = (css) => css.match(/[\\d.]+/g).map(Number);
           const luminance = ([r, g, b]) => {
-            const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+            const lin = (c) => {
+              c /= 255;
+              return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+            };
             return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
           };
           let node = element, background = null;
@@ -471,7 +474,11 @@ def _contrast_ratio(page: Any, element: Any) -> float:
     )
 
 
-@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 375, "height": 740}])
+@pytest.mark.parametrize(
+    "viewport",
+    [{"width": 1280, "height": 900}, {"width": 375, "height": 740}],
+    ids=["desktop", "phone"],
+)
 def test_mark_all_read_is_readable_in_the_notification_panel(web_url, open_page, alice, viewport):
     page = open_page(viewport=viewport)
     sign_in(page, web_url, alice, "alice-pass-123")
