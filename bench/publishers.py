@@ -4,6 +4,8 @@
   event row, the user's counter, the push after commit). Batched = `batch` publish()
   calls in one transaction, so their pushes happen together at its commit (what a
   dispatcher run or a fan-out does).
+- `lean`: the project's SQL and push writer without Django's database layer (see
+  `_lean_publisher`): how much of publish()'s cost is Django's.
 - `reference`: the bare equivalent in Redis: per event one pipelined round trip of XADD
   to the user's stream (the log a reconnect replays), SET of the user's newest id (what
   a welcome reads) and PUBLISH on the user's channel. Batched = `batch` events in one
@@ -55,6 +57,65 @@ def _project_publisher() -> Callable[[list[int], int], list[int]]:
     return send
 
 
+def _lean_publisher() -> Callable[[list[int], int], list[int]]:
+    """What publish() would cost without Django's database layer: the project's own SQL
+    (`notifications.services._INSERT_EVENT`, the same rows, counters and order) on a plain
+    psycopg connection with a server-side prepared statement, and the project's own push
+    writer (notifications/push.py) for the frames. A measurement of the design, not a
+    replacement: it drops what publish() gets from Django (the caller's transaction and
+    its on_commit batching, query metrics and logging), and prepared statements do not
+    survive PgBouncer in transaction mode (docs/scaling.md)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskhub.settings")
+    import django
+
+    django.setup()
+    import psycopg
+    from channels.layers import get_channel_layer
+    from django.conf import settings
+
+    from notifications import protocol, push
+    from notifications.services import _INSERT_EVENT
+
+    db = settings.DATABASES["default"]
+    conn = psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"] or None,
+        dbname=db["NAME"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        autocommit=True,
+    )
+    writer = push._writer_for(get_channel_layer())
+
+    def send(users: list[int], counter: int) -> list[int]:
+        ids, messages = [], []
+        with conn.transaction():
+            for offset, user_id in enumerate(users):
+                data = {"t": time.time(), "n": counter + offset}
+                now = datetime.now(UTC)
+                row = conn.execute(
+                    _INSERT_EVENT,
+                    {
+                        "user_id": user_id,
+                        "type": protocol.NOTIFICATION_NEW,
+                        "data": json.dumps(data),
+                        "task_id": None,
+                        "created_at": now,
+                    },
+                    prepare=True,
+                ).fetchone()
+                seq = row[1]
+                frame = protocol.envelope(protocol.NOTIFICATION_NEW, data, id=seq, ts=now)
+                messages.append(
+                    (protocol.user_group(user_id), {"type": "event.push", "frame": frame})
+                )
+                ids.append(seq)
+        writer.send(messages)  # after commit, one pipeline, as push_after_commit batches
+        return ids
+
+    return send
+
+
 def _reference_publisher(
     redis_url: str, all_users: list[int]
 ) -> Callable[[list[int], int], list[int]]:
@@ -94,7 +155,12 @@ def _reference_publisher(
 
 def main(conn: Connection, mode: str, users: list[int], redis_url: str) -> None:
     """Set up (Django takes seconds to import), say ready, wait for `go`, publish."""
-    send = _project_publisher() if mode == "project" else _reference_publisher(redis_url, users)
+    if mode == "project":
+        send = _project_publisher()
+    elif mode == "lean":
+        send = _lean_publisher()
+    else:
+        send = _reference_publisher(redis_url, users)
     conn.send("ready")
     rate, seconds, max_events, batch = conn.recv()
     published: dict[int, list[int]] = defaultdict(list)

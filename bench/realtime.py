@@ -200,6 +200,10 @@ def session(
         result["publish_rate"] = _publish_rate(
             target, clients, connected_users, mode=mode, seconds=rate_seconds, batch=batch
         )
+        if mode == "project":  # the same rows and frames without Django's database layer
+            result["publish_rate_lean"] = _publish_rate(
+                target, clients, connected_users, mode="lean", seconds=rate_seconds, batch=batch
+            )
         result["storm"] = _storm(
             target,
             clients,

@@ -364,6 +364,29 @@ def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
                 "ms",
             ),
         ]
+    # The prototype of the design that passes: the same rows and frames without Django's
+    # database layer (bench/publishers.py `_lean_publisher`), beside the same reference.
+    for label in _get(p, "publish_rate_lean") or {}:
+        out += [
+            (
+                f"publish, lean prototype, {label}",
+                _get(p, "publish_rate_lean", label, "events_per_s"),
+                _get(r, "publish_rate", label, "events_per_s"),
+                "/s",
+            ),
+            (
+                f"publish, lean prototype, {label}: CPU per event",
+                _get(p, "publish_rate_lean", label, "cpu_ms_per_event"),
+                _get(r, "publish_rate", label, "cpu_ms_per_event"),
+                "ms",
+            ),
+            (
+                f"publish, lean prototype, {label}: lost",
+                _get(p, "publish_rate_lean", label, "lost"),
+                _get(r, "publish_rate", label, "lost"),
+                "",
+            ),
+        ]
     s = ("storm",)
     out += [
         (
