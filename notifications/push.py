@@ -47,6 +47,8 @@ from django.db import transaction
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from taskhub.outages import REDIS, is_redis_outage
+
 logger = logging.getLogger("notifications.services")
 
 # A (group, message) pair, the arguments of group_send.
@@ -172,11 +174,16 @@ def group_send_now(messages: list[GroupMessage], *, what: str) -> bool:
         return True
     try:
         _writer_for(layer).send(messages)
-    except Exception:
+    except Exception as exc:
         # Nothing retries it: persisted events stay in the event log, chat messages in
-        # their room's history, and the sockets read them from there.
-        logger.warning("push to %s failed; not retried", what, exc_info=True)
+        # their room's history, and the sockets read them from there. Redis down: one log
+        # line for the whole outage (taskhub/outages.py), not a traceback per push.
+        if is_redis_outage(exc):
+            REDIS.failed(exc, f"push to {what} failed; pushes are not retried")
+        else:
+            logger.warning("push to %s failed; not retried", what, exc_info=True)
         return False
+    REDIS.recovered()
     return True
 
 

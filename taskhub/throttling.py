@@ -9,8 +9,9 @@ the last `duration` seconds; a refused request is not recorded; the 429 says how
 wait (DRF's own message and Retry-After, DRF's own estimate). The log is a Redis sorted
 set (score = request time) that one Lua script trims, counts and appends to atomically.
 
-A Redis failure lets the request through (logged): a rate limit must not turn a Redis
-blip into an API outage; the cached reads degrade the same way (tasks/cache.py).
+A Redis failure lets the request through (one log line per outage, taskhub/outages.py):
+a rate limit must not turn a Redis blip into an API outage; the cached reads degrade the
+same way (tasks/cache.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from django_redis import get_redis_connection
 from rest_framework import throttling
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
+
+from taskhub.outages import REDIS, is_redis_outage
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +76,13 @@ class OneRoundTripThrottle(throttling.SimpleRateThrottle):
                 keys=[f"{django_cache.make_key(self.key)}:log"],
                 args=[repr(self.now), self.duration, self.num_requests, secrets.token_hex(8)],
             )
-        except redis.RedisError:
-            logger.warning("rate limit %s not checked: Redis unavailable", self.key, exc_info=True)
+        except (redis.RedisError, OSError) as exc:
+            if is_redis_outage(exc):
+                REDIS.failed(exc, "rate limits are not checked")
+            else:
+                logger.warning("rate limit %s not checked", self.key, exc_info=True)
             return True
+        REDIS.recovered()
         if allowed:
             return True
         # What DRF's wait() reads: the log's length and its oldest entry (history[-1]).

@@ -37,6 +37,7 @@ from django.core.cache import cache
 from django_redis import get_redis_connection
 
 from taskhub.metrics import CACHE_HITS, CACHE_MISSES
+from taskhub.outages import REDIS, is_redis_outage
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +98,23 @@ def task_versions_bump(*, task_id: UUID | str, owner_id: int | None) -> None:
         keys.append(_owner_version_key(owner_id))
     try:
         _bump(*keys)
-    except Exception:
-        logger.warning(
-            "cache version bump for task %s failed; its cached reads may be stale for up "
-            "to CACHE_TTL seconds",
-            task_id,
-            exc_info=True,
+    except Exception as exc:
+        _failed(
+            exc,
+            f"cache versions not bumped (task {task_id} first); cached reads may be "
+            "stale for up to CACHE_TTL seconds",
         )
+    else:
+        REDIS.recovered()
+
+
+def _failed(exc: Exception, consequence: str) -> None:
+    # Redis down: one line for the whole outage (taskhub/outages.py). Anything else is a
+    # bug to see with its traceback, but it degrades the same way.
+    if is_redis_outage(exc):
+        REDIS.failed(exc, consequence)
+    else:
+        logger.warning("cache: %s", consequence, exc_info=exc)
 
 
 def _version(key: str) -> int:
@@ -122,9 +133,10 @@ def _read_through(name: str, version_key: str, key: str, fill: Callable[[], Any]
         # The version first, the database (in fill) after: see the module docstring.
         versioned_key = f"{key}:v{_version(version_key)}"
         cached = cache.get(versioned_key)
-    except Exception:
-        logger.warning("cache unavailable; reading %s from the database", name, exc_info=True)
+    except Exception as exc:
+        _failed(exc, "cached reads go to the database")
         return fill()
+    REDIS.recovered()
     if cached is not None:
         CACHE_HITS.labels(cache=name).inc()
         return cached
@@ -132,8 +144,8 @@ def _read_through(name: str, version_key: str, key: str, fill: Callable[[], Any]
     value = fill()
     try:
         cache.set(versioned_key, value, timeout=settings.CACHES["default"]["TIMEOUT"])
-    except Exception:
-        logger.warning("cache unavailable; %s not stored", name, exc_info=True)
+    except Exception as exc:
+        _failed(exc, f"{name} read not stored in the cache")
     return value
 
 

@@ -11,6 +11,11 @@ flag set, the dispatch that set it has not yet cleared it, so that dispatch's qu
 after the clear, which is after this commit: it sees the new row. If the nudge found the
 flag clear, it sends a dispatch of its own. The flag expires after FLAG_TTL seconds in
 case a dispatch message is lost; beat's tick covers that gap anyway.
+
+With Redis down (it is the broker too) a nudge sends nothing and the create still
+succeeds: its row waits `pending` for the dispatcher's first tick after Redis is back,
+the same tick that would have come anyway (docs/running.md, "When Redis or PostgreSQL is
+down"). Trying the broker would only make every create wait for kombu's retries to fail.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from functools import cache
 import redis
 from django.conf import settings
 
+from taskhub.outages import REDIS, is_redis_outage
 from tasks import queue
 
 logger = logging.getLogger("tasks")
@@ -40,8 +46,13 @@ def nudge_dispatcher() -> None:
     """Ask for a dispatch now instead of at the next beat tick. Call after commit only."""
     try:
         first = bool(_client().set(FLAG, 1, nx=True, ex=FLAG_TTL))
-    except redis.RedisError:
+    except redis.RedisError as exc:
+        if is_redis_outage(exc):
+            REDIS.failed(exc, "the dispatcher is not nudged; new tasks wait for its next tick")
+            return
         first = True  # cannot coalesce; an extra dispatch is always safe
+    else:
+        REDIS.recovered()
     if first:
         queue.send_dispatch(expires=settings.TASKHUB_QUEUED_RESEND_AFTER)
 
@@ -50,5 +61,8 @@ def clear_nudges() -> None:
     """Called by the dispatcher before it looks for pending rows (see the module doc)."""
     try:
         _client().delete(FLAG)
-    except redis.RedisError:
-        logger.warning("could not clear the dispatcher nudge flag", exc_info=True)
+    except redis.RedisError as exc:
+        if is_redis_outage(exc):
+            REDIS.failed(exc, "the dispatcher nudge flag is not cleared")
+        else:
+            logger.warning("could not clear the dispatcher nudge flag", exc_info=True)

@@ -5,6 +5,12 @@ never imports the Celery tasks themselves (tasks/tasks.py imports services, so a
 that imported its own adapter would close a cycle). Call these after commit only: a
 message about a row another process cannot see yet would find nothing to do.
 docs/architecture.md, "The task path", has the whole picture.
+
+The broker is Redis, which may be down while PostgreSQL is up: a message that cannot be
+sent is logged (one line per outage, taskhub/outages.py) and never fails its caller,
+because the rows say what is owed. A `pending` row is found by the dispatcher's next
+tick, a `queued` one whose message was lost is re-sent after QUEUED_RESEND_AFTER, and a
+revoke only hurries a cancel that the processor's checkpoint carries out anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from taskhub.celery import app
+from taskhub.outages import REDIS, is_redis_outage
 
 logger = logging.getLogger("tasks")
 
@@ -45,14 +52,28 @@ def run_message_id(task_id: UUID | str, attempt: int) -> str:
 
 
 def send_run_messages(orders: Iterable[RunOrder]) -> None:
-    for order in orders:
-        app.send_task(
-            RUN_TASK,
-            args=[order.task_id],
-            task_id=run_message_id(order.task_id, order.attempt),
-            soft_time_limit=order.timeout,
-            time_limit=order.timeout + HARD_LIMIT_MARGIN,
-        )
+    orders = list(orders)
+    for sent, order in enumerate(orders):
+        try:
+            app.send_task(
+                RUN_TASK,
+                args=[order.task_id],
+                task_id=run_message_id(order.task_id, order.attempt),
+                soft_time_limit=order.timeout,
+                time_limit=order.timeout + HARD_LIMIT_MARGIN,
+            )
+        except Exception as exc:
+            if not is_redis_outage(exc):
+                raise
+            # The rest would fail the same way, each after kombu's retries.
+            REDIS.failed(
+                exc,
+                f"run messages not sent ({len(orders) - sent} task(s) stay queued until the "
+                "dispatcher re-sends them after QUEUED_RESEND_AFTER)",
+            )
+            return
+    if orders:
+        REDIS.recovered()
 
 
 def revoke_run_message(task_id: UUID | str, attempt: int) -> None:
@@ -60,10 +81,18 @@ def revoke_run_message(task_id: UUID | str, attempt: int) -> None:
     stop at the next checkpoint works without it, so a failure is only logged)."""
     try:
         app.control.revoke(run_message_id(task_id, attempt))
-    except Exception:
-        logger.warning("revoke of task %s failed", task_id, exc_info=True)
+    except Exception as exc:
+        if is_redis_outage(exc):
+            REDIS.failed(exc, "revokes are not sent; cancels wait for the next checkpoint")
+        else:
+            logger.warning("revoke of task %s failed", task_id, exc_info=True)
 
 
 def send_dispatch(*, expires: float) -> None:
     """One run of the dispatcher, now (tasks/nudge.py decides when)."""
-    app.send_task(DISPATCH_PENDING_TASKS, expires=expires)
+    try:
+        app.send_task(DISPATCH_PENDING_TASKS, expires=expires)
+    except Exception as exc:
+        if not is_redis_outage(exc):
+            raise
+        REDIS.failed(exc, "the dispatcher is not nudged; new tasks wait for its next tick")

@@ -1,0 +1,135 @@
+"""One log line per outage of a backing service, not a traceback per request.
+
+While Redis or PostgreSQL is down every request that touches it fails the same way; a
+traceback for each (the issue 13 baseline: 1,475 for three 3-second Redis outages, 698 for
+four PostgreSQL stops) buries the one fact an operator needs. So the code that degrades
+(tasks/cache.py, taskhub/throttling.py, tasks/nudge.py, tasks/queue.py) or answers 503
+(taskhub/api_errors.py, tasks/grpc/errors.py) reports the failure here: the first one of
+an outage is logged as one WARNING line naming the error and what degrades; the rest are
+only counted until the service answers again, which is logged as one line too, with the
+count. Per process: each process finds out on its own (docs/running.md, "When Redis or
+PostgreSQL is down").
+
+Recovery is noticed where it costs nothing: the Redis paths call `recovered()` after a
+command that worked (an attribute check when nothing is down), and a new PostgreSQL
+connection (Django's connection_created signal, sent for each connection a request takes
+from the pool too) ends a database outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import kombu.exceptions
+import redis
+from django.db import InterfaceError, OperationalError
+from django.db.backends.signals import connection_created
+from django_redis.exceptions import ConnectionInterrupted
+
+logger = logging.getLogger("taskhub.outages")
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: first line of the message`, short enough for one log line."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0][:200]}" if message else type(exc).__name__
+
+
+class Outage:
+    """The state of one backing service as this process has seen it."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException, consequence: str) -> None:
+        """A command failed because the service is unreachable; `consequence` says what
+        this process does instead ("cached reads go to the database")."""
+        with self._lock:
+            self._failures += 1
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+        logger.warning(
+            "%s unavailable (%s): %s; further failures are counted, not logged, until it "
+            "answers again",
+            self.service,
+            describe(exc),
+            consequence,
+        )
+
+    def recovered(self) -> None:
+        """A command to the service worked: end the outage if one was open."""
+        if self._since is None:  # the common case, without the lock
+            return
+        with self._lock:
+            if self._since is None:
+                return
+            seconds, failures = time.monotonic() - self._since, self._failures
+            self._since, self._failures = None, 0
+        logger.warning(
+            "%s available again after %.1f s; %d operation(s) failed meanwhile",
+            self.service,
+            seconds,
+            failures,
+        )
+
+
+# What a Redis (or broker) that is down, restarting or unreachable raises, through redis-py,
+# django-redis and kombu; BusyLoadingError (a restarting Redis) is a ConnectionError. Not
+# redis.ResponseError and the like: a refused command is a bug to see with its traceback.
+_REDIS_OUTAGE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,  # a replica promoted under us: writes fail until failover ends
+    ConnectionInterrupted,
+    kombu.exceptions.OperationalError,
+    ConnectionError,  # the OSErrors a socket raises: refused, reset, broken pipe
+    TimeoutError,
+)
+
+
+def is_redis_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _REDIS_OUTAGE)
+
+
+# SQLSTATEs of a lost server: class 08 (connection exception), admin/crash shutdown, and
+# "the database system is starting up / shutting down".
+_SERVER_GONE = ("08", "57P01", "57P02", "57P03")
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """An error worth a retry later (503), not a bug: the connection or the server failed
+    (OperationalError: refused, terminated, the pool's PoolTimeout, also a deadlock or a
+    cancelled statement) or a connection was closed under the caller (InterfaceError)."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """PostgreSQL itself is down or unreachable (not a deadlock or a statement timeout):
+    no SQLSTATE (a refused connect, a pool timeout) or one of a lost server."""
+    if isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(_SERVER_GONE)
+
+
+REDIS = Outage("Redis")
+DATABASE = Outage("PostgreSQL")
+
+
+def _database_connected(sender: object, **kwargs: object) -> None:
+    DATABASE.recovered()
+
+
+connection_created.connect(_database_connected, dispatch_uid="taskhub.outages")
