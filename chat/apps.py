@@ -3,3 +3,12 @@ from django.apps import AppConfig
 
 class ChatConfig(AppConfig):
     name = "chat"
+
+    def ready(self) -> None:
+        # chat plugs its commands into the /ws socket that notifications owns; imported
+        # here (the app registry is ready) so notifications never imports chat
+        # (docs/architecture.md, "Apps and layers").
+        from chat import ws
+        from notifications import protocol
+
+        protocol.register_client_commands(ws.handle, ws.COMMANDS, resync=ws.resend_history)

@@ -1,8 +1,10 @@
 """The chat commands of the `/ws` connection.
 
-notifications.consumers.EventConsumer owns the socket; for the client types in COMMANDS
-it calls `await handle(consumer, message)`. This module uses only the consumer's API:
-`user`, `channel_name`, `reply()`, `reply_error()`, `join_group()`, `leave_group()`.
+notifications.consumers.EventConsumer owns the socket; chat.apps.ChatConfig.ready()
+registers `handle` for the client types in COMMANDS (notifications.protocol's
+CHAT_COMMANDS), so the consumer calls `await handle(consumer, message)`. This module
+uses only the consumer's API: `user`, `channel_name`, `reply()`, `reply_error()`,
+`join_group()`, `leave_group()`.
 Rules live in chat.services/selectors; the database is reached through
 database_sync_to_async, never the sync ORM on the event loop.
 """
@@ -22,12 +24,12 @@ from chat import selectors, services
 from chat.models import ChatRoom
 from notifications import protocol
 
-SUBSCRIBE = "subscribe.chat"
-UNSUBSCRIBE = "unsubscribe.chat"
-POST = "chat.message.post"
-EDIT = "chat.message.edit"
-TYPING = "chat.typing"
-COMMANDS = frozenset({SUBSCRIBE, UNSUBSCRIBE, POST, EDIT, TYPING})
+SUBSCRIBE = protocol.CHAT_SUBSCRIBE
+UNSUBSCRIBE = protocol.CHAT_UNSUBSCRIBE
+POST = protocol.CHAT_MESSAGE_POST
+EDIT = protocol.CHAT_MESSAGE_EDIT
+TYPING = protocol.CHAT_TYPING
+COMMANDS = protocol.CHAT_COMMANDS
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}\Z")
 
@@ -225,11 +227,12 @@ _HANDLERS: dict[str, Callable[[Any, dict[str, Any], Any], Awaitable[None]]] = {
 async def resend_history(consumers: list[Any]) -> None:
     """Send each socket a fresh `chat.history` (no `ref`) of every room it is subscribed to.
 
-    notifications.consumers.SocketHub calls this once the channel layer re-subscribed
-    after losing Redis: a broadcast published meanwhile reached nobody, and a room's
-    messages are not in the per-user event log that the sockets catch up from. One read
-    per room, however many sockets follow it. Clients merge a history by message id
-    (docs/chat.md), so what they already had is not shown twice.
+    notifications.consumers.SocketHub calls this (chat registers it as a resync hook)
+    once the channel layer re-subscribed after losing Redis: a broadcast published
+    meanwhile reached nobody, and a room's messages are not in the per-user event log
+    that the sockets catch up from. One read per room, however many sockets follow it.
+    Clients merge a history by message id (docs/chat.md), so what they already had is
+    not shown twice.
     """
     slugs = sorted({slug for c in consumers for slug in _subscriptions.get(c, {}).values()})
     if not slugs:

@@ -69,18 +69,12 @@ CLOSE_TOO_MANY = 4429
 # RFC 6455 "try again later": a backing service (Redis, PostgreSQL) failed at connect.
 CLOSE_TRY_AGAIN_LATER = 1013
 
-# task.updated statuses after which a task sends no more progress (until a retry).
-TERMINAL_TASK_STATUSES = frozenset({"completed", "failed", "cancelled"})
-
-CHAT_MESSAGE_TYPES = frozenset(
-    {"subscribe.chat", "unsubscribe.chat", "chat.message.post", "chat.message.edit", "chat.typing"}
-)
-
-# Handlers by client frame type (method names: one table for all sockets, not per socket).
+# The consumer's own handlers by client frame type (method names: one table for all
+# sockets, not per socket). Other apps' commands (chat's) come from
+# protocol.client_command_handlers, which they fill in their AppConfig.ready().
 HANDLERS = {
-    "ping": "handle_ping",
-    "resume": "handle_resume",
-    **dict.fromkeys(CHAT_MESSAGE_TYPES, "handle_chat"),
+    protocol.PING: "handle_ping",
+    protocol.RESUME: "handle_resume",
 }
 
 # How long disconnect() waits for its batch of group/registry releases; far below
@@ -171,7 +165,7 @@ class ProgressCoalescer:
     def task_updated(self, data: dict[str, Any]) -> None:
         """Follow task.updated: a terminal one ends the task's progress, a retry restarts it."""
         task_id = str(data.get("task_id", ""))
-        if data.get("status") in TERMINAL_TASK_STATUSES:
+        if data.get("status") in protocol.TASK_TERMINAL_STATUSES:
             self._held.pop(task_id, None)
             timer = self._timers.pop(task_id, None)
             if timer is not None:
@@ -305,11 +299,10 @@ class SocketHub:
                     await self._sweep(after_reconnect=True)
                     sockets = [c for c in self.sockets if not c._closed]
                     if sockets:
-                        # Imported here, as in EventConsumer.handle_chat: chat depends on
-                        # notifications, never the other way round at import.
-                        from chat import ws as chat_ws
-
-                        await chat_ws.resend_history(sockets)
+                        # Chat's resend_history, registered by chat (notifications never
+                        # imports chat): room broadcasts are not in the per-user log.
+                        for resync in protocol.resync_hooks:
+                            await resync(sockets)
                 except Exception:
                     # The periodic sweep still finds lost persisted events; a chat client
                     # re-subscribes when it reconnects.
@@ -604,9 +597,10 @@ class EventConsumer(AsyncWebsocketConsumer):
             message = decode_message(text_data)
             ref = message.get("ref")
             handler = HANDLERS.get(message["type"])
-            if handler is None:
-                raise BadFrame("unknown_type", f"Unknown message type {message['type']!r}.", ref)
-            await getattr(self, handler)(message, ref)
+            if handler is not None:
+                await getattr(self, handler)(message, ref)
+            else:
+                await self.handle_plugged(message, ref)
         except BadFrame as bad:
             await self._bad_frame(bad)
         except Exception:
@@ -626,16 +620,16 @@ class EventConsumer(AsyncWebsocketConsumer):
     async def handle_resume(self, message: dict[str, Any], ref: Any) -> None:
         await self._resume_from(parse_event_id(message.get("last_event_id"), ref=ref), ref=ref)
 
-    async def handle_chat(self, message: dict[str, Any], ref: Any) -> None:
-        # Imported here: chat depends on notifications, never the other way round at import.
-        try:
-            from chat import ws as chat_ws
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("chat.ws", "chat"):
-                raise
+    async def handle_plugged(self, message: dict[str, Any], ref: Any) -> None:
+        """A command another app registered (protocol.register_client_commands)."""
+        type = message["type"]
+        handler = protocol.client_command_handlers.get(type)
+        if handler is not None:
+            await handler(self, message)
+        elif type in protocol.PLUGGABLE_COMMANDS:  # a protocol word whose app is not here
             await self.reply_error("unavailable", "Chat is not available yet.", ref=ref)
-            return
-        await chat_ws.handle(self, message)
+        else:
+            raise BadFrame("unknown_type", f"Unknown message type {type!r}.", ref)
 
     # --- Server -> client: persisted events ----------------------------------------------
 
@@ -674,7 +668,7 @@ class EventConsumer(AsyncWebsocketConsumer):
         metrics.EVENTS_DELIVERED.labels(type=frame["type"]).inc()
         if frame["type"] == protocol.TASK_UPDATED:
             data = frame.get("data") or {}
-            if self._progress is None and data.get("status") in TERMINAL_TASK_STATUSES:
+            if self._progress is None and data.get("status") in protocol.TASK_TERMINAL_STATUSES:
                 # Late progress of this task must be dropped: now the socket needs one.
                 self._progress = ProgressCoalescer(self.send_frame)
             if self._progress is not None:

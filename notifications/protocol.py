@@ -6,6 +6,7 @@ drift apart. See docs/protocol.md.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,61 @@ CHAT_HISTORY = "chat.history"
 CHAT_TYPING = "chat.typing"
 PONG = "pong"
 ERROR = "error"
+
+# The `status` values of task.updated after which a task changes no more (until a retry)
+# and sends no more task.progress. The one copy: tasks.models.TERMINAL_STATUSES is built
+# from it (tasks depends on notifications, never the other way round), the consumer
+# drops late progress by it, and the page gets it in its bootstrap data
+# (taskhub/pages.py), so dashboard.js holds no list of its own.
+TASK_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+# Client -> server. The consumer answers `ping` and `resume` itself; the chat commands
+# are the protocol's words too, but chat handles them: chat.apps.ChatConfig.ready()
+# registers its handler for them (register_client_commands below). Without chat
+# installed they are answered `unavailable`; any other type is `unknown_type`.
+PING = "ping"
+RESUME = "resume"
+CHAT_SUBSCRIBE = "subscribe.chat"
+CHAT_UNSUBSCRIBE = "unsubscribe.chat"
+CHAT_MESSAGE_POST = "chat.message.post"
+CHAT_MESSAGE_EDIT = "chat.message.edit"
+# chat.typing is both a client command and the ephemeral frame other members get.
+CHAT_COMMANDS = frozenset(
+    {CHAT_SUBSCRIBE, CHAT_UNSUBSCRIBE, CHAT_MESSAGE_POST, CHAT_MESSAGE_EDIT, CHAT_TYPING}
+)
+PLUGGABLE_COMMANDS = CHAT_COMMANDS
+
+# `await handler(consumer, message)`: the consumer's public API (user, channel_name,
+# reply(), reply_error(), join_group(), leave_group()) and the decoded client frame.
+ClientCommandHandler = Callable[[Any, dict[str, Any]], Awaitable[None]]
+# `await hook(consumers)`: the open sockets of one process after its channel layer lost
+# Redis and came back (pushes meanwhile reached nobody).
+ResyncHook = Callable[[list[Any]], Awaitable[None]]
+
+# Filled once per process by the apps' AppConfig.ready(); read by the consumer only.
+client_command_handlers: dict[str, ClientCommandHandler] = {}
+resync_hooks: list[ResyncHook] = []
+
+
+def register_client_commands(
+    handler: ClientCommandHandler, types: Iterable[str], *, resync: ResyncHook | None = None
+) -> None:
+    """Route the client frames of `types` to `handler` (and run `resync` after a channel
+    layer reconnect). Lets an app built on notifications plug its commands into the
+    socket without notifications importing it. Idempotent for the same handler;
+    a type outside PLUGGABLE_COMMANDS, or one another handler holds, is a programming
+    error."""
+    types = frozenset(types)
+    unknown = types - PLUGGABLE_COMMANDS
+    if unknown:
+        raise ValueError(f"not client commands of the protocol: {sorted(unknown)}")
+    for type in types:
+        if client_command_handlers.get(type, handler) is not handler:
+            raise ValueError(f"{type!r} already has a handler")
+    for type in types:
+        client_command_handlers[type] = handler
+    if resync is not None and resync not in resync_hooks:
+        resync_hooks.append(resync)
 
 
 def format_ts(moment: datetime | None = None) -> str:

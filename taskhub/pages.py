@@ -18,7 +18,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
+from notifications import protocol
 from taskhub import accounts
+from tasks.models import ALLOWED_SOURCES, TaskStatus
 from tasks.processors import registry
 
 CHAT_ROOM = "general"
@@ -34,6 +36,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "maxTimeout": settings.TASKHUB_MAX_TIMEOUT,
         "chatRoom": CHAT_ROOM,
         "loginUrl": settings.LOGIN_URL,
+        # The state machine's sets, so dashboard.js keeps no copy that could drift:
+        # which statuses are final, and which ones the Cancel and Retry buttons apply to.
+        "statuses": {
+            "terminal": sorted(protocol.TASK_TERMINAL_STATUSES),
+            "cancellable": sorted(ALLOWED_SOURCES[TaskStatus.CANCELLED]),
+            "retryable": sorted(ALLOWED_SOURCES[TaskStatus.PENDING]),
+        },
     }
     return render(request, "dashboard.html", {"config": config, "chat_room": CHAT_ROOM})
 

@@ -65,7 +65,8 @@ INSTALLED_APPS = [
     "tasks",
     "notifications",
     "search",
-    "chat",
+    # Its ready() plugs the chat commands into the /ws socket (notifications.protocol).
+    "chat.apps.ChatConfig",
     # The project package itself, for the browser page's templates and static files.
     "taskhub",
 ]

@@ -5,6 +5,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from notifications import protocol
+
 
 class TaskStatus(models.TextChoices):
     PENDING = "pending", "Pending"
@@ -30,7 +32,10 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED}),
 }
 
-TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+# The statuses a task only leaves by a retry. The wire protocol names them (clients, the
+# consumer and the page all read notifications.protocol.TASK_TERMINAL_STATUSES); building
+# the set here from it fails at import if the two ever name different statuses.
+TERMINAL_STATUSES = frozenset(TaskStatus(status) for status in protocol.TASK_TERMINAL_STATUSES)
 
 
 class StopRequest(models.TextChoices):

@@ -4,8 +4,6 @@ welcome, live pushes, isolation between users, errors and limits."""
 from __future__ import annotations
 
 import asyncio
-import sys
-import types
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -286,7 +284,7 @@ async def test_active_connections_are_counted_and_released(alice, bob, connect):
     assert await count() == 1
 
 
-async def test_chat_messages_go_to_chat_ws_handle_with_the_consumer_api(
+async def test_chat_commands_go_to_the_handler_chat_registered_with_the_consumer_api(
     alice, connect, monkeypatch
 ):
     calls = []
@@ -296,10 +294,9 @@ async def test_chat_messages_go_to_chat_ws_handle_with_the_consumer_api(
         await consumer.join_group("chat.room.test")
         await consumer.reply("chat.history", {"room": message["room"]}, ref=message.get("ref"))
 
-    import chat
-
-    monkeypatch.delattr(chat, "ws", raising=False)
-    monkeypatch.setitem(sys.modules, "chat.ws", types.SimpleNamespace(handle=handle))
+    # ChatConfig.ready() registered chat.ws.handle; this handler stands in for it.
+    monkeypatch.setattr(protocol, "client_command_handlers", {})
+    protocol.register_client_commands(handle, protocol.CHAT_COMMANDS)
     client = await connect(alice)
     await client.send({"type": "subscribe.chat", "room": "lobby", "ref": 3})
     history = await client.receive_type("chat.history")
@@ -310,13 +307,33 @@ async def test_chat_messages_go_to_chat_ws_handle_with_the_consumer_api(
     assert (await client.receive())["data"] == {"text": "hi"}
 
 
-async def test_chat_messages_without_chat_ws_get_an_unavailable_error(alice, connect, monkeypatch):
-    import chat
+def test_chat_registers_its_commands_when_the_app_is_ready():
+    from chat import ws
 
-    monkeypatch.delattr(chat, "ws", raising=False)
-    monkeypatch.setitem(sys.modules, "chat.ws", None)
+    commands = {"subscribe.chat", "unsubscribe.chat", "chat.message.post", "chat.message.edit"}
+    commands.add("chat.typing")
+    registered = {t: h for t, h in protocol.client_command_handlers.items() if h is ws.handle}
+    assert registered == dict.fromkeys(commands, ws.handle)
+    assert ws.resend_history in protocol.resync_hooks
+
+
+def test_only_the_protocol_s_commands_can_be_registered():
+    async def handle(consumer, message):
+        pass
+
+    with pytest.raises(ValueError, match="not client commands"):
+        protocol.register_client_commands(handle, {"ping.me"})
+    with pytest.raises(ValueError, match="already has a handler"):
+        protocol.register_client_commands(handle, {"chat.typing"})
+
+
+async def test_chat_commands_without_chat_get_an_unavailable_error(alice, connect, monkeypatch):
+    monkeypatch.setattr(protocol, "client_command_handlers", {})  # chat not installed
     client = await connect(alice)
     await client.send({"type": "chat.typing", "room": "lobby", "ref": "t"})
     error = await client.receive_type("error")
     assert error["data"]["code"] == "unavailable"
     assert error["ref"] == "t"
+    await client.send({"type": "chat.shout", "ref": "u"})
+    error = await client.receive_type("error")
+    assert (error["data"]["code"], error["ref"]) == ("unknown_type", "u")

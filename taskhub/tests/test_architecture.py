@@ -104,6 +104,35 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# The apps other apps plug into, and the apps they must not know: notifications carries
+# tasks' and chat's events and chat's commands (registered in ChatConfig.ready()), so
+# importing either would turn "plugs into" into a knot (docs/architecture.md).
+BASE_APPS = {"notifications": ("tasks", "chat", "search")}
+
+
+def upward_imports(modules: dict[str, Path]) -> list[str]:
+    """`module -> name` for every import from a base app of an app built on it."""
+    return [
+        f"{module} -> {name}"
+        for module, path in sorted(modules.items())
+        for name in imported_names(module, path)
+        if name.partition(".")[0] in BASE_APPS.get(module.partition(".")[0], ())
+    ]
+
+
+def test_notifications_imports_no_app_built_on_it():
+    assert upward_imports(product_modules()) == []
+
+
+def test_an_upward_import_is_seen_even_inside_a_function(tmp_path):
+    consumer = tmp_path / "consumers.py"
+    consumer.write_text("import taskhub\ndef handle():\n    from chat import ws\n")
+    assert upward_imports({"notifications.consumers": consumer}) == [
+        "notifications.consumers -> chat",
+        "notifications.consumers -> chat.ws",
+    ]
+
+
 DEV_TOOLING = "devserver"
 
 

@@ -83,6 +83,26 @@ def test_the_dashboard_hands_the_script_its_config_as_json_and_sets_the_csrf_coo
     assert "simulate" in config["kinds"]
 
 
+def test_the_dashboard_gets_the_state_machine_s_status_sets_from_the_server(client, alice):
+    # Spelled out here on purpose: this checks the contract from outside, so it does not
+    # import the constants (notifications.protocol, tasks.models) it checks.
+    client.force_login(alice)
+    content = client.get("/").content
+    config = json.loads(
+        re.search(
+            rb'<script id="taskhub-config" type="application/json">(.*?)</script>', content
+        ).group(1)
+    )
+    assert config["statuses"] == {
+        "terminal": ["cancelled", "completed", "failed"],
+        "cancellable": ["in_progress", "pending", "queued"],
+        "retryable": ["cancelled", "failed"],
+    }
+    # ...and the script keeps no set of statuses of its own that could drift from them.
+    script = (Path(__file__).parents[1] / "static/taskhub/dashboard.js").read_text()
+    assert re.findall(r"new Set\(\[[^\]]*\]\)", script) == []
+
+
 def test_a_username_with_markup_is_escaped_in_the_page(client, django_user_model):
     user = django_user_model.objects.create_user(username="<b>x", password="p-4829-pass")
     client.force_login(user)

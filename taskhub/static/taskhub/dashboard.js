@@ -11,9 +11,10 @@
 import { ProtocolClient } from "./protocol-client.js";
 
 const config = JSON.parse(document.getElementById("taskhub-config").textContent);
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-const CANCELLABLE = new Set(["pending", "queued", "in_progress"]);
-const RETRYABLE = new Set(["failed", "cancelled"]);
+// The state machine's sets come from the server (taskhub/pages.py), never a copy here.
+const TERMINAL = new Set(config.statuses.terminal);
+const CANCELLABLE = new Set(config.statuses.cancellable);
+const RETRYABLE = new Set(config.statuses.retryable);
 const STATUS_LABELS = {
   pending: "pending",
   queued: "queued",
