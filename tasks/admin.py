@@ -4,11 +4,15 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from taskhub.exceptions import ConflictError
 from tasks import services
 from tasks.models import Task, TaskStatus
+
+
+# Set on the request when the service refused the change form's edit (save_model).
+EDIT_REFUSED = "_taskhub_task_edit_refused"
 
 
 class TaskAdminForm(forms.ModelForm):
@@ -96,6 +100,9 @@ class TaskAdmin(admin.ModelAdmin):
                     task_id=obj.pk, **{field: form.cleaned_data[field] for field in editable}
                 )
             except ConflictError as exc:  # the task left pending while the form was open
+                # Nothing was saved: say why, and tell log_change and response_change, which
+                # the admin calls next, that there is no change to log or to call a success.
+                setattr(request, EDIT_REFUSED, True)
                 self.message_user(request, str(exc), messages.ERROR)
             obj.refresh_from_db()
             return
@@ -110,6 +117,18 @@ class TaskAdmin(admin.ModelAdmin):
         )
         obj.pk = created.pk
         obj.refresh_from_db()
+
+    def log_change(self, request: HttpRequest, obj: Task, message):
+        if getattr(request, EDIT_REFUSED, False):
+            return None  # the history would list fields that did not change
+        return super().log_change(request, obj, message)
+
+    def response_change(self, request: HttpRequest, obj: Task) -> HttpResponse:
+        if getattr(request, EDIT_REFUSED, False):
+            # Back to the form, now showing the task as it is, with the error above it;
+            # not the list with "was changed successfully".
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_change(request, obj)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict:
         from django.conf import settings

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from rest_framework.test import APIClient
 
 from notifications.models import Event, Notification
@@ -190,3 +191,32 @@ def test_the_service_refuses_run_fields_of_a_task_that_left_pending(alice):
 
     task.refresh_from_db()
     assert task.params == {}
+
+
+def test_an_edit_refused_because_the_task_left_pending_meanwhile_is_an_error_not_a_success(
+    operator, alice, monkeypatch
+):
+    task = make_task(owner=alice, title="waits", kind="echo")
+    update_details = services.task_update_details
+
+    def dispatched_meanwhile(**fields):
+        # The dispatcher claims the task after the form was validated, before the save.
+        Task.objects.filter(pk=task.pk).update(status=TaskStatus.QUEUED)
+        return update_details(**fields)
+
+    monkeypatch.setattr(services, "task_update_details", dispatched_meanwhile)
+
+    response = operator.post(
+        f"/admin/tasks/task/{task.pk}/change/",
+        change_form(task, title="New title", timeout=task.timeout + 60),
+        follow=True,
+    )
+
+    page = response.content.decode()
+    assert response.redirect_chain == [(f"/admin/tasks/task/{task.pk}/change/", 302)]
+    assert "Task is queued; timeout can change only while pending." in page
+    assert 'class="error"' in page
+    assert "was changed successfully" not in page
+    task.refresh_from_db()
+    assert (task.title, task.status) == ("waits", TaskStatus.QUEUED)
+    assert not LogEntry.objects.filter(object_id=str(task.pk)).exists()
