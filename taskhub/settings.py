@@ -87,6 +87,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, so its process_exception runs first: PostgreSQL unreachable -> 503 with
+    # Retry-After for the plain Django views (DRF's go through EXCEPTION_HANDLER below).
+    "taskhub.api_errors.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "taskhub.urls"
@@ -139,8 +142,13 @@ if DB_POOL_MAX:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(env_int("DB_POOL_MIN", 2, minimum=0), DB_POOL_MAX),
         "max_size": DB_POOL_MAX,
-        # A request waits at most this long for a free connection, then fails (500).
+        # A request waits at most this long for a free connection, then answers 503
+        # (taskhub/api_errors.py).
         "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),
+        # While PostgreSQL is down the pool retries a connection after 1, 2, 4, 8... s:
+        # 64 s after a one-minute outage. Giving up after 4 s (the next request starts
+        # again from 1 s) keeps the gap between its return and the first success at 2 s.
+        "reconnect_timeout": 4.0,
     }
     from taskhub.db_pool import register_fork_hook
 
@@ -220,7 +228,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "taskhub.pagination.CappedPageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "taskhub.exceptions.json_exception_handler",
+    # taskhub.exceptions' JSON errors, and 503 + Retry-After while PostgreSQL is down.
+    "EXCEPTION_HANDLER": "taskhub.api_errors.api_exception_handler",
     # DRF's anon/user rules in one Redis round trip per request (taskhub/throttling.py).
     "DEFAULT_THROTTLE_CLASSES": [
         "taskhub.throttling.AnonRateThrottle",

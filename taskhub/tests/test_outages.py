@@ -11,17 +11,27 @@ the shared PostgreSQL and Redis are never stopped.
 
 from __future__ import annotations
 
+import glob
+import os
+import pwd
+import re
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import grpc
 import httpx
+import psycopg
 import pytest
 import redis
 
 from conftest import access_token_for
 from devserver import processes, testing
+from tasks.grpc.gen import taskhub_pb2 as pb
+from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc
 from tasks.models import Task, TaskStatus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -150,3 +160,215 @@ def test_creates_succeed_while_redis_is_down_and_run_once_it_is_back(alice, own_
 
     assert len(_lines(web, "Redis unavailable")) == 1, web.output[-6000:]
     assert len(_lines(web, "Redis available again")) == 1, web.output[-6000:]
+
+
+# --- PostgreSQL down -----------------------------------------------------------------------
+
+
+def _pg_bin_dir() -> Path | None:
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (initdb into a temporary directory), stopped
+    the way a restart stops it (fast shutdown: sessions terminated, new ones refused) and
+    started again on the same port with its data."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.port = testing.free_port()
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/taskhub"
+        # PostgreSQL refuses to run as root: then as the system's postgres user, in a
+        # directory of its own that it can reach.
+        self.run_as = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        self.workdir = Path(tempfile.mkdtemp(prefix="taskhub-outage-pg-"))
+        self.pgdata = self.workdir / "data"
+        self.log = self.workdir / "postgres.log"
+        if self.run_as is not None:
+            os.chown(self.workdir, self.run_as.pw_uid, self.run_as.pw_gid)
+        self.proc: subprocess.Popen | None = None
+
+    def _run(self, args: list[str], **popen) -> subprocess.Popen:
+        return processes.spawn(
+            args,
+            death_signal=signal.SIGINT,  # PostgreSQL's fast shutdown, if the test dies
+            run_as=self.run_as,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            **popen,
+        )
+
+    def init(self) -> None:
+        initdb = [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres"]
+        initdb += ["--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"]
+        proc = self._run(initdb, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+        self.start()
+        with psycopg.connect(self._conninfo("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE taskhub")
+
+    def _conninfo(self, dbname: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname} connect_timeout=2"
+
+    def start(self) -> None:
+        args = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port)]
+        for option in (
+            "listen_addresses=127.0.0.1",
+            "unix_socket_directories=",
+            "fsync=off",  # test data: fast, and a killed test leaves nothing to keep
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ):
+            args += ["-c", option]
+        with open(self.log, "ab") as log:
+            self.proc = self._run(args, stdout=log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"postgres exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with psycopg.connect(self._conninfo("postgres")):
+                    return True
+            except psycopg.OperationalError:
+                return False
+
+        testing.wait_until(up, timeout=60, message="the test's PostgreSQL to accept connections")
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        with psycopg.connect(self._conninfo("taskhub")) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def remove(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres():
+    bin_dir = _pg_bin_dir()
+    if bin_dir is None or not (bin_dir / "postgres").exists():
+        pytest.skip("needs PostgreSQL's server binaries (initdb, postgres)")
+    server = OwnPostgres(bin_dir)
+    try:
+        server.init()
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=testing.BASE_DIR,
+            env=testing.process_env(DATABASE_URL=server.url),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        yield server
+    finally:
+        server.remove()
+
+
+def _start_grpcserver(env: dict[str, str]) -> tuple[testing.ManagedProcess, str]:
+    server = testing.ManagedProcess(
+        "grpcserver",
+        [sys.executable, "manage.py", "grpcserver", "--host", "127.0.0.1", "--port", "0"],
+        testing.process_env(**env),
+    )
+    server.wait_until_up(lambda: server.wait_for_output("listening on", timeout=60))
+    port = re.search(r"listening on 127\.0\.0\.1:(\d+)", server.output).group(1)
+    return server, f"127.0.0.1:{port}"
+
+
+def test_while_postgresql_is_down_the_api_answers_503_and_grpc_unavailable(own_postgres):
+    env = {
+        "DATABASE_URL": own_postgres.url,
+        # A request waits this long for a connection before it answers 503 (10 s by
+        # default, long enough to ride out a quick restart unseen); short here, so the
+        # test's dozen refused calls take seconds, not minutes.
+        "DB_POOL_TIMEOUT": "2",
+    }
+    web, base_url = testing.start_daphne(extra_env=env)
+    grpc_server, address = _start_grpcserver(env)
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.TaskServiceStub(channel)
+    created: list[str] = []
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            registered = http.post(
+                "/api/auth/register/", json={"username": "dora", "password": "dora-pass-123"}
+            )
+            assert registered.status_code == 201, registered.text
+            tokens = http.post(
+                "/api/auth/token/", json={"username": "dora", "password": "dora-pass-123"}
+            )
+            http.headers["Authorization"] = f"Bearer {tokens.json()['access']}"
+            metadata = (("authorization", http.headers["Authorization"]),)
+
+            def create_over_grpc(title: str) -> pb.Task:
+                request = pb.CreateTaskRequest(title=title, kind="echo")
+                return stub.CreateTask(request, metadata=metadata, timeout=60)
+
+            first = http.post("/api/tasks/", json={"title": "before", "kind": "echo"})
+            assert first.status_code == 201, first.text
+            created.append(first.json()["id"])
+            created.append(create_over_grpc("before over grpc").id)
+            assert http.get("/readyz").status_code == 200
+
+            own_postgres.stop()
+            for n in range(5):
+                refused = http.post("/api/tasks/", json={"title": f"during {n}", "kind": "echo"})
+                assert refused.status_code == 503, refused.text
+                assert refused.headers["Retry-After"] == "5"
+                assert refused.json() == {
+                    "detail": "The database is unavailable; try again in a few seconds."
+                }
+            listing = http.get("/api/tasks/")
+            assert listing.status_code == 503, listing.text
+            legacy = http.post("/task/create", json={"task": "legacy during"})
+            assert legacy.status_code == 503, legacy.text
+            assert legacy.headers["Retry-After"] == "5"
+            assert "error" in legacy.json()
+            for n in range(3):
+                with pytest.raises(grpc.RpcError) as refused_rpc:
+                    create_over_grpc(f"during over grpc {n}")
+                assert refused_rpc.value.code() == grpc.StatusCode.UNAVAILABLE
+            ready = http.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["checks"]["database"].startswith("error")
+            # One line per process said so; no request left a traceback.
+            for process in (web, grpc_server):
+                assert "Traceback" not in process.output, process.output[-6000:]
+                assert len(_lines(process, "PostgreSQL unavailable")) == 1, process.output[-6000:]
+
+            own_postgres.start()
+
+            def create_works() -> str | None:
+                response = http.post("/api/tasks/", json={"title": "after", "kind": "echo"})
+                assert response.status_code in (201, 503), response.text
+                return response.json()["id"] if response.status_code == 201 else None
+
+            created.append(testing.wait_until(create_works, timeout=30, interval=0.5))
+            created.append(create_over_grpc("after over grpc").id)
+            assert http.get("/readyz").status_code == 200
+    finally:
+        channel.close()
+        grpc_server.stop()
+        web.stop()
+
+    # Every create that answered 2xx is there once; none that answered 503 is.
+    rows = own_postgres.query("SELECT id::text FROM tasks_task ORDER BY created_at")
+    assert sorted(row[0] for row in rows) == sorted(created)
+    for process in (web, grpc_server):
+        assert "Traceback" not in process.output, process.output[-6000:]
+        assert len(_lines(process, "PostgreSQL unavailable")) == 1, process.output[-6000:]
+        assert len(_lines(process, "PostgreSQL available again")) == 1, process.output[-6000:]

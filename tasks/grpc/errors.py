@@ -6,12 +6,16 @@ to HTTP statuses for REST, so the servicer's methods hold no try/except of their
 | django ValidationError / serializer errors      | INVALID_ARGUMENT    | 400  |
 | Http404 (selectors), malformed id               | NOT_FOUND           | 404  |
 | taskhub.exceptions.ConflictError                | FAILED_PRECONDITION | 409  |
-| database unreachable (OperationalError)         | UNAVAILABLE         | 503  |
+| database unreachable (OperationalError,         | UNAVAILABLE         | 503  |
+|   InterfaceError: taskhub/api_errors.py)        |                     |      |
 | anything else (logged)                          | INTERNAL            | 500  |
 
 INVALID_ARGUMENT carries a google.rpc.BadRequest with one FieldViolation per message
 (`grpc_status.rpc_status.from_call()` on the client), and the same text in the message
 for clients that only read that.
+
+While PostgreSQL is down every call that needs it fails alike: the outage is logged once
+per process (taskhub/outages.py), not with a traceback per call.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from typing import Any
 
 import grpc
 from django.core.exceptions import ValidationError
-from django.db import OperationalError
 from django.http import Http404
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from taskhub.exceptions import ConflictError
+from taskhub.outages import DATABASE, describe, is_database_error, is_database_outage
 
 logger = logging.getLogger("tasks.grpc")
 
@@ -73,8 +77,11 @@ def to_rpc_abort(exc: BaseException) -> RpcAbort:
         return RpcAbort(grpc.StatusCode.NOT_FOUND, "No such task.")
     if isinstance(exc, ConflictError):
         return RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, OperationalError):
-        logger.warning("gRPC call failed: database unavailable", exc_info=exc)
+    if is_database_error(exc):
+        if is_database_outage(exc):
+            DATABASE.failed(exc, "gRPC calls that need it answer UNAVAILABLE")
+        else:  # a deadlock, a cancelled statement: rare, a line each
+            logger.warning("gRPC call answered UNAVAILABLE: %s", describe(exc))
         return RpcAbort(grpc.StatusCode.UNAVAILABLE, "The database is unavailable; try again.")
     logger.error("gRPC call failed", exc_info=exc)
     return RpcAbort(grpc.StatusCode.INTERNAL, "Internal server error.")
