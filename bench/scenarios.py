@@ -86,7 +86,7 @@ def _insert_pending_task(*, owner_id: int, title: str) -> str:
         title=title,
         kind="echo",
         params={},
-        timeout=settings.TASKHUB_DEFAULT_TIMEOUT,
+        timeout=settings.TASKHUB_TASK_DEFAULT_TIMEOUT,
     )
     return str(task.pk)
 

@@ -31,7 +31,7 @@ MAX_PAGE_LIMIT = 100
 
 
 def max_message_chars() -> int:
-    return settings.CHAT_MAX_MESSAGE_CHARS
+    return settings.TASKHUB_CHAT_MAX_MESSAGE_CHARS
 
 
 def _visible_q(user: AbstractBaseUser) -> Q:

@@ -241,7 +241,7 @@ def chat_message_edit(
 
 
 def typing_interval() -> float:
-    return settings.CHAT_TYPING_INTERVAL
+    return settings.TASKHUB_CHAT_TYPING_INTERVAL
 
 
 def chat_typing_send(*, room: ChatRoom, user: AbstractBaseUser) -> bool:

@@ -68,7 +68,7 @@ def process_env(**overrides: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="taskhub.settings",
         DATABASE_URL=test_database_url(),
-        REDIS_URL=settings.REDIS_URL,
+        REDIS_URL=settings.TASKHUB_REDIS_URL,
         DEBUG="1",
         PYTHONUNBUFFERED="1",
     )

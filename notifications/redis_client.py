@@ -28,7 +28,7 @@ def async_redis() -> aioredis.Redis:
         # A blocking pool: a burst of connects waits for a free connection (up to
         # `timeout`) instead of failing with MaxConnectionsError as the default pool does.
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
+            settings.TASKHUB_REDIS_URL,
             max_connections=100,
             timeout=10,
             socket_timeout=5,
@@ -51,6 +51,6 @@ def sync_redis() -> redis.Redis:
     global _sync_client
     if _sync_client is None:
         _sync_client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5
+            settings.TASKHUB_REDIS_URL, socket_timeout=5, socket_connect_timeout=5
         )
     return _sync_client

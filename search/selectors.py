@@ -126,7 +126,7 @@ def _headline_sql(column: str, tsquery: TsQuerySQL) -> tuple[str, list[object]]:
     # the two marker characters removed so that every marker in the output is PostgreSQL's.
     sql = f"translate(page.{column}, %s, '')"
     params: list[object] = [highlight.SENTINELS]
-    for config in (*settings.SEARCH_CONFIGS, PREFIX_CONFIG):
+    for config in (*settings.TASKHUB_SEARCH_CONFIGS, PREFIX_CONFIG):
         sql = f"ts_headline(%s::regconfig, {sql}, {tsquery.sql}, %s)"
         params = [config, *params, *tsquery.params, _HEADLINE_OPTIONS]
     return sql, params
@@ -178,7 +178,7 @@ def task_search_for(
     or over-long query."""
     if not query.strip():
         raise ValidationError({"query": ["Type something to search for."]})
-    limit = settings.SEARCH_MAX_QUERY_CHARS
+    limit = settings.TASKHUB_SEARCH_MAX_QUERY_CHARS
     if len(query) > limit:
         raise ValidationError(
             {"query": [f"Ensure the query has at most {limit} characters (it has {len(query)})."]}
@@ -186,7 +186,7 @@ def task_search_for(
     parsed = parse(query)
     if parsed.is_empty:
         return TaskSearchResults(None, None)
-    tsquery = to_sql(parsed, configs=settings.SEARCH_CONFIGS)
+    tsquery = to_sql(parsed, configs=settings.TASKHUB_SEARCH_CONFIGS)
 
     tasks = Task.objects.filter(owner=user)
     # The same scoping for the page query, which is written in SQL (TaskSearchResults).

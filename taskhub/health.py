@@ -25,7 +25,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["database"] = f"error: {type(exc).__name__}"
     try:
         client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+            settings.TASKHUB_REDIS_URL, socket_timeout=2, socket_connect_timeout=2
         )
         try:
             client.ping()

@@ -194,7 +194,7 @@ def _client_allowed(request: HttpRequest) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    networks = _allowed_networks(tuple(settings.METRICS_ALLOWED_NETWORKS))
+    networks = _allowed_networks(tuple(settings.TASKHUB_METRICS_ALLOWED_NETWORKS))
     return any(address in network for network in networks if address.version == network.version)
 
 
@@ -202,7 +202,7 @@ def _token_valid(request: HttpRequest) -> bool:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
-    return hmac.compare_digest(token.strip().encode(), settings.METRICS_TOKEN.encode())
+    return hmac.compare_digest(token.strip().encode(), settings.TASKHUB_METRICS_TOKEN.encode())
 
 
 @never_cache
@@ -210,7 +210,7 @@ def _token_valid(request: HttpRequest) -> bool:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if not _client_allowed(request):
         return JsonResponse({"detail": "Metrics are not served to this address."}, status=403)
-    if settings.METRICS_TOKEN and not _token_valid(request):
+    if settings.TASKHUB_METRICS_TOKEN and not _token_valid(request):
         response = JsonResponse({"detail": "A valid Bearer token is required."}, status=401)
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

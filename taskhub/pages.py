@@ -32,8 +32,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     config = {
         "user": {"id": request.user.pk, "username": request.user.get_username()},
         "kinds": sorted(registry.available_kinds()),
-        "defaultTimeout": settings.TASKHUB_DEFAULT_TIMEOUT,
-        "maxTimeout": settings.TASKHUB_MAX_TIMEOUT,
+        "defaultTimeout": settings.TASKHUB_TASK_DEFAULT_TIMEOUT,
+        "maxTimeout": settings.TASKHUB_TASK_MAX_TIMEOUT,
         "chatRoom": CHAT_ROOM,
         "loginUrl": settings.LOGIN_URL,
         # The state machine's sets, so dashboard.js keeps no copy that could drift:

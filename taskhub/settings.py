@@ -1,4 +1,15 @@
-"""TaskHub settings, read from the environment (see the README's settings table)."""
+"""TaskHub settings, read from the environment (see the README's settings table).
+
+One naming scheme (docs/architecture.md, "Settings"): an environment variable has a short
+name without a prefix (WS_MAX_FRAME_BYTES, CHAT_TYPING_INTERVAL), and that name never
+changes under a deployment. It sets Django's or a library's own setting where one exists
+(DEBUG, ALLOWED_HOSTS, DATABASES from DATABASE_URL, DATA_UPLOAD_MAX_MEMORY_SIZE from
+MAX_REQUEST_BYTES, REST_FRAMEWORK, CHANNEL_LAYERS, ...); otherwise TaskHub's own setting,
+named TASKHUB_ + the variable's name (WS_MAX_FRAME_BYTES -> settings.TASKHUB_WS_MAX_FRAME_BYTES,
+WORKER_SHUTDOWN_GRACE -> settings.TASKHUB_WORKER_SHUTDOWN_GRACE). TaskHub's constants carry
+TASKHUB_ too; values only this file uses start with `_`. taskhub/tests/test_architecture.py
+checks the scheme.
+"""
 
 from __future__ import annotations
 
@@ -113,12 +124,13 @@ TEMPLATES = [
 
 # --- Backing services -------------------------------------------------------------------
 
-DATABASE_URL = env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/taskhub")
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+_DATABASE_URL = env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/taskhub")
+# Read by what talks to Redis itself (the nudge flag, the socket registry, health).
+TASKHUB_REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 DATABASES = {
     "default": dj_database_url.parse(
-        DATABASE_URL,
+        _DATABASE_URL,
         # Persistent connections are per thread; under ASGI each request may run in a new
         # thread, so the default is 0 (Django's advice for async servers). Workers may raise it.
         conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0),
@@ -135,13 +147,13 @@ DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 # to GRPC_MAX_WORKERS calls; a Celery child uses one. Connections open on demand up to
 # the max and close again after 10 idle minutes down to the min.
 # A deployment that asked for persistent connections (DB_CONN_MAX_AGE) keeps them.
-DB_POOL_MAX = env_int("DB_POOL_MAX", 0 if DATABASES["default"]["CONN_MAX_AGE"] else 32, minimum=0)
-if DB_POOL_MAX:
+_DB_POOL_MAX = env_int("DB_POOL_MAX", 0 if DATABASES["default"]["CONN_MAX_AGE"] else 32, minimum=0)
+if _DB_POOL_MAX:
     if DATABASES["default"]["CONN_MAX_AGE"]:
         raise ImproperlyConfigured("DB_CONN_MAX_AGE must be 0 (or unset) when DB_POOL_MAX > 0")
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": min(env_int("DB_POOL_MIN", 2, minimum=0), DB_POOL_MAX),
-        "max_size": DB_POOL_MAX,
+        "min_size": min(env_int("DB_POOL_MIN", 2, minimum=0), _DB_POOL_MAX),
+        "max_size": _DB_POOL_MAX,
         # A request waits at most this long for a free connection, then answers 503
         # (taskhub/api_errors.py).
         "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),
@@ -158,7 +170,7 @@ CACHES = {
     "default": {
         # django-redis wrapped by django-prometheus (django_cache_get_{hits,misses}_total).
         "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
+        "LOCATION": TASKHUB_REDIS_URL,
         "KEY_PREFIX": "taskhub",
         "TIMEOUT": env_int("CACHE_TTL", 60, minimum=1),
         "OPTIONS": {
@@ -169,7 +181,7 @@ CACHES = {
     }
 }
 
-_REDIS_DB = redis.connection.parse_url(REDIS_URL).get("db", 0)
+_REDIS_DB = redis.connection.parse_url(TASKHUB_REDIS_URL).get("db", 0)
 CHANNEL_LAYERS = {
     "default": {
         # channels_redis' RedisPubSubChannelLayer, with the on_reconnect hook its README
@@ -190,7 +202,7 @@ CHANNEL_LAYERS = {
             # MaxConnectionsError under a burst.
             "hosts": [
                 {
-                    "address": REDIS_URL,
+                    "address": TASKHUB_REDIS_URL,
                     "socket_timeout": 5,
                     "socket_connect_timeout": 5,
                     "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000, minimum=10),
@@ -258,7 +270,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 256 * 1024, minimum=1
 
 # --- Celery (namespace CELERY_, read by taskhub/celery.py) ------------------------------
 
-CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_URL = TASKHUB_REDIS_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -292,19 +304,19 @@ TASKHUB_QUEUED_RESEND_AFTER = env_int("QUEUED_RESEND_AFTER", 60, minimum=1)
 TASKHUB_REAPER_INTERVAL = env_float("REAPER_INTERVAL", 30.0, minimum=1.0)
 # How long past its own deadline an in_progress task may go before the reaper ends it.
 TASKHUB_REAPER_GRACE = env_int("REAPER_GRACE", 60, minimum=1)
-TASKHUB_DEFAULT_TIMEOUT = env_int("TASK_DEFAULT_TIMEOUT", 240, minimum=1)
-TASKHUB_MAX_TIMEOUT = env_int("TASK_MAX_TIMEOUT", 3600, minimum=1)
+TASKHUB_TASK_DEFAULT_TIMEOUT = env_int("TASK_DEFAULT_TIMEOUT", 240, minimum=1)
+TASKHUB_TASK_MAX_TIMEOUT = env_int("TASK_MAX_TIMEOUT", 3600, minimum=1)
 # On SIGTERM a worker gives running processors this long to stop before it ends them.
-TASKHUB_SHUTDOWN_GRACE = env_float("WORKER_SHUTDOWN_GRACE", 10.0, minimum=0.0)
+TASKHUB_WORKER_SHUTDOWN_GRACE = env_float("WORKER_SHUTDOWN_GRACE", 10.0, minimum=0.0)
 TASKHUB_PROGRESS_MIN_INTERVAL = env_float("PROGRESS_MIN_INTERVAL", 0.25, minimum=0.0)
-TASKHUB_MAX_PARAMS_BYTES = env_int("TASK_MAX_PARAMS_BYTES", 16 * 1024, minimum=256)
+TASKHUB_TASK_MAX_PARAMS_BYTES = env_int("TASK_MAX_PARAMS_BYTES", 16 * 1024, minimum=256)
 # A processor's result is stored in the task row and sent in its task.updated event (to
 # every socket of the owner, in the event log, in every cached read): a larger result
 # fails the task with a message saying so, instead of slowing all of those down.
-TASKHUB_MAX_RESULT_BYTES = env_int("TASK_MAX_RESULT_BYTES", 1024 * 1024, minimum=1024)
+TASKHUB_TASK_MAX_RESULT_BYTES = env_int("TASK_MAX_RESULT_BYTES", 1024 * 1024, minimum=1024)
 # kind -> dotted path of a processor; a deployment adds its own with TASK_PROCESSORS
 # ("kind=package.module.function,kind2=...") without touching TaskHub's code.
-TASKHUB_PROCESSORS = {
+TASKHUB_TASK_PROCESSORS = {
     "simulate": "tasks.processors.builtin.simulate",
     "echo": "tasks.processors.builtin.echo",
     "wordcount": "tasks.processors.builtin.wordcount",
@@ -313,7 +325,7 @@ for _entry in env_list("TASK_PROCESSORS", []):
     _kind, _sep, _path = _entry.partition("=")
     if not _sep or not _kind.strip() or not _path.strip():
         raise ImproperlyConfigured(f"TASK_PROCESSORS entries are kind=dotted.path, got {_entry!r}")
-    TASKHUB_PROCESSORS[_kind.strip()] = _path.strip()
+    TASKHUB_TASK_PROCESSORS[_kind.strip()] = _path.strip()
 
 TASKHUB_SERVER_VERSION = "1.0.0"
 # This process's name in X-TaskHub-Server and the welcome frame (taskhub/instance.py);
@@ -322,9 +334,9 @@ TASKHUB_INSTANCE_NAME = env_str("INSTANCE_NAME")
 
 # --- Chat -------------------------------------------------------------------------------
 
-CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 2000, minimum=1)
+TASKHUB_CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 2000, minimum=1)
 # A user's typing hints in one room: at most one per this many seconds, extras dropped.
-CHAT_TYPING_INTERVAL = env_float("CHAT_TYPING_INTERVAL", 2.0, minimum=0.0)
+TASKHUB_CHAT_TYPING_INTERVAL = env_float("CHAT_TYPING_INTERVAL", 2.0, minimum=0.0)
 TASKHUB_EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", 7, minimum=1)
 
 # --- Search, metrics (docs/search.md, docs/metrics.md) ---------------------------------
@@ -332,23 +344,25 @@ TASKHUB_EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", 7, minimum=1)
 # tasks/migrations/0002_task_search_vector.py builds the stored tsvector from exactly these
 # text search configurations; SEARCH_CONFIGS may name any of them. Another language needs
 # a new migration that rebuilds the column, then its name here.
-SEARCH_INDEXED_CONFIGS = ("english", "russian")
-SEARCH_CONFIGS = env_list("SEARCH_CONFIGS", ["english", "russian"])
-if not SEARCH_CONFIGS or not set(SEARCH_CONFIGS) <= set(SEARCH_INDEXED_CONFIGS):
+TASKHUB_SEARCH_INDEXED_CONFIGS = ("english", "russian")
+TASKHUB_SEARCH_CONFIGS = env_list("SEARCH_CONFIGS", ["english", "russian"])
+if not TASKHUB_SEARCH_CONFIGS or not set(TASKHUB_SEARCH_CONFIGS) <= set(
+    TASKHUB_SEARCH_INDEXED_CONFIGS
+):
     raise ImproperlyConfigured(
-        f"SEARCH_CONFIGS must name one or more of {', '.join(SEARCH_INDEXED_CONFIGS)} (the "
-        f"configurations the search column is built from), got {SEARCH_CONFIGS!r}"
+        f"SEARCH_CONFIGS must name one or more of {', '.join(TASKHUB_SEARCH_INDEXED_CONFIGS)} (the "
+        f"configurations the search column is built from), got {TASKHUB_SEARCH_CONFIGS!r}"
     )
-SEARCH_MAX_QUERY_CHARS = env_int("SEARCH_MAX_QUERY_CHARS", 200, minimum=1)
+TASKHUB_SEARCH_MAX_QUERY_CHARS = env_int("SEARCH_MAX_QUERY_CHARS", 200, minimum=1)
 
 # /metrics: a Bearer token, source networks, or both (both must then pass). With neither
 # set only loopback may scrape; a token alone opens it to any network.
-METRICS_TOKEN = env_str("METRICS_TOKEN")
-METRICS_ALLOWED_NETWORKS = env_list(
+TASKHUB_METRICS_TOKEN = env_str("METRICS_TOKEN")
+TASKHUB_METRICS_ALLOWED_NETWORKS = env_list(
     "METRICS_ALLOWED_NETWORKS",
-    ["0.0.0.0/0", "::/0"] if METRICS_TOKEN else ["127.0.0.0/8", "::1/128"],
+    ["0.0.0.0/0", "::/0"] if TASKHUB_METRICS_TOKEN else ["127.0.0.0/8", "::1/128"],
 )
-for _network in METRICS_ALLOWED_NETWORKS:
+for _network in TASKHUB_METRICS_ALLOWED_NETWORKS:
     try:
         ip_network(_network, strict=False)
     except ValueError as _exc:
@@ -363,13 +377,13 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 # --- gRPC (manage.py grpcserver, docs/grpc.md) -----------------------------------------
 
-GRPC_PORT = env_int("GRPC_PORT", 50051, minimum=1)
+TASKHUB_GRPC_PORT = env_int("GRPC_PORT", 50051, minimum=1)
 # Like the web server, gRPC listens on loopback unless told otherwise: GRPC_HOST, else
 # HOST, else 127.0.0.1. Set GRPC_HOST=0.0.0.0 (or [::]) to serve other machines.
-GRPC_HOST = env_str("GRPC_HOST") or env_str("HOST") or "127.0.0.1"
+TASKHUB_GRPC_HOST = env_str("GRPC_HOST") or env_str("HOST") or "127.0.0.1"
 # Each RPC holds a thread for its whole life, a WatchTasks stream included, so this is
 # also the cap on concurrent watchers plus in-flight unary calls.
-GRPC_MAX_WORKERS = env_int("GRPC_MAX_WORKERS", 32, minimum=2)
+TASKHUB_GRPC_MAX_WORKERS = env_int("GRPC_MAX_WORKERS", 32, minimum=2)
 
 # --- WebSocket (notifications.consumers; every cap is documented in docs/protocol.md) -----
 
@@ -421,9 +435,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # X-Forwarded-For entry the nearest proxy wrote (deploy/nginx/proxy.conf overwrites it with
 # the address it saw), and https from X-Forwarded-Proto. With 0, a client that sent those
 # headers itself could dodge the rate limits or claim https.
-NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
-REST_FRAMEWORK["NUM_PROXIES"] = NUM_PROXIES
-if NUM_PROXIES:
+_NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+REST_FRAMEWORK["NUM_PROXIES"] = _NUM_PROXIES
+if _NUM_PROXIES:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)

@@ -10,7 +10,6 @@ from taskhub.exceptions import ConflictError
 from tasks import services
 from tasks.models import Task, TaskStatus
 
-
 # Set on the request when the service refused the change form's edit (save_model).
 EDIT_REFUSED = "_taskhub_task_edit_refused"
 
@@ -133,7 +132,7 @@ class TaskAdmin(admin.ModelAdmin):
     def get_changeform_initial_data(self, request: HttpRequest) -> dict:
         from django.conf import settings
 
-        return {"timeout": settings.TASKHUB_DEFAULT_TIMEOUT, "kind": "simulate"}
+        return {"timeout": settings.TASKHUB_TASK_DEFAULT_TIMEOUT, "kind": "simulate"}
 
     @admin.action(description="Retry selected failed/cancelled tasks")
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:

@@ -39,7 +39,9 @@ FLAG_TTL = 5
 def _client() -> redis.Redis:
     # redis-py's pool notices a fork and reconnects, so one client per process is safe
     # under Celery's prefork pool.
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return redis.Redis.from_url(
+        settings.TASKHUB_REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+    )
 
 
 def nudge_dispatcher() -> None:

@@ -101,10 +101,12 @@ def task_validate_run(*, kind: str, params: Any, timeout: int) -> None:
         errors["kind"] = [f"Unknown kind {kind!r}; known kinds: {known}."]
     if not isinstance(params, dict):
         errors["params"] = ["Must be a JSON object."]
-    elif len(json.dumps(params)) > settings.TASKHUB_MAX_PARAMS_BYTES:
-        errors["params"] = [f"Must be at most {settings.TASKHUB_MAX_PARAMS_BYTES} bytes of JSON."]
-    if not 1 <= timeout <= settings.TASKHUB_MAX_TIMEOUT:
-        errors["timeout"] = [f"Must be between 1 and {settings.TASKHUB_MAX_TIMEOUT} seconds."]
+    elif len(json.dumps(params)) > settings.TASKHUB_TASK_MAX_PARAMS_BYTES:
+        errors["params"] = [
+            f"Must be at most {settings.TASKHUB_TASK_MAX_PARAMS_BYTES} bytes of JSON."
+        ]
+    if not 1 <= timeout <= settings.TASKHUB_TASK_MAX_TIMEOUT:
+        errors["timeout"] = [f"Must be between 1 and {settings.TASKHUB_TASK_MAX_TIMEOUT} seconds."]
     if errors:
         raise ValidationError(errors)
 
@@ -121,7 +123,7 @@ def task_create(
 ) -> Task:
     """Insert a pending task; the dispatcher queues it (nudged right after commit)."""
     params = {} if params is None else params
-    timeout = settings.TASKHUB_DEFAULT_TIMEOUT if timeout is None else timeout
+    timeout = settings.TASKHUB_TASK_DEFAULT_TIMEOUT if timeout is None else timeout
     task_validate_run(kind=kind, params=params, timeout=timeout)
     with transaction.atomic():
         task = Task.objects.create(
@@ -290,7 +292,7 @@ def task_result_check(result: Any) -> None:
         encoded = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ResultRefused(f"result is not JSON: {exc}") from None
-    limit = settings.TASKHUB_MAX_RESULT_BYTES
+    limit = settings.TASKHUB_TASK_MAX_RESULT_BYTES
     if len(encoded.encode()) > limit:
         raise ResultRefused(
             f"result is {len(encoded.encode())} bytes of JSON; at most {limit} are kept"

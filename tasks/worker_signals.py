@@ -46,7 +46,9 @@ def _stop_running_tasks(sender: str, sig: str, how: str, exitcode: int, **kwargs
         "worker %s shutting down (%s): asked %s running task(s) to stop", worker, sig, asked
     )
     if asked:
-        timer = threading.Timer(settings.TASKHUB_SHUTDOWN_GRACE, _end_the_wait, args=(worker,))
+        timer = threading.Timer(
+            settings.TASKHUB_WORKER_SHUTDOWN_GRACE, _end_the_wait, args=(worker,)
+        )
         timer.daemon = True
         timer.start()
 

@@ -125,7 +125,7 @@ def test_empty_or_malformed_text_is_refused(general, bob, text):
 
 
 def test_text_is_capped_at_chat_max_message_chars(general, bob, settings):
-    settings.CHAT_MAX_MESSAGE_CHARS = 10
+    settings.TASKHUB_CHAT_MAX_MESSAGE_CHARS = 10
     services.chat_room_join(room=general, user=bob)
     services.chat_message_post(room=general, author=bob, text="x" * 10)
     with pytest.raises(ValidationError, match="at most 10"):
@@ -133,7 +133,7 @@ def test_text_is_capped_at_chat_max_message_chars(general, bob, settings):
 
 
 def test_default_cap_is_2000_characters(general, bob, settings):
-    assert settings.CHAT_MAX_MESSAGE_CHARS == 2000
+    assert settings.TASKHUB_CHAT_MAX_MESSAGE_CHARS == 2000
     services.chat_room_join(room=general, user=bob)
     services.chat_message_post(room=general, author=bob, text="x" * 2000)
     with pytest.raises(ValidationError):
@@ -277,7 +277,7 @@ def test_marking_read_a_message_of_another_room_is_refused(general, alice, priva
 
 
 def test_typing_is_rate_limited_per_user_and_room(general, alice, bob, listener, settings):
-    settings.CHAT_TYPING_INTERVAL = 30
+    settings.TASKHUB_CHAT_TYPING_INTERVAL = 30
     for user in (alice, bob):
         services.chat_room_join(room=general, user=user)
         cache.delete(f"chat:typing:{general.id}:{user.id}")

@@ -219,7 +219,7 @@ async def test_posting_to_a_room_this_tab_does_not_follow_still_acks(open_socket
 async def test_typing_reaches_the_room_and_is_rate_limited(
     open_socket, general, alice, bob, settings
 ):
-    settings.CHAT_TYPING_INTERVAL = 30  # nothing in this test may outlast the window
+    settings.TASKHUB_CHAT_TYPING_INTERVAL = 30  # nothing in this test may outlast the window
     alice_tab = await open_socket(alice)
     bob_tab = await open_socket(bob)
     await alice_tab.subscribe("general")

@@ -315,7 +315,7 @@ def test_another_channel_layer_gets_the_same_pushes_through_its_own_group_send(
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": settings.REDIS_URL, "socket_timeout": None}],
+                "hosts": [{"address": settings.TASKHUB_REDIS_URL, "socket_timeout": None}],
                 "prefix": "taskhub-test-list",
             },
         }

@@ -220,7 +220,7 @@ def test_a_missing_query_is_400(alice, client_for):
 
 
 def test_an_over_long_query_is_400_naming_the_limit(alice, client_for):
-    with override_settings(SEARCH_MAX_QUERY_CHARS=20):
+    with override_settings(TASKHUB_SEARCH_MAX_QUERY_CHARS=20):
         response = search(client_for(alice), "x" * 21)
         at_limit = search(client_for(alice), "x" * 20)
 

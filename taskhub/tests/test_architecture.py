@@ -366,3 +366,75 @@ def test_the_orm_write_finder_flags_a_view_that_saves(tmp_path):
         "views.py:8 consumer() calls .asave(",
         "views.py:9 consumer() calls .select_for_update(",
     ]
+
+
+# --- One naming scheme for settings (docs/architecture.md, "Settings") -----------------
+
+# Settings that Django, a library or startproject names; every other one is TaskHub's.
+LIBRARY_SETTINGS = {
+    "BASE_DIR",
+    "ROOT_URLCONF",
+    "ASGI_APPLICATION",
+    "CHANNEL_LAYERS",
+    "REST_FRAMEWORK",
+    "SIMPLE_JWT",
+    "SPECTACULAR_SETTINGS",
+}
+LIBRARY_PREFIXES = ("CELERY_", "SERVESTATIC_")
+ENV_READERS = {"env_str", "env_bool", "env_int", "env_float", "env_list", "env_rate"}
+
+
+def setting_name_problems(source: str) -> list[str]:
+    """Names in a settings module that break the scheme: a setting that is neither
+    Django's, a library's nor TASKHUB_*, or TASKHUB_X read from a variable other than X."""
+    from django.conf import global_settings
+
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            if not isinstance(target, ast.Name) or target.id.startswith("_"):
+                continue
+            name = target.id
+            if not name.isupper():
+                continue
+            if not (
+                name.startswith("TASKHUB_")
+                or hasattr(global_settings, name)
+                or name in LIBRARY_SETTINGS
+                or name.startswith(LIBRARY_PREFIXES)
+            ):
+                problems.append(f"{name}: not TASKHUB_*, nor Django's or a library's")
+            # The variable it is read from, when it is read straight from one (a fallback
+            # like `env_str("GRPC_HOST") or env_str("HOST")` names the first).
+            value = node.value.values[0] if isinstance(node.value, ast.BoolOp) else node.value
+            if (
+                name.startswith("TASKHUB_")
+                and isinstance(value, ast.Call)
+                and getattr(value.func, "id", None) in ENV_READERS
+                and isinstance(value.args[0], ast.Constant)
+                and name != f"TASKHUB_{value.args[0].value}"
+            ):
+                problems.append(f"{name}: read from {value.args[0].value}")
+    return problems
+
+
+def test_every_setting_follows_the_naming_scheme():
+    assert setting_name_problems((ROOT / "taskhub" / "settings.py").read_text()) == []
+
+
+def test_the_naming_check_flags_a_setting_off_the_scheme():
+    source = (
+        "DEBUG = env_bool('DEBUG', False)\n"
+        "CELERY_BROKER_URL = 'redis://'\n"
+        "TASKHUB_WS_IDLE_TIMEOUT = env_float('WS_IDLE_TIMEOUT', 120.0)\n"
+        "TASKHUB_SHUTDOWN_GRACE = env_float('WORKER_SHUTDOWN_GRACE', 10.0)\n"
+        "CHAT_TYPING_INTERVAL = env_float('CHAT_TYPING_INTERVAL', 2.0)\n"
+        "TASKHUB_GRPC_HOST = env_str('GRPC_HOST') or env_str('HOST') or '127.0.0.1'\n"
+        "_DB_POOL_MAX = env_int('DB_POOL_MAX', 32)\n"
+    )
+    assert setting_name_problems(source) == [
+        "TASKHUB_SHUTDOWN_GRACE: read from WORKER_SHUTDOWN_GRACE",
+        "CHAT_TYPING_INTERVAL: not TASKHUB_*, nor Django's or a library's",
+    ]

@@ -138,7 +138,7 @@ def test_by_default_only_loopback_may_scrape():
     assert refused.json() == {"detail": "Metrics are not served to this address."}
 
 
-@override_settings(METRICS_ALLOWED_NETWORKS=["10.0.0.0/8", "fd00::/8"])
+@override_settings(TASKHUB_METRICS_ALLOWED_NETWORKS=["10.0.0.0/8", "fd00::/8"])
 def test_allowed_networks_are_cidrs():
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
     assert Client(REMOTE_ADDR="fd00::5").get("/metrics").status_code == 200
@@ -146,7 +146,9 @@ def test_allowed_networks_are_cidrs():
     assert Client(REMOTE_ADDR="192.168.1.1").get("/metrics").status_code == 403
 
 
-@override_settings(METRICS_TOKEN="s3cret-token", METRICS_ALLOWED_NETWORKS=["0.0.0.0/0", "::/0"])
+@override_settings(
+    TASKHUB_METRICS_TOKEN="s3cret-token", TASKHUB_METRICS_ALLOWED_NETWORKS=["0.0.0.0/0", "::/0"]
+)
 def test_a_token_is_required_when_one_is_set():
     anywhere = Client(REMOTE_ADDR="203.0.113.9")
 
@@ -162,7 +164,9 @@ def test_a_token_is_required_when_one_is_set():
     assert b"taskhub_tasks" in right.content
 
 
-@override_settings(METRICS_TOKEN="s3cret-token", METRICS_ALLOWED_NETWORKS=["127.0.0.0/8"])
+@override_settings(
+    TASKHUB_METRICS_TOKEN="s3cret-token", TASKHUB_METRICS_ALLOWED_NETWORKS=["127.0.0.0/8"]
+)
 def test_token_and_networks_together_both_must_pass():
     token = {"HTTP_AUTHORIZATION": "Bearer s3cret-token"}
 

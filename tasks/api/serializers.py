@@ -119,7 +119,7 @@ class TaskCreateInputSerializer(serializers.Serializer):
             services.task_validate_run(
                 kind=run.get("kind", "simulate"),
                 params=run.get("params", {}),
-                timeout=run.get("timeout") or settings.TASKHUB_DEFAULT_TIMEOUT,
+                timeout=run.get("timeout") or settings.TASKHUB_TASK_DEFAULT_TIMEOUT,
             )
         except DjangoValidationError as exc:
             for name, messages in exc.message_dict.items():

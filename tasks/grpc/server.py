@@ -251,13 +251,13 @@ def create_server(
 ) -> TaskHubGrpcServer:
     """A TaskService server bound to host:port (0: any free port; see `.port`), not started.
 
-    `host` defaults to settings.GRPC_HOST (loopback unless configured: no listener is
+    `host` defaults to settings.TASKHUB_GRPC_HOST (loopback unless configured: no listener is
     wider than the operator chose). Raises RuntimeError if the port cannot be bound.
     """
-    host = host or settings.GRPC_HOST
+    host = host or settings.TASKHUB_GRPC_HOST
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal, as gRPC's target syntax wants it
-    max_workers = max_workers or settings.GRPC_MAX_WORKERS
+    max_workers = max_workers or settings.TASKHUB_GRPC_MAX_WORKERS
     if max_workers < 2:
         raise ValueError("max_workers must be at least 2")
     server = grpc.server(

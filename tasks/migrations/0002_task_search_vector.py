@@ -12,8 +12,8 @@ Layout, each part separated by a filler lexeme '-' placed 50 positions further o
 
 - Title weighs more than description (A = 1.0, B = 0.4 in ts_rank_cd).
 - english + russian stem ("running" -> run, "задачи" -> задач): a query is OR-ed over
-  the configurations in settings.SEARCH_CONFIGS, which must be a subset of these
-  (settings.SEARCH_INDEXED_CONFIGS). Another language needs a new migration.
+  the configurations in settings.TASKHUB_SEARCH_CONFIGS, which must be a subset of these
+  (settings.TASKHUB_SEARCH_INDEXED_CONFIGS). Another language needs a new migration.
 - simple keeps whole words so a prefix query ("deploym:*") finds "deployment" although
   the english stem is "deploy".
 - tsvector || tsvector shifts the right side's positions by the left side's largest one,

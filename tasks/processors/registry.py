@@ -1,4 +1,4 @@
-"""kind -> processor, from settings.TASKHUB_PROCESSORS (extend it with TASK_PROCESSORS).
+"""kind -> processor, from settings.TASKHUB_TASK_PROCESSORS (extend it with TASK_PROCESSORS).
 
 A processor is a callable `processor(ctx: ProcessorContext) -> JSON-serialisable result`.
 It raises to fail the task, calls ctx.report_progress(0..100) as it goes and
@@ -21,10 +21,10 @@ Processor = Callable[["ProcessorContext"], Any]
 
 
 def available_kinds() -> frozenset[str]:
-    return frozenset(settings.TASKHUB_PROCESSORS)
+    return frozenset(settings.TASKHUB_TASK_PROCESSORS)
 
 
 @cache
 def get_processor(kind: str) -> Processor:
     """Import the processor for `kind`; KeyError if no such kind is configured."""
-    return import_string(settings.TASKHUB_PROCESSORS[kind])
+    return import_string(settings.TASKHUB_TASK_PROCESSORS[kind])

@@ -11,5 +11,5 @@ from tasks.models import Task, TaskStatus
 
 def make_task(*, owner=None, status: str = TaskStatus.PENDING, **fields: Any) -> Task:
     fields.setdefault("title", "a task")
-    fields.setdefault("timeout", settings.TASKHUB_DEFAULT_TIMEOUT)
+    fields.setdefault("timeout", settings.TASKHUB_TASK_DEFAULT_TIMEOUT)
     return Task.objects.create(owner=owner, status=status, **fields)

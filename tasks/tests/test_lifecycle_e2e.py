@@ -23,8 +23,8 @@ STUBBORN = "stubborn=tasks.tests.processors.stubborn"
 
 @pytest.fixture
 def stubborn_kind(settings):
-    settings.TASKHUB_PROCESSORS = {
-        **settings.TASKHUB_PROCESSORS,
+    settings.TASKHUB_TASK_PROCESSORS = {
+        **settings.TASKHUB_TASK_PROCESSORS,
         "stubborn": "tasks.tests.processors.stubborn",
     }
 

@@ -23,7 +23,7 @@ ENV = "returns=tasks.tests.processors.returns,raises=tasks.tests.processors.rais
 
 @pytest.fixture(autouse=True)
 def misbehaving_kinds(settings):
-    settings.TASKHUB_PROCESSORS = {**settings.TASKHUB_PROCESSORS, **MISBEHAVING}
+    settings.TASKHUB_TASK_PROCESSORS = {**settings.TASKHUB_TASK_PROCESSORS, **MISBEHAVING}
 
 
 def run(alice, kind: str, **params) -> Task:
@@ -58,7 +58,7 @@ def test_a_result_that_is_not_json_fails_the_task_at_once_saying_so(alice, what,
 
 @pytest.mark.django_db
 def test_a_result_over_the_limit_fails_the_task_naming_both_sizes(alice, settings):
-    settings.TASKHUB_MAX_RESULT_BYTES = 1024 * 1024
+    settings.TASKHUB_TASK_MAX_RESULT_BYTES = 1024 * 1024
 
     task = run(alice, "returns", what="megabytes", bytes=10 * 1024 * 1024)
 
@@ -68,7 +68,7 @@ def test_a_result_over_the_limit_fails_the_task_naming_both_sizes(alice, setting
 
 @pytest.mark.django_db
 def test_a_result_within_the_limit_is_kept(alice, settings):
-    settings.TASKHUB_MAX_RESULT_BYTES = 1024 * 1024
+    settings.TASKHUB_TASK_MAX_RESULT_BYTES = 1024 * 1024
 
     task = run(alice, "returns", what="megabytes", bytes=1000)
 

@@ -20,7 +20,7 @@ def test_create_inserts_a_pending_task_with_the_default_timeout(alice, settings)
     task.refresh_from_db()
     assert task.status == TaskStatus.PENDING
     assert task.kind == "simulate"
-    assert task.timeout == settings.TASKHUB_DEFAULT_TIMEOUT == 240
+    assert task.timeout == settings.TASKHUB_TASK_DEFAULT_TIMEOUT == 240
     assert task.attempts == 1
 
 

@@ -42,8 +42,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        port = settings.GRPC_PORT if options["port"] is None else options["port"]
-        host = settings.GRPC_HOST if options["host"] is None else options["host"]
+        port = settings.TASKHUB_GRPC_PORT if options["port"] is None else options["port"]
+        host = settings.TASKHUB_GRPC_HOST if options["host"] is None else options["host"]
         try:
             grpc_server = create_server(port=port, host=host, max_workers=options["max_workers"])
         except (RuntimeError, ValueError) as exc:
