@@ -20,4 +20,5 @@ RUN useradd --system --uid 1000 taskhub \
     && chown taskhub /app/.data /var/lib/taskhub/prometheus
 USER taskhub
 EXPOSE 8000 50051
-CMD ["sh", "-c", "daphne -b 0.0.0.0 -p ${PORT:-8000} taskhub.asgi:application"]
+# Daphne through TaskHub's entry point (taskhub/daphne_server.py), as docker-compose.yml.
+CMD ["sh", "-c", "exec python -m taskhub.daphne_server -b 0.0.0.0 -p ${PORT:-8000} taskhub.asgi:application"]

@@ -22,6 +22,7 @@ from typing import Any
 # Not resolved: .venv/bin/python is a symlink to the base interpreter, the scripts are here.
 BIN_DIR = Path(sys.executable).parent
 ASGI_APPLICATION = "taskhub.asgi:application"
+WEB_SERVER = "taskhub.daphne_server"
 CELERY_APP = "taskhub"
 
 # --- spawning ------------------------------------------------------------------------------
@@ -93,8 +94,10 @@ class Command:
 
 
 def web(host: str, port: int) -> Command:
-    """Daphne serving everything HTTP and the WebSocket."""
-    return Command("daphne", ("-b", host, "-p", str(port), ASGI_APPLICATION))
+    """Daphne serving everything HTTP and the WebSocket, through TaskHub's entry point
+    (taskhub/daphne_server.py: Daphne's command line plus the WebSocket limits and the
+    access log redaction its options do not reach)."""
+    return Command("python", ("-m", WEB_SERVER, "-b", host, "-p", str(port), ASGI_APPLICATION))
 
 
 def worker(

@@ -66,8 +66,9 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_IDLE = 4408
 CLOSE_TOO_MANY = 4429
-# RFC 6455 "try again later": a backing service (Redis, PostgreSQL) failed at connect.
-CLOSE_TRY_AGAIN_LATER = 1013
+# A backing service (Redis, PostgreSQL) failed at connect: reconnect with backoff. Not
+# RFC 6455's 1013: autobahn (Daphne) refuses to send it and closes with 1011 instead.
+CLOSE_SERVICE_UNAVAILABLE = 4503
 
 # The consumer's own handlers by client frame type (method names: one table for all
 # sockets, not per socket). Other apps' commands (chat's) come from
@@ -497,7 +498,7 @@ class EventConsumer(AsyncWebsocketConsumer):
             await self.send_frame(self._welcome())
         except Exception:
             logger.exception("websocket setup failed for user %s", user.pk)
-            await self._close(CLOSE_TRY_AGAIN_LATER)
+            await self._close(CLOSE_SERVICE_UNAVAILABLE)
             return
         self._idle_timeout = settings.TASKHUB_WS_IDLE_TIMEOUT
         self._sweep_mark = self._last_id

@@ -1,0 +1,114 @@
+"""Hostile frames and failing backing services against a real web process (the process
+table's `web` line, devserver/processes.py): what a client gets is a close frame with a
+code it can act on (docs/protocol.md, "Close codes"), never a bare TCP reset, and the
+process keeps serving everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from conftest import access_token_for
+from devserver import testing
+from notifications.consumers import CLOSE_SERVICE_UNAVAILABLE
+from notifications.tests.raw_ws import OP_CLOSE, OP_TEXT, RawWebSocket, frame_header, masked
+from notifications.tests.test_push_path import own_redis  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+MAX_FRAME = 64 * 1024  # WS_MAX_FRAME_BYTES, set explicitly below
+
+
+@pytest.fixture
+def web(transactional_db, clean_connection_registry) -> Iterator[tuple[Any, str]]:
+    process, base_url = testing.start_daphne(extra_env={"WS_MAX_FRAME_BYTES": str(MAX_FRAME)})
+    yield process, base_url
+    process.stop()
+
+
+def open_raw(base_url: str, user) -> RawWebSocket:
+    socket = RawWebSocket.connect(base_url, f"/ws?token={access_token_for(user)}")
+    welcome = socket.receive()
+    assert json.loads(welcome.payload)["type"] == "welcome", welcome
+    return socket
+
+
+def ping(socket: RawWebSocket, *, padding: int = 0) -> dict:
+    message = {"type": "ping", "ref": "p"}
+    if padding:
+        message["pad"] = "x" * padding
+    socket.send_frame(OP_TEXT, json.dumps(message).encode())
+    reply = socket.receive()
+    assert reply.opcode == OP_TEXT, reply
+    return json.loads(reply.payload)
+
+
+def test_a_frame_over_the_limit_is_refused_with_1009_as_its_header_arrives(alice, bob, web):
+    process, base_url = web
+    socket = open_raw(base_url, alice)
+    mask = os.urandom(4)
+    # A 2 MiB frame of which only the header and 4 KiB are ever sent: the server can only
+    # answer if it refuses on the announced length, before buffering the payload.
+    socket.send_raw(frame_header(OP_TEXT, 2 * 1024 * 1024, mask=mask) + masked(b"x" * 4096, mask))
+
+    assert socket.receive_close().close_code == 1009
+    socket.close()
+
+    # The process goes on serving: another user's socket, and a frame just under the limit.
+    other = open_raw(base_url, bob)
+    assert ping(other, padding=MAX_FRAME - 100)["type"] == "pong"
+    other.close()
+    assert "Traceback" not in process.output
+
+
+def test_a_message_fragmented_past_the_limit_is_refused_with_1009(alice, web):
+    _, base_url = web
+    socket = open_raw(base_url, alice)
+    half = b"x" * (MAX_FRAME // 2 + 1)
+    socket.send_frame(OP_TEXT, b'{"type":"ping","pad":"' + half, fin=False)
+    socket.send_frame(0x0, half, fin=False)  # continuation: the message is now over the limit
+
+    assert socket.receive_close().close_code == 1009
+
+
+def test_invalid_utf8_in_a_text_frame_is_refused_with_1007(alice, bob, web):
+    process, base_url = web
+    socket = open_raw(base_url, alice)
+    socket.send_frame(OP_TEXT, b'{"type":"ping","ref":"\xff\xfe"}')
+
+    close = socket.receive_close()
+    assert (close.opcode, close.close_code) == (OP_CLOSE, 1007)
+
+    other = open_raw(base_url, bob)
+    assert ping(other)["type"] == "pong"
+    assert "Traceback" not in process.output
+
+
+def test_a_connect_whose_registration_fails_is_closed_with_4503(alice, own_redis):  # noqa: F811
+    # The channel layer (SUBSCRIBE, PUBLISH) works; the connection registry's script is
+    # refused, as a failing Redis refuses it: the consumer's set-up fails after accept.
+    redis.Redis.from_url(own_redis.url).acl_setuser(
+        "default", enabled=True, nopass=True, commands=["+@all", "-eval", "-evalsha"],
+        keys=["*"], channels=["*"], reset=False,
+    )  # fmt: skip
+    process, base_url = testing.start_daphne(extra_env={"REDIS_URL": own_redis.url})
+    try:
+
+        async def scenario() -> int | None:
+            url = base_url.replace("http://", "ws://") + f"/ws?token={access_token_for(alice)}"
+            async with ws_connect(url) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 30)
+            return closed.value.rcvd.code if closed.value.rcvd else None
+
+        assert asyncio.run(scenario()) == CLOSE_SERVICE_UNAVAILABLE == 4503
+    finally:
+        process.stop()
