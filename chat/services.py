@@ -184,6 +184,14 @@ def _clean_text(text: Any) -> str:
     return text
 
 
+def _require_active(user: AbstractBaseUser) -> None:
+    """A WebSocket's user was loaded at connect: a post or edit sent after the account's
+    deactivation committed, before the socket's close arrives (taskhub/accounts.py),
+    must not be stored. One primary-key read."""
+    if not type(user)._default_manager.filter(pk=user.pk, is_active=True).exists():
+        raise PermissionDenied("This account is no longer active.")
+
+
 def chat_message_post(
     *,
     room: ChatRoom,
@@ -197,6 +205,7 @@ def chat_message_post(
     reply_to/ref: the poster's channel and request ref, so its own copy carries the ref.
     """
     text = _clean_text(text)
+    _require_active(author)
     if selectors.chat_participant_get(room=room, user=author) is None:
         raise PermissionDenied("Join the room before posting.")
     with transaction.atomic():
@@ -223,6 +232,7 @@ def chat_message_edit(
     text = _clean_text(text)
     if message.author_id is None or message.author_id != editor.pk:
         raise PermissionDenied("Only the author can edit a message.")
+    _require_active(editor)
     with transaction.atomic():
         # The row lock orders concurrent edits: the last to commit is the last broadcast.
         locked = Message.objects.select_for_update().get(pk=message.pk)

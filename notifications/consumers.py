@@ -55,7 +55,12 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from notifications import protocol, selectors, services
-from notifications.middleware import forget_user, subprotocol_to_accept
+from notifications.middleware import (
+    forget_user,
+    scope_session_key,
+    session_group,
+    subprotocol_to_accept,
+)
 from taskhub import metrics
 from taskhub.instance import instance_name
 
@@ -493,6 +498,10 @@ class EventConsumer(AsyncWebsocketConsumer):
                 return
             # Join before reading the log: see "why none is lost" in the module docstring.
             await self.join_group(protocol.user_group(user.pk))
+            # A signed-in page's socket ends when its session logs out (session_revoked).
+            session_key = scope_session_key(self.scope)
+            if session_key:
+                await self.join_group(session_group(session_key))
             async with self._delivery_lock:
                 self._last_id = await selectors.anewest_event_id(user_id=user.pk)
             await self.send_frame(self._welcome())
@@ -575,6 +584,21 @@ class EventConsumer(AsyncWebsocketConsumer):
     async def _close_deactivated(self) -> None:
         await self.reply_error("unauthenticated", "This account is no longer active.")
         await self._close(CLOSE_UNAUTHENTICATED)
+
+    async def session_revoked(self, message: dict[str, Any]) -> None:
+        """The account was deactivated or deleted, or the session this socket signed in
+        with logged out (taskhub/accounts.py pushes it after commit): close with 4401 now,
+        not at the hub's next sweep. Channels hands a consumer one message at a time, so
+        no client frame is handled between this and the close."""
+        if self._closed or self.user is None:
+            return
+        socket_hub().sockets.discard(self)
+        if message.get("reason") == "logged_out":
+            await self.reply_error("unauthenticated", "This session has ended; sign in again.")
+            await self._close(CLOSE_UNAUTHENTICATED)
+            return
+        forget_user(self.user.pk)  # a new socket of this process looks the user up again
+        await self._close_deactivated()
 
     # --- Client -> server ----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ not tell a bad token (4401, log in again) from a foreign page (4403) or a networ
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -22,6 +23,24 @@ from rest_framework_simplejwt.tokens import AccessToken
 from notifications import selectors
 
 CLOSE_FORBIDDEN_ORIGIN = 4403
+
+# The group message that ends a socket at once (consumers.EventConsumer.session_revoked),
+# sent to a user's group when the account is deactivated or deleted, and to a session's
+# group when that session logs out (taskhub/accounts.py).
+SESSION_REVOKED = "session.revoked"
+
+
+def session_group(session_key: str) -> str:
+    """The Channels group of the sockets a browser session opened. A hash: the key itself
+    is a credential, and group names travel through Redis."""
+    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
+def scope_session_key(scope: dict[str, Any]) -> str | None:
+    """The session key a socket authenticated with; None when a token authenticated it."""
+    if scope.get("auth_via") == "token":
+        return None
+    return getattr(scope.get("session"), "session_key", None)
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -149,6 +168,7 @@ class JWTAuthMiddleware:
         if raw_token is None:
             return await self.session_application(scope, receive, send)
         scope = dict(scope)
+        scope["auth_via"] = "token"
         scope["user"] = await user_from_token(raw_token)
         scope["auth_subprotocol"] = subprotocol
         return await self.application(scope, receive, send)
