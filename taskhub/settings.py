@@ -452,7 +452,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # Redacted: no token (query string, JWT, Bearer) reaches a log, whatever logs it
+        # (taskhub/redaction.py; Daphne's access log is redacted in taskhub/daphne_server.py).
+        "plain": {
+            "()": "taskhub.redaction.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
     },
     "filters": {"drop_routine_ticks": {"()": "taskhub.log_filters.DropRoutineTicks"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
