@@ -236,7 +236,9 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        # simplejwt's, with the user row cached for REST_AUTH_CACHE_SECONDS per process
+        # (taskhub/auth_jwt.py says how stale a deactivation can be, and where).
+        "taskhub.auth_jwt.CachedJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -412,6 +414,8 @@ TASKHUB_WS_PRESENCE_REFRESH = env_float("WS_PRESENCE_REFRESH", 60.0, minimum=1.0
 # (a connect storm costs no query per socket): a deactivated user's new sockets are
 # refused at most this long after, and their open ones closed by the next sweep.
 TASKHUB_WS_AUTH_CACHE_SECONDS = env_float("WS_AUTH_CACHE_SECONDS", 30.0, minimum=0.0)
+# How long one process trusts a REST token's user row (taskhub/auth_jwt.py); 0: no cache.
+TASKHUB_REST_AUTH_CACHE_SECONDS = env_float("REST_AUTH_CACHE_SECONDS", 5.0, minimum=0.0)
 # The sockets' own small pool of async PostgreSQL connections per web process
 # (notifications.selectors): its size and how long a read waits for a free connection.
 TASKHUB_WS_DB_POOL_SIZE = env_int("WS_DB_POOL_SIZE", 4, minimum=1)
