@@ -18,10 +18,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from taskhub.celery import app
 from taskhub.outages import REDIS, is_redis_outage
+
+if TYPE_CHECKING:
+    from tasks.models import Task
 
 logger = logging.getLogger("tasks")
 
@@ -36,6 +40,12 @@ PRUNE_OLD_EVENTS = "notifications.prune_old_events"
 HARD_LIMIT_MARGIN = 30
 
 
+# A keyword of TaskHub's own revoke broadcast (a cancel's): the workers' revoke command
+# (tasks/worker_signals.py) leaves those to the cancel that sent them and records every
+# other revoke, the celery CLI's, as a cancel.
+TASKHUB_CANCEL = "taskhub_cancel"
+
+
 @dataclass(frozen=True)
 class RunOrder:
     """What one run message carries; built by the dispatcher inside its transaction."""
@@ -43,12 +53,29 @@ class RunOrder:
     task_id: str
     attempt: int
     timeout: int
+    kind: str = ""
+    owner_id: int | None = None
+
+    @classmethod
+    def of(cls, task: Task) -> RunOrder:
+        return cls(str(task.pk), task.attempts, task.timeout, task.kind, task.owner_id)
 
 
 def run_message_id(task_id: UUID | str, attempt: int) -> str:
     """The Celery id of one attempt's run message: a revoke of attempt 1 never blocks
-    attempt 2."""
+    attempt 2 (Celery keeps revoked ids for hours; a retry reusing the id would be
+    discarded by every worker that saw the revoke)."""
     return f"{task_id}:{attempt}"
+
+
+def parse_run_message_id(celery_id: str) -> tuple[UUID, int | None] | None:
+    """(task id, attempt) of a run message's Celery id, (task id, None) of a bare TaskHub
+    task id (what an operator copies from the admin), None for anything else."""
+    task_id, _, attempt = celery_id.partition(":")
+    try:
+        return UUID(task_id), (int(attempt) if attempt else None)
+    except ValueError:
+        return None
 
 
 def send_run_messages(orders: Iterable[RunOrder]) -> None:
@@ -58,6 +85,10 @@ def send_run_messages(orders: Iterable[RunOrder]) -> None:
             app.send_task(
                 RUN_TASK,
                 args=[order.task_id],
+                # Only for operators: `celery inspect active|reserved` shows them, so a
+                # message maps to its task, kind and owner without a database query
+                # (docs/operations.md).
+                kwargs={"kind": order.kind, "owner_id": order.owner_id, "attempt": order.attempt},
                 task_id=run_message_id(order.task_id, order.attempt),
                 soft_time_limit=order.timeout,
                 time_limit=order.timeout + HARD_LIMIT_MARGIN,
@@ -80,7 +111,7 @@ def revoke_run_message(task_id: UUID | str, attempt: int) -> None:
     """Tell the workers not to start this attempt (a cancel's broadcast; the cooperative
     stop at the next checkpoint works without it, so a failure is only logged)."""
     try:
-        app.control.revoke(run_message_id(task_id, attempt))
+        app.control.revoke(run_message_id(task_id, attempt), **{TASKHUB_CANCEL: True})
     except Exception as exc:
         if is_redis_outage(exc):
             REDIS.failed(exc, "revokes are not sent; cancels wait for the next checkpoint")

@@ -35,6 +35,8 @@ NOT_STARTED = frozenset({TaskStatus.PENDING, TaskStatus.QUEUED})
 INTERRUPTED_BY_SHUTDOWN = "interrupted by worker shutdown; retry to run it again"
 WORKER_RESTARTED = "the worker running this task was restarted; retry to run it again"
 WORKER_LOST = "the worker running this task stopped responding; retry to run it again"
+CANCELLED_ON_REQUEST = "cancelled on request"
+REVOKED_FROM_CLI = "revoked from the celery CLI"
 
 
 # --- Events ------------------------------------------------------------------------------
@@ -250,13 +252,15 @@ def task_fail(*, task_id: UUID | str, error: str) -> Task | None:
 
 
 def task_mark_cancelled(
-    *, task_id: UUID | str, only_from: frozenset[str] | None = None
+    *, task_id: UUID | str, only_from: frozenset[str] | None = None, reason: str = ""
 ) -> Task | None:
+    """-> cancelled, saying why: `reason`, else the one a stop request left on the row
+    (task_revoke's), else "cancelled on request"."""
     return task_transition(
         task_id=task_id,
         to=TaskStatus.CANCELLED,
         only_from=only_from,
-        error="cancelled on request",
+        error=lambda locked: reason or locked.error or CANCELLED_ON_REQUEST,
         finished_at=timezone.now(),
     )
 
@@ -310,6 +314,22 @@ def _reconnect_if_broken() -> None:
         connection.close()
 
 
+def _ended_by_signal(exc: BaseException) -> bool:
+    """A Celery pool process turns the signal that ends it (SIGTERM from a cold shutdown
+    or `celery control terminate`) into SystemExit(-(256 - signum)) (billiard's
+    reset_signals), so that the run's `finally` blocks and this handler still run."""
+    return isinstance(exc, SystemExit) and isinstance(exc.code, int) and -256 < exc.code < -192
+
+
+def _record_interrupted_run(task_id: UUID | str) -> None:
+    """The worker ends this run: cancelled if a cancel was asked for (a revoke from the
+    celery CLI asks before it terminates), else failed and retryable."""
+    if Task.objects.filter(pk=task_id, stop_requested=StopRequest.CANCEL).exists():
+        task_mark_cancelled(task_id=task_id)
+    else:
+        task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
+
+
 def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
     """Run one queued task to its end: claim it (queued -> in_progress), run its processor,
     record how it ended (completed | failed | cancelled). None if it was not queued any
@@ -347,13 +367,16 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
         return task_fail(task_id=task_id, error=str(refused))
     except KeyboardInterrupt:
         _reconnect_if_broken()
-        task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
+        _record_interrupted_run(task_id)
         raise
     except BaseException as exc:  # a processor's SystemExit fails its task like any error
         # The processor's own query may have broken the connection (a PostgreSQL restart,
         # a killed session): recording the failure on it would raise again and leave the
         # task to the reaper.
         _reconnect_if_broken()
+        if _ended_by_signal(exc):
+            _record_interrupted_run(task_id)
+            raise
         logger.info("task %s failed: %s: %s", task_id, type(exc).__name__, exc)
         return task_fail(task_id=task_id, error=f"{type(exc).__name__}: {exc}")
     try:
@@ -394,6 +417,41 @@ def task_cancel(*, task: Task) -> Task:
                 f"Task is already {task.status}; only an unfinished task can be cancelled."
             )
     raise ConflictError("Task is changing state too fast to cancel; try again.")
+
+
+def task_revoke(
+    *, task_id: UUID | str, attempt: int | None, terminated: bool = False
+) -> tuple[Task | None, str]:
+    """A revoke from outside TaskHub (the celery CLI, tasks/worker_signals.py) recorded as
+    a cancel, so TaskHub's state, not Celery's in-memory revoke list, keeps the task from
+    running after any worker restart. Returns the task (None if unknown) and what was done,
+    in words for the CLI's reply.
+
+    `attempt` (from the Celery id `<task id>:<attempt>`; None for a bare task id) must be
+    the task's current one: a revoke of attempt 1 never cancels its retry. Not started:
+    cancelled now. Running: `terminated` (the worker killed the process running it) is
+    cancelled now; otherwise the processor is asked to stop at its next checkpoint, with the
+    reason left on the row for the runner's cancel. Idempotent: every worker receives the
+    broadcast and calls this.
+    """
+    with transaction.atomic():
+        task = Task.objects.select_for_update().filter(pk=task_id).first()
+        if task is None:
+            return None, "not a TaskHub task"
+        if attempt is not None and attempt != task.attempts:
+            return task, f"attempt {attempt} is over (the task is at attempt {task.attempts})"
+        if task.status in NOT_STARTED or (terminated and task.status == TaskStatus.IN_PROGRESS):
+            task_mark_cancelled(task_id=task.pk, reason=REVOKED_FROM_CLI)
+            task.refresh_from_db()
+            return task, "cancelled"
+        if task.status == TaskStatus.IN_PROGRESS:
+            if task.stop_requested != StopRequest.CANCEL:
+                task.stop_requested = StopRequest.CANCEL
+                task.error = REVOKED_FROM_CLI
+                task.save(update_fields=["stop_requested", "error", "updated_at"])
+                logger.warning("task %s %s: cancel requested", task.pk, REVOKED_FROM_CLI)
+            return task, "cancel requested; it stops at its next checkpoint"
+        return task, f"already {task.status}"
 
 
 def task_retry(*, task: Task) -> Task:
@@ -452,7 +510,7 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
             task.queued_at = now
             task.save(update_fields=["status", "queued_at", "updated_at"])
             _record_change(task, previous_status=TaskStatus.PENDING)
-            orders.append(queue.RunOrder(str(task.pk), task.attempts, task.timeout))
+            orders.append(queue.RunOrder.of(task))
 
         stale = list(
             Task.objects.select_for_update(skip_locked=True)
@@ -466,7 +524,7 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
             logger.warning(
                 "task %s queued since %s: re-sending its run message", task.pk, task.queued_at
             )
-            orders.append(queue.RunOrder(str(task.pk), task.attempts, task.timeout))
+            orders.append(queue.RunOrder.of(task))
         if stale:
             # The rows are locked above; restart their resend clock in one statement.
             Task.objects.filter(pk__in=[task.pk for task in stale]).update(queued_at=now)

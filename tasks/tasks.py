@@ -22,8 +22,9 @@ def reap_stalled_tasks() -> int:
 
 
 @shared_task(name=queue.RUN_TASK, bind=True, ignore_result=True)
-def run_task(self, task_id: str) -> None:
+def run_task(self, task_id: str, **labels: object) -> None:
     """Run one task (services.task_run). A duplicate message (a re-send, a redelivery)
-    finds the task no longer queued and does nothing."""
+    finds the task no longer queued and does nothing. `labels` (kind, owner_id, attempt)
+    are for operators reading `celery inspect`; the row is the truth, so they are unused."""
     if services.task_run(task_id=task_id, worker=self.request.hostname or "") is None:
         logger.info("task %s not queued any more; message ignored", task_id)

@@ -1,11 +1,25 @@
-"""Graceful shutdown of a Celery worker: no task is left in_progress by a stop.
+"""What a worker process does for TaskHub beyond running tasks: a stop leaves no task
+in_progress, and the celery CLI's revoke and terminate end the task in TaskHub.
 
-On SIGTERM Celery's warm shutdown stops consuming and waits for running tasks. We make
+Shutdown. On SIGTERM Celery's warm shutdown stops consuming and waits for running tasks. We make
 that wait short and bounded: running processors are asked to stop at their next
 checkpoint (the runner then records them as failed, "interrupted by shutdown", which a
 retry runs again). Whatever is still running after WORKER_SHUTDOWN_GRACE seconds is
 recorded the same way from here, and the worker is moved on to a cold shutdown, which
-ends the pool's child processes.
+ends the pool's child processes. A cold shutdown (SIGQUIT) ends them at once, so what
+they ran is recorded failed right away.
+
+Revoke and terminate. `celery control revoke|terminate` broadcasts to every worker, and
+Celery alone only keeps the id in each worker's memory (lost on restart) and kills a
+process without a word. So the workers' two control commands are wrapped: each id, a run
+message's Celery id `<task id>:<attempt>` or a bare TaskHub task id, is first recorded
+through services.task_revoke (pending/queued: cancelled at once, durably; running: asked
+to stop at its next checkpoint), bare ids are translated to the current attempt's Celery
+id, and Celery's own command then does its part. A terminate kills the process running the
+task; Celery's task_revoked signal (terminated) on that worker records it cancelled at
+once, so nothing is left for the reaper. TaskHub's own cancel broadcasts its revokes with
+queue.TASKHUB_CANCEL, and those are left to Celery: the cancel has recorded itself.
+docs/operations.md says what each command does, for operators.
 """
 
 from __future__ import annotations
@@ -18,12 +32,17 @@ import threading
 from celery.signals import (
     task_postrun,
     task_prerun,
+    task_revoked,
     worker_process_shutdown,
     worker_ready,
     worker_shutting_down,
 )
+from celery.utils.functional import maybe_list
+from celery.worker.control import Panel
 from django.conf import settings
 from django.db import close_old_connections, connections
+
+from tasks import queue
 
 logger = logging.getLogger("tasks")
 
@@ -32,9 +51,12 @@ logger = logging.getLogger("tasks")
 def _stop_running_tasks(sender: str, sig: str, how: str, exitcode: int, **kwargs: object) -> None:
     from tasks import services
 
+    worker = str(sender)
+    if how == "Cold":
+        _record_cold_shutdown(worker, sig)
+        return
     if how != "Warm":
         return
-    worker = str(sender)
     try:
         asked = services.tasks_request_stop_on_worker(worker=worker)
     except Exception:
@@ -51,6 +73,26 @@ def _stop_running_tasks(sender: str, sig: str, how: str, exitcode: int, **kwargs
         )
         timer.daemon = True
         timer.start()
+
+
+def _record_cold_shutdown(worker: str, sig: str) -> None:
+    """Celery is about to end the pool's processes mid-task: record their tasks failed now
+    (retryable) rather than leave them to a restart of this worker or the reaper."""
+    from tasks import services
+
+    try:
+        interrupted = services.tasks_interrupt_on_worker(worker=worker)
+    except Exception:
+        logger.exception("could not record the tasks of %s at its cold shutdown", worker)
+        return
+    finally:
+        connections.close_all()
+    logger.warning(
+        "worker %s cold shutdown (%s): %s running task(s) recorded failed",
+        worker,
+        sig,
+        interrupted,
+    )
 
 
 def _end_the_wait(worker: str) -> None:
@@ -98,3 +140,82 @@ def _close_old_db_connections(**kwargs: object) -> None:
 @worker_process_shutdown.connect
 def _close_db_connections(**kwargs: object) -> None:
     connections.close_all()
+
+
+# --- Revoke and terminate from the celery CLI ------------------------------------------
+
+_celery_revoke = Panel.data["revoke"]
+
+
+def _revoke(state, task_id, terminate=False, signal=None, **kwargs):
+    """Celery's `revoke` control command, TaskHub's state first (module docstring)."""
+    if kwargs.pop(queue.TASKHUB_CANCEL, False):
+        return _celery_revoke(state, task_id, terminate=terminate, signal=signal, **kwargs)
+    from tasks import services
+
+    celery_ids: set[str] = set()
+    outcomes: list[str] = []
+    try:
+        for given in maybe_list(task_id) or []:
+            celery_ids.add(given)
+            parsed = queue.parse_run_message_id(given)
+            if parsed is None:
+                continue
+            try:
+                task, outcome = services.task_revoke(task_id=parsed[0], attempt=parsed[1])
+            except Exception:
+                logger.exception("could not record the revoke of %s", given)
+                outcomes.append(f"{given}: not recorded (see the worker's log)")
+                continue
+            if task is not None:
+                # A bare id names the task; Celery knows its run by the attempt's id.
+                celery_ids.add(queue.run_message_id(task.pk, parsed[1] or task.attempts))
+                logger.warning(
+                    "task %s %s (%s): %s", task.pk, services.REVOKED_FROM_CLI, given, outcome
+                )
+            outcomes.append(f"{given}: {outcome}")
+    finally:
+        connections.close_all()
+    reply = _celery_revoke(state, celery_ids, terminate=terminate, signal=signal, **kwargs)
+    if outcomes and isinstance(reply, dict) and "ok" in reply:
+        reply = {"ok": f"{reply['ok']}; TaskHub: {'; '.join(outcomes)}"}
+    return reply
+
+
+def _terminate(state, signal, task_id, **kwargs):
+    """Celery's `terminate` control command (revoke + kill), through _revoke."""
+    return _revoke(state, task_id, terminate=True, signal=signal, **kwargs)
+
+
+# The pidbox dispatches through this dict, so replacing the handlers keeps Celery's names,
+# arguments and help (`celery control --help`) as they are.
+Panel.data["revoke"] = _revoke
+Panel.data["terminate"] = _terminate
+
+
+@task_revoked.connect
+def _record_a_terminated_run(
+    sender: object, request: object, terminated: bool, **kwargs: object
+) -> None:
+    """This worker killed the process running a task (`terminate`): the run can never
+    record its outcome, so record it cancelled now. A discarded message (revoked before it
+    started) needs nothing: _revoke recorded the cancel when the revoke came in."""
+    from tasks import services
+
+    if not terminated or getattr(sender, "name", None) != queue.RUN_TASK:
+        return
+    parsed = queue.parse_run_message_id(str(getattr(request, "id", "")))
+    if parsed is None:
+        return
+    try:
+        _task, outcome = services.task_revoke(task_id=parsed[0], attempt=parsed[1], terminated=True)
+        logger.warning(
+            "task %s terminated from the celery CLI (signal %s): %s",
+            parsed[0],
+            kwargs.get("signum"),
+            outcome,
+        )
+    except Exception:
+        logger.exception("could not record the termination of %s", parsed[0])
+    finally:
+        connections.close_all()
