@@ -9,26 +9,56 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from taskhub.exceptions import ConflictError
 from tasks import services
 from tasks.models import Task, TaskStatus
+from tasks.processors import registry
 
 # Set on the request when the service refused the change form's edit (save_model).
 EDIT_REFUSED = "_taskhub_task_edit_refused"
 
 
+class KindField(forms.ChoiceField):
+    """A choice of the registered kinds (tasks/processors/registry.py), not free text. A
+    value outside them (a crafted POST, a kind removed meanwhile) is refused by the
+    service's validation in TaskAdminForm.clean, in the words every surface uses."""
+
+    def valid_value(self, value: str) -> bool:
+        return True
+
+
 class TaskAdminForm(forms.ModelForm):
+    kind = KindField()
+
     class Meta:
         model = Task
         fields = ("owner", "title", "description", "kind", "params", "timeout", "run_at")
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if "kind" in self.fields:
+            kinds = set(registry.available_kinds())
+            # A pending task of a kind no longer configured still shows what it is; the
+            # service refuses it unless changed to a registered one.
+            if self.instance.pk and self.instance.kind:
+                kinds.add(self.instance.kind)
+            self.fields["kind"].choices = [(kind, kind) for kind in sorted(kinds)]
+
     def clean(self) -> dict:
         data = super().clean()
-        run_fields = {"kind", "params", "timeout"}
-        if run_fields <= set(data) and run_fields & set(self.changed_data):
-            try:
-                services.task_validate_run(
-                    kind=data["kind"], params=data["params"], timeout=data["timeout"]
-                )
-            except ValidationError as exc:
-                for field, field_messages in exc.message_dict.items():
+        run_fields = ("kind", "params", "timeout")
+        if not set(run_fields) <= set(self.fields):
+            return data  # read-only: the task has left pending
+        if self.instance.pk and not set(run_fields) & set(self.changed_data):
+            return data
+        # The service's own validation, each message on its field. A value its form field
+        # already refused is not in `data`: the instance's stands in for it and its message
+        # is not doubled, so the service sees whole values and save_model never raises.
+        values = {field: data.get(field, getattr(self.instance, field)) for field in run_fields}
+        try:
+            services.task_validate_run(
+                kind=values["kind"], params=values["params"], timeout=values["timeout"] or 0
+            )
+        except ValidationError as exc:
+            for field, field_messages in exc.message_dict.items():
+                if field in data:
                     self.add_error(field, field_messages)
         return data
 
@@ -136,21 +166,58 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed/cancelled tasks")
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        self._apply(request, queryset, services.task_retry, "retried")
+        done, refused = self._apply(queryset, services.task_retry)
+        if done:
+            self.message_user(request, f"{len(done)} task(s) retried.", messages.SUCCESS)
+        self._summarize_refused(
+            request, refused, "not retried: only a failed or cancelled task can be retried"
+        )
 
     @admin.action(description="Cancel selected unfinished tasks")
     def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        self._apply(request, queryset, services.task_cancel, "cancelled")
+        done, refused = self._apply(queryset, services.task_cancel)
+        # A task not started yet is cancelled now; a running one only asked to stop, and
+        # its row shows "In progress" until its processor reaches a checkpoint.
+        cancelled = sum(task.status == TaskStatus.CANCELLED for task in done)
+        requested = len(done) - cancelled
+        if cancelled:
+            self.message_user(request, f"{cancelled} task(s) cancelled.", messages.SUCCESS)
+        if requested:
+            self.message_user(
+                request,
+                f"{requested} running task(s): cancel requested; it stops at its next "
+                "checkpoint (reload this page to see it cancelled).",
+                messages.SUCCESS,
+            )
+        self._summarize_refused(
+            request, refused, "not cancelled: only an unfinished task can be cancelled"
+        )
 
-    def _apply(self, request: HttpRequest, queryset: QuerySet[Task], action, verb: str) -> None:
-        done, refused = 0, []
+    def _apply(self, queryset: QuerySet[Task], action) -> tuple[list[Task], list[Task]]:
+        """(tasks the service acted on, as it left them; tasks it refused, as they are)."""
+        done, refused = [], []
         for task in queryset:
             try:
-                action(task=task)
-                done += 1
-            except ConflictError as exc:
-                refused.append(f"{task.title}: {exc}")
-        if done:
-            self.message_user(request, f"{done} task(s) {verb}.", messages.SUCCESS)
-        for message in refused:
-            self.message_user(request, message, messages.WARNING)
+                done.append(action(task=task))
+            except ConflictError:
+                task.refresh_from_db()
+                refused.append(task)
+        return done, refused
+
+    # A selection of hundreds should not make a message of hundreds of titles.
+    REFUSED_TITLES_SHOWN = 10
+
+    def _summarize_refused(self, request: HttpRequest, refused: list[Task], why: str) -> None:
+        """One warning line for every task the action left alone, however many."""
+        if not refused:
+            return
+        shown = ", ".join(
+            f"{task.title} (already {task.status})"
+            if task.is_terminal
+            else f"{task.title} ({task.status})"
+            for task in refused[: self.REFUSED_TITLES_SHOWN]
+        )
+        more = len(refused) - self.REFUSED_TITLES_SHOWN
+        if more > 0:
+            shown += f" and {more} more"
+        self.message_user(request, f"{len(refused)} task(s) {why}: {shown}.", messages.WARNING)
