@@ -42,6 +42,12 @@ class Target:
     redis_url: str
     log_tail: Callable[[], list[str]]  # the server's last output lines, to show failures
     pid: int = 0
+    # Whose publishers feed it (bench/publishers.py mode); "" = its own name. The lean
+    # socket tier prototype (bench/proto_socket_tier.py) is fed by the project's.
+    publish_mode: str = ""
+    # Whether its session measures the publish rate (the prototype's publishers are the
+    # project's, already measured in the project's session).
+    publish_rate: bool = True
 
 
 def latency_figures(latencies: list[float]) -> dict[str, Any]:
@@ -186,7 +192,7 @@ def session(
     if not connected_users:
         result["error"] = f"no socket connected: {opened['errors']}"
         return result
-    mode = target.name
+    mode = target.publish_mode or target.name
     try:
         result["delivery"] = _delivery(
             target,
@@ -197,10 +203,11 @@ def session(
             seconds=seconds,
             publishers=publishers,
         )
-        result["publish_rate"] = _publish_rate(
-            target, clients, connected_users, mode=mode, seconds=rate_seconds, batch=batch
-        )
-        if mode == "project":  # the same rows and frames without Django's database layer
+        if target.publish_rate:
+            result["publish_rate"] = _publish_rate(
+                target, clients, connected_users, mode=mode, seconds=rate_seconds, batch=batch
+            )
+        if target.name == "project":  # the same rows and frames without Django's database layer
             result["publish_rate_lean"] = _publish_rate(
                 target, clients, connected_users, mode="lean", seconds=rate_seconds, batch=batch
             )

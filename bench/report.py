@@ -523,7 +523,24 @@ SCALE_SECTIONS = (
 )
 
 
+def _prototype_values(build: Any, section: dict[str, Any]) -> dict[str, Any] | None:
+    """The lean socket tier prototype's figure for each row label (its side of the
+    section read by the same row builder, in the project's place), or None if not run."""
+    proto = section.get("prototype")
+    if not isinstance(proto, dict):
+        return None
+    if "error" in proto and len(proto) == 1:
+        return {}
+    rows = build({"project": proto, "reference": section.get("reference", {})})
+    return {label: value for label, value, _reference, _unit in rows}
+
+
 def render_scale(part: dict[str, Any], sizes: dict[str, Any], stack_env: dict[str, str]) -> str:
+    with_proto = any(
+        isinstance(_get(part, key, "prototype"), dict) for key in ("sockets", "realtime")
+    )
+    if with_proto:
+        return _render_scale_with_prototype(part, stack_env)
     widths = (52, 16, 16, 9, 7)
     fmt = "{{:<{}}} {{:>{}}} {{:>{}}} {{:>{}}}  {{:<{}}}".format(*widths)
     lines = [
@@ -549,6 +566,47 @@ def render_scale(part: dict[str, Any], sizes: dict[str, Any], stack_env: dict[st
             lines.append(
                 fmt.format(
                     "  " + label[:50], _num(project), _num(reference), _x(project, reference), unit
+                ).rstrip()
+            )
+    return "\n".join(lines)
+
+
+def _render_scale_with_prototype(part: dict[str, Any], stack_env: dict[str, str]) -> str:
+    """The scale table with the lean socket tier prototype (bench/proto_socket_tier.py)
+    between the project and the reference, and its own ratio to the reference."""
+    widths = (52, 14, 14, 14, 8, 8, 7)
+    fmt = "{{:<{}}} {{:>{}}} {{:>{}}} {{:>{}}} {{:>{}}} {{:>{}}}  {{:<{}}}".format(*widths)
+    lines = [
+        "",
+        "TaskHub / lean socket tier prototype / reference (ratios = each / reference; for "
+        "rates < 1 is slower, for times and CPU > 1 is costlier)",
+        "stack env: " + " ".join(f"{k}={v}" for k, v in stack_env.items()),
+        fmt.format("figure", "TaskHub", "prototype", "reference", "TH/ref", "pr/ref", "unit"),
+        "-" * (sum(widths) + 7),
+    ]
+    for key, title, build in SCALE_SECTIONS:
+        if key not in part:
+            continue
+        lines.append(f"{title} ({_get(part, 'seconds', key)} s)")
+        section = part[key]
+        if "error" in section and len(section) == 1:
+            lines.append(f"  FAILED: {section['error'][:200]}")
+            continue
+        for side in ("project", "prototype", "reference"):
+            if isinstance(section.get(side), dict) and "error" in section[side]:
+                lines.append(f"  {side}: {section[side]['error'][:200]}")
+        proto = _prototype_values(build, section) if key in ("sockets", "realtime") else None
+        for label, project, reference, unit in build(section):
+            mine = None if proto is None else proto.get(label)
+            lines.append(
+                fmt.format(
+                    "  " + label[:50],
+                    _num(project),
+                    "" if proto is None else _num(mine),
+                    _num(reference),
+                    _x(project, reference),
+                    "" if proto is None else _x(mine, reference),
+                    unit,
                 ).rstrip()
             )
     return "\n".join(lines)

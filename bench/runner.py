@@ -71,6 +71,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="delivery and REST create at 1 and 2 web instances (behind nginx), and the "
         "factor between them; alone unless --scale or --only adds parts (~3 min)",
     )
+    parser.add_argument(
+        "--proto",
+        action="store_true",
+        help="add the lean socket tier prototype (bench/proto_socket_tier.py) as a third "
+        "column to sockets and realtime; on with --scale",
+    )
     parser.add_argument("--clients", type=int, default=2, help="WebSocket client processes (2)")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes (2)")
     parser.add_argument(
@@ -91,6 +97,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick and args.scale:
         parser.error("--quick and --scale exclude each other")
     args.sizes = scale.SCALE if args.scale else scale.QUICK if args.quick else scale.DEFAULT
+    args.proto = args.proto or args.scale
     if args.delivery_seconds:
         args.sizes.seconds = args.delivery_seconds
     if not args.only and args.scale:
@@ -239,6 +246,7 @@ def _run_scale(
             run_id=run_id,
             database_url=os.environ["DATABASE_URL"],
             redis_url=os.environ["REDIS_URL"],
+            proto=args.proto,
         )
     finally:
         connections.close_all()

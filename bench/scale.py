@@ -104,6 +104,7 @@ class References:
 
         self.stack = stack
         self.ws_port = free_port()
+        self.proto_port = free_port()
         self.django_port = free_port()
         self.celery_node = f"benchref-{uuid.uuid4().hex[:8]}@%h"
 
@@ -112,6 +113,15 @@ class References:
             "ref_ws",
             [sys.executable, "-m", "bench.ref_ws", "--port", str(self.ws_port)],
             ready_text="ref_ws listening",
+        )
+        return process.proc.pid
+
+    def restart_proto(self) -> int:
+        """The lean socket tier prototype (bench/proto_socket_tier.py), a fresh process."""
+        process = self.stack.start_extra(
+            "proto_ws",
+            [sys.executable, "-m", "bench.proto_socket_tier", "--port", str(self.proto_port)],
+            ready_text="proto_socket_tier listening",
         )
         return process.proc.pid
 
@@ -168,7 +178,10 @@ def run(
     run_id: str,
     database_url: str,
     redis_url: str,
+    proto: bool = False,
 ) -> dict[str, Any]:
+    """`proto`: the lean socket tier prototype as a third column in sockets and realtime
+    (docs/benchmarks.md, "The design that would pass: a lean socket tier")."""
     refs = References(stack)
     out: dict[str, Any] = {}
     needs_sockets = not only or {"sockets", "realtime"} & set(only)
@@ -195,6 +208,22 @@ def run(
             lambda: stack.outputs(tail=15).get("ref_ws", []),
         ),
     ]
+    if proto:
+        # Between the two, so the table reads TaskHub / prototype / reference. Fed by the
+        # project's publishers (its events are TaskHub's rows and pushes).
+        targets.insert(
+            1,
+            realtime.Target(
+                "prototype",
+                f"ws://127.0.0.1:{refs.proto_port}/ws?token={{token}}",
+                stack.base_url,
+                refs.restart_proto,
+                redis_url,
+                lambda: stack.outputs(tail=15).get("proto_ws", []),
+                publish_mode="project",
+                publish_rate=False,
+            ),
+        )
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
 
     def both(part: Callable[[realtime.Target, Clients], dict[str, Any]]) -> dict[str, Any]:
@@ -205,6 +234,8 @@ def run(
                 result[target.name] = part(target, clients)
             finally:
                 clients.stop()
+                if target.name == "prototype":  # not left holding PG/Redis connections
+                    stack.stop_extra("proto_ws")
         return result
 
     steps.append(
@@ -257,7 +288,9 @@ def run(
         if only and name not in only:
             continue
         started = time.monotonic()
-        print(f"bench: {name} (project and reference) ...", file=sys.stderr, flush=True)
+        with_proto = proto and name in ("sockets", "realtime")
+        sides = "project, prototype and reference" if with_proto else "project and reference"
+        print(f"bench: {name} ({sides}) ...", file=sys.stderr, flush=True)
         try:
             out[name] = step()
         except Exception as exc:  # one broken part must not hide the others' numbers
