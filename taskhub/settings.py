@@ -71,6 +71,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_simplejwt",
     "drf_spectacular",
+    # Swagger UI's and ReDoc's files as static files of our own: /api/docs/ and
+    # /api/redoc/ work on a network without the CDNs drf-spectacular loads them from.
+    "drf_spectacular_sidecar",
     "django_prometheus",
     "channels",
     "tasks",
@@ -268,6 +271,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit background tasks, follow them live, chat and search.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # From drf_spectacular_sidecar (INSTALLED_APPS), not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Request size limits: the API takes small JSON documents, never uploads.

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from search.views import SearchApi
@@ -16,7 +16,13 @@ api_urlpatterns = [
     path("", include("notifications.api.urls")),
     path("chat/", include("chat.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Swagger UI and ReDoc from our own static files (drf_spectacular_sidecar), no CDN.
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path(
+        "redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="api/redoc.html"),
+        name="api-redoc",
+    ),
 ]
 
 urlpatterns = [
