@@ -162,6 +162,8 @@ def test_inspect_active_and_reserved_show_task_id_kind_owner_and_attempt(alice, 
     wait_for_status(waiting, TaskStatus.QUEUED)
 
     [active] = inspect_json("active", node)
+    # run_at is kept in PostgreSQL until due, never as a Celery ETA message.
+    assert inspect_json("scheduled", node) == []
     reserved = testing.wait_until(lambda: inspect_json("reserved", node), message="a reserved")
 
     assert active["id"] == f"{busy.pk}:1"
