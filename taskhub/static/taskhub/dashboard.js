@@ -8,7 +8,7 @@
 // keeps it current. Each task keeps the newest `updated_at` it was shown with, so an older
 // event arriving after a newer REST read (or the other way round) never moves a row back.
 
-import { ProtocolClient } from "./protocol-client.js";
+import { CLOSE_SERVICE_UNAVAILABLE, ProtocolClient } from "./protocol-client.js";
 
 const config = JSON.parse(document.getElementById("taskhub-config").textContent);
 // The state machine's sets come from the server (taskhub/pages.py), never a copy here.
@@ -153,6 +153,8 @@ function showConnection(state, code) {
   connStatus.dataset.state = state;
   let text = CONN_TEXT[state] || state;
   if (state === "closed" && code === 4401) text = "Signed out";
+  // 4503: the server could not reach Redis or PostgreSQL; the client backs off and retries.
+  if (state === "reconnecting" && code === CLOSE_SERVICE_UNAVAILABLE) text = "Server busy, retrying…";
   connStatus.textContent = text;
   document.body.dataset.connection = state;
 }

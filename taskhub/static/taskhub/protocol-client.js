@@ -9,11 +9,15 @@
 //  * drops any persisted frame whose id it has already seen (ids only increase per user);
 //  * pings so the server's idle timeout never closes a quiet socket, and treats a socket
 //    that stops answering as dead (a half-open TCP connection never fires `close`);
-//  * stops for good on 4401 (not signed in) and 4403 (foreign origin): retrying cannot help.
+//  * stops for good on 4401 (not signed in, deactivated, or the session logged out) and 4403
+//    (foreign origin): retrying cannot help;
+//  * on 4503 (a backing service failed while connecting) keeps backing off: the attempt
+//    count is only reset by a welcome, so each failed connect waits longer (docs/protocol.md).
 
 const CLOSE_UNAUTHENTICATED = 4401;
 const CLOSE_FORBIDDEN_ORIGIN = 4403;
 const CLOSE_TOO_MANY = 4429;
+export const CLOSE_SERVICE_UNAVAILABLE = 4503;
 const FATAL_CLOSE_CODES = new Set([CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN_ORIGIN]);
 
 /** The default /ws URL of the page's own origin (ws: or wss: to match http: or https:). */
@@ -195,8 +199,9 @@ export class ProtocolClient {
   _scheduleReconnect(code) {
     this._setState("reconnecting", code);
     // Exponential backoff with full jitter over the upper half, so a restarted server
-    // is not hit by every client in the same instant. Too-many-connections waits longest.
-    const exponent = Math.min(this._attempt, 10);
+    // is not hit by every client in the same instant. Too-many-connections waits longest;
+    // 4503 (Redis or PostgreSQL down) starts one step up, never at the shortest delay.
+    const exponent = Math.min(this._attempt + (code === CLOSE_SERVICE_UNAVAILABLE ? 1 : 0), 10);
     this._attempt += 1;
     let delay = Math.min(this.maxBackoffMs, this.minBackoffMs * 2 ** exponent);
     if (code === CLOSE_TOO_MANY) delay = this.maxBackoffMs;
