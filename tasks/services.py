@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -23,6 +25,7 @@ from django.utils import timezone
 from notifications import protocol
 from notifications.services import notify, publish, publish_ephemeral
 from taskhub.exceptions import ConflictError
+from taskhub.outages import DATABASE, is_database_error
 from tasks import change_hooks, queue
 from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
 from tasks.nudge import clear_nudges, nudge_dispatcher
@@ -330,6 +333,37 @@ def _record_interrupted_run(task_id: UUID | str) -> None:
         task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
 
 
+# The outcome write's retry while PostgreSQL is down: the wait doubles up to this cap.
+OUTCOME_RETRY_MAX_DELAY = 5.0
+
+
+def _until_recorded(record: Callable[..., Task | None], **fields: Any) -> Task | None:
+    """Write a run's outcome (`record(**fields)`: task_complete, task_fail, ...), retrying
+    while the database is unreachable, until it lands: a task that ran is recorded as it
+    ended, not left in_progress for the reaper to call "failed" minutes later (issue 13,
+    R2). The write is one transaction and a transition from in_progress only, so a retry
+    after a commit whose answer was lost finds nothing to do (None), never a second event.
+
+    Bounded by the run's hard time limit (the soft one, if it fires meanwhile, is
+    ignored: the processor is done); the reaper remains the last resort.
+    """
+    delay = 0.25
+    while True:
+        try:
+            return record(**fields)
+        except SoftTimeLimitExceeded:
+            pass
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            DATABASE.failed(exc, "finished tasks wait to record their outcome")
+        # The failed transaction's atomic block has exited: drop the broken connection so
+        # the next try opens (or takes from the pool) a fresh one.
+        connection.close()
+        time.sleep(delay)
+        delay = min(delay * 2, OUTCOME_RETRY_MAX_DELAY)
+
+
 def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
     """Run one queued task to its end: claim it (queued -> in_progress), run its processor,
     record how it ended (completed | failed | cancelled). None if it was not queued any
@@ -355,7 +389,9 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
         # The limit can fire in the middle of a query: go on with a fresh connection.
         connection.close()
         logger.warning("task %s timed out after %s s", task_id, task.timeout)
-        return task_fail(task_id=task_id, error=f"timed out after {task.timeout} s")
+        return _until_recorded(
+            task_fail, task_id=task_id, error=f"timed out after {task.timeout} s"
+        )
     except StopRequested as stop:
         _reconnect_if_broken()
         if stop.reason == StopRequest.SHUTDOWN:
@@ -364,7 +400,7 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
     except ResultRefused as refused:
         _reconnect_if_broken()
         logger.info("task %s failed: %s", task_id, refused)
-        return task_fail(task_id=task_id, error=str(refused))
+        return _until_recorded(task_fail, task_id=task_id, error=str(refused))
     except KeyboardInterrupt:
         _reconnect_if_broken()
         _record_interrupted_run(task_id)
@@ -378,15 +414,17 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
             _record_interrupted_run(task_id)
             raise
         logger.info("task %s failed: %s: %s", task_id, type(exc).__name__, exc)
-        return task_fail(task_id=task_id, error=f"{type(exc).__name__}: {exc}")
+        return _until_recorded(task_fail, task_id=task_id, error=f"{type(exc).__name__}: {exc}")
     try:
-        return task_complete(task_id=task_id, result=result)
+        return _until_recorded(task_complete, task_id=task_id, result=result)
     except Exception as exc:
-        # The result was checked, so this is the database refusing it (or gone): say so
+        # The result was checked and the database is up, so it refused the result: say so
         # now rather than leave the task to the reaper.
         logger.exception("task %s: recording its result failed", task_id)
         connection.close()
-        return task_fail(task_id=task_id, error=f"recording the result failed: {exc}")
+        return _until_recorded(
+            task_fail, task_id=task_id, error=f"recording the result failed: {exc}"
+        )
 
 
 # --- Cancel and retry --------------------------------------------------------------------

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
@@ -372,3 +373,68 @@ def test_while_postgresql_is_down_the_api_answers_503_and_grpc_unavailable(own_p
         assert "Traceback" not in process.output, process.output[-6000:]
         assert len(_lines(process, "PostgreSQL unavailable")) == 1, process.output[-6000:]
         assert len(_lines(process, "PostgreSQL available again")) == 1, process.output[-6000:]
+
+
+def nap(ctx) -> dict:
+    """A processor that needs no database while it runs (TASK_PROCESSORS names it for the
+    worker of the test below): its only write is the outcome."""
+    seconds = float(ctx.params.get("seconds", 1))
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def test_an_outcome_that_meets_a_postgresql_outage_is_recorded_once_it_is_back(
+    own_postgres, purge_broker
+):
+    env = {
+        "DATABASE_URL": own_postgres.url,
+        "DB_POOL_TIMEOUT": "2",
+        "TASK_PROCESSORS": "nap=taskhub.tests.test_outages.nap",
+    }
+    web, base_url = testing.start_daphne(extra_env=env)
+    worker = testing.start_worker(extra_env=env, concurrency=1)
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            credentials = {"username": "erin", "password": "erin-pass-123"}
+            assert http.post("/api/auth/register/", json=credentials).status_code == 201
+            access = http.post("/api/auth/token/", json=credentials).json()["access"]
+            http.headers["Authorization"] = f"Bearer {access}"
+            created = http.post(
+                "/api/tasks/", json={"title": "nap", "kind": "nap", "params": {"seconds": 3}}
+            )
+            assert created.status_code == 201, created.text
+            task_id = created.json()["id"]
+
+        def status() -> str:
+            return own_postgres.query("SELECT status FROM tasks_task WHERE id = %s", [task_id])[0][
+                0
+            ]
+
+        testing.wait_until(lambda: status() == TaskStatus.IN_PROGRESS, timeout=60)
+        own_postgres.stop()
+        # The processor (3 s, no database) ends while the database is away: its outcome
+        # cannot be written then.
+        time.sleep(5)
+        own_postgres.start()
+        testing.wait_until(
+            lambda: status() != TaskStatus.IN_PROGRESS, timeout=30, message="the outcome"
+        )
+        # What the run logged (the worker's own shutdown below is not this test's subject).
+        run_output = worker.output
+    finally:
+        worker.stop()
+        web.stop()
+
+    row = own_postgres.query(
+        "SELECT status, result, error FROM tasks_task WHERE id = %s", [task_id]
+    )[0]
+    assert row == (TaskStatus.COMPLETED, {"slept": 3.0}, ""), worker.output[-6000:]
+    events = own_postgres.query(
+        "SELECT data->>'status' FROM notifications_event"
+        " WHERE task_id = %s AND type = 'task.updated' ORDER BY seq",
+        [task_id],
+    )
+    assert [status for (status,) in events] == ["pending", "queued", "in_progress", "completed"]
+    assert "Traceback" not in run_output, run_output[-6000:]
+    outage_lines = [line for line in run_output.splitlines() if "PostgreSQL unavailable" in line]
+    assert len(outage_lines) == 1, run_output[-6000:]
