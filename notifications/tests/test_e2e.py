@@ -16,6 +16,8 @@ from notifications.tests.conftest import publish_event
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
+# Spelled out, not imported from notifications.protocol: this test checks the protocol
+# from the outside, as a client would, so it must not share the constant it checks.
 TERMINAL = {"completed", "failed", "cancelled"}
 
 

@@ -47,6 +47,8 @@ pytestmark = [
     pytest.mark.skipif(nginx.find_binary() is None, reason=nginx.INSTALL_HINT),
 ]
 
+# Spelled out, not imported from notifications.protocol: this test checks the protocol
+# from the outside, as a client would, so it must not share the constant it checks.
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
