@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test services lint fmt bench proto clean
+.PHONY: help venv run test services lint fmt bench mutation proto clean
 
 help:
 	@echo "make run       start everything (embedded PostgreSQL + Valkey unless DATABASE_URL and REDIS_URL are set)"
 	@echo "make test      run the tests (PYTEST_ARGS='-k lifecycle -x' to pass pytest arguments)"
 	@echo "make services  only the embedded PostgreSQL + Valkey, in the foreground"
-	@echo "make lint | fmt | bench | proto | venv | clean"
+	@echo "make lint | fmt | bench | mutation | proto | venv | clean"
 
 # Development installs both files (requirements-dev.txt includes requirements.txt; the
 # Docker image installs requirements.txt only). Re-installs when either is newer than the
@@ -48,6 +48,17 @@ fmt: $(STAMP)
 # the references (under 15 min); docs/benchmarks.md. Needs `wrk` (Debian: apt-get install wrk).
 bench: $(STAMP)
 	$(PY) -m devserver.launcher exec $(PY) bench/run.py $(BENCH_ARGS)
+
+# Mutation testing of tasks/models.py, tasks/services.py, notifications/services.py
+# (docs/mutation.md; configured in pyproject.toml's [tool.mutmut]). Not part of `make test`
+# or CI. Bounded: stops after MUTATION_MINUTES (50); mutmut keeps each verdict in mutants/,
+# so running it again goes on with the mutants not yet tried (`rm -rf mutants` starts over).
+# One child: the tests share one test database. The same backing services as `make test`.
+MUTATION_MINUTES ?= 50
+mutation: $(STAMP)
+	-$(PY) -m devserver.launcher exec timeout --signal=INT $(MUTATION_MINUTES)m \
+		nice -n 19 $(VENV)/bin/mutmut run --max-children 1
+	$(VENV)/bin/mutmut results --all true
 
 # As in docs/grpc.md: protoc writes `import taskhub_pb2`; inside the package it must be relative.
 proto: $(STAMP)

@@ -1,0 +1,254 @@
+"""tasks.services promises the mutation check (docs/mutation.md) found untested: what a
+transition leaves on the row besides its status, what a cancel and a retry tell the rest
+of the system, and where progress and result sizes are cut off."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.utils import timezone
+
+from taskhub.exceptions import ConflictError
+from tasks import queue, services
+from tasks.models import TERMINAL_STATUSES, StopRequest, Task, TaskStatus
+from tasks.tests.factories import make_task
+
+pytestmark = pytest.mark.django_db
+
+
+def test_exactly_completed_failed_and_cancelled_are_terminal():
+    assert {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED} == TERMINAL_STATUSES
+    assert [status for status in TaskStatus.values if Task(status=status).is_terminal] == [
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+
+
+# --- What a transition leaves on the row ---------------------------------------------------
+
+
+def test_completing_stores_the_result_full_progress_and_the_finish_time(alice):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, progress=30)
+    before = timezone.now()
+
+    services.task_complete(task_id=task.pk, result={"rows": 3})
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.COMPLETED
+    assert task.result == {"rows": 3}
+    assert task.progress == 100
+    assert task.finished_at is not None and task.finished_at >= before
+
+
+def test_failing_keeps_the_error_and_the_finish_time(alice):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+    before = timezone.now()
+
+    services.task_fail(task_id=task.pk, error="x" * 6000)
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.FAILED
+    assert task.error == "x" * 5000
+    assert task.finished_at is not None and task.finished_at >= before
+
+
+def test_a_cancel_says_why_its_reason_then_a_stop_requests_then_on_request(alice):
+    plain = make_task(owner=alice)
+    with_reason = make_task(owner=alice)
+    revoked = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, error="revoked from the cli")
+
+    services.task_mark_cancelled(task_id=plain.pk)
+    services.task_mark_cancelled(task_id=with_reason.pk, reason="operator said so")
+    services.task_mark_cancelled(task_id=revoked.pk)
+
+    for task in (plain, with_reason, revoked):
+        task.refresh_from_db()
+        assert task.status == TaskStatus.CANCELLED
+        assert task.finished_at is not None
+    assert plain.error == services.CANCELLED_ON_REQUEST == "cancelled on request"
+    assert with_reason.error == "operator said so"
+    assert revoked.error == "revoked from the cli"
+
+
+# --- Progress ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def progress_pushes(monkeypatch):
+    """The task.progress pushes task_report_progress hands to notifications, kept here."""
+    pushes: list[dict] = []
+    monkeypatch.setattr(services, "publish_ephemeral", lambda **push: pushes.append(push))
+    return pushes
+
+
+@pytest.mark.parametrize(
+    ("reported", "stored"), [(-5, 0), (0, 0), (55, 55), (100, 100), (250, 100)]
+)
+def test_progress_is_kept_within_0_and_100(alice, progress_pushes, reported, stored):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, progress=7)
+
+    services.task_report_progress(task=task, progress=reported)
+
+    task.refresh_from_db()
+    assert task.progress == stored
+    assert [push["data"]["progress"] for push in progress_pushes] == [stored]
+
+
+def test_progress_tells_the_owner_what_was_stored(alice, progress_pushes):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+
+    services.task_report_progress(task=task, progress=42.9)
+
+    assert progress_pushes == [
+        {
+            "user_id": alice.pk,
+            "type": "task.progress",
+            "data": {"task_id": str(task.pk), "progress": 42, "status": "in_progress"},
+        }
+    ]
+
+
+def test_progress_of_a_task_not_running_is_neither_stored_nor_pushed(alice, progress_pushes):
+    task = make_task(owner=alice, status=TaskStatus.COMPLETED, progress=100)
+
+    services.task_report_progress(task=task, progress=10)
+
+    task.refresh_from_db()
+    assert task.progress == 100
+    assert progress_pushes == []
+
+
+def test_progress_of_an_anonymous_task_is_stored_and_pushed_to_nobody(progress_pushes):
+    task = make_task(owner=None, status=TaskStatus.IN_PROGRESS)
+
+    services.task_report_progress(task=task, progress=60)
+
+    task.refresh_from_db()
+    assert task.progress == 60
+    assert progress_pushes == []
+
+
+def test_progress_moves_the_tasks_updated_at(alice, progress_pushes):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+    before = Task.objects.get(pk=task.pk).updated_at
+
+    services.task_report_progress(task=task, progress=50)
+
+    assert Task.objects.get(pk=task.pk).updated_at > before
+
+
+# --- Results ---------------------------------------------------------------------------------
+
+
+def test_a_result_of_exactly_the_limit_is_kept_and_one_byte_more_is_refused(settings):
+    result = {"text": "x" * 2000}
+    size = len(json.dumps(result))
+    settings.TASKHUB_TASK_MAX_RESULT_BYTES = size
+
+    services.task_result_check(result)
+    with pytest.raises(services.ResultRefused) as refused:
+        services.task_result_check({"text": "x" * 2001})
+    assert str(refused.value) == f"result is {size + 1} bytes of JSON; at most {size} are kept"
+
+
+def test_a_result_with_nan_is_refused_before_the_database_sees_it():
+    with pytest.raises(services.ResultRefused) as refused:
+        services.task_result_check({"ratio": float("nan")})
+    assert str(refused.value).startswith("result is not JSON: ")
+
+
+# --- Cancel ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def revokes(monkeypatch):
+    """The revoke broadcasts a cancel sends after commit, kept instead of going to Celery."""
+    sent: list[tuple] = []
+    monkeypatch.setattr(queue, "revoke_run_message", lambda *args: sent.append(args))
+    return sent
+
+
+def test_cancelling_a_running_task_revokes_its_current_attempt_after_commit(
+    alice, revokes, django_capture_on_commit_callbacks
+):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, attempts=3)
+    before = Task.objects.get(pk=task.pk).updated_at
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.task_cancel(task=task)
+        assert revokes == []
+
+    assert revokes == [(task.pk, 3)]
+    stored = Task.objects.get(pk=task.pk)
+    assert stored.status == TaskStatus.IN_PROGRESS
+    assert stored.stop_requested == StopRequest.CANCEL
+    assert stored.updated_at > before
+
+
+def test_cancelling_a_task_not_started_sends_no_revoke(
+    alice, revokes, django_capture_on_commit_callbacks
+):
+    task = make_task(owner=alice, status=TaskStatus.QUEUED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.task_cancel(task=task)
+
+    assert revokes == []
+
+
+@pytest.mark.parametrize("status", sorted(TERMINAL_STATUSES))
+def test_cancelling_a_finished_task_says_it_is_already_finished(alice, status, revokes):
+    task = make_task(owner=alice, status=status)
+
+    with pytest.raises(ConflictError) as conflict:
+        services.task_cancel(task=task)
+
+    assert str(conflict.value) == (
+        f"Task is already {status}; only an unfinished task can be cancelled."
+    )
+    assert Task.objects.get(pk=task.pk).stop_requested == StopRequest.NONE
+
+
+# --- Retry -----------------------------------------------------------------------------------
+
+
+def test_a_retry_clears_everything_the_previous_run_left(alice, django_capture_on_commit_callbacks):
+    now = timezone.now()
+    task = make_task(
+        owner=alice,
+        status=TaskStatus.CANCELLED,
+        progress=80,
+        result={"partial": True},
+        error="cancelled on request",
+        stop_requested=StopRequest.CANCEL,
+        worker="celery@old",
+        queued_at=now,
+        started_at=now,
+        finished_at=now,
+        attempts=2,
+    )
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        retried = services.task_retry(task=task)
+
+    stored = Task.objects.get(pk=task.pk)
+    for row in (retried, stored):
+        assert row.status == TaskStatus.PENDING
+        assert row.attempts == 3
+        assert (row.progress, row.result, row.error) == (0, None, "")
+        assert (row.stop_requested, row.worker) == (StopRequest.NONE, "")
+        assert (row.queued_at, row.started_at, row.finished_at) == (None, None, None)
+    assert services.nudge_dispatcher in callbacks
+
+
+def test_a_retry_of_a_task_that_did_not_fail_says_its_status(alice):
+    task = make_task(owner=alice, status=TaskStatus.COMPLETED)
+
+    with pytest.raises(ConflictError) as conflict:
+        services.task_retry(task=task)
+
+    assert str(conflict.value) == (
+        "Task is completed; only a failed or cancelled task can be retried."
+    )
