@@ -18,6 +18,11 @@ class EventAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # Deleting rows is rewriting history too: a resuming client would be told nothing
+        # of the gap. Old events go by age only, through notifications.services.events_prune.
+        return False
+
 
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
