@@ -232,6 +232,13 @@ def run(
             clients = Clients(clients_n)
             try:
                 result[target.name] = part(target, clients)
+            except Exception as exc:
+                if target.name != "prototype":
+                    raise
+                # A broken prototype must not cost the run TaskHub's and the reference's
+                # figures: its column says why instead.
+                traceback.print_exc(file=sys.stderr)
+                result[target.name] = {"error": f"{type(exc).__name__}: {exc}"}
             finally:
                 clients.stop()
                 if target.name == "prototype":  # not left holding PG/Redis connections
