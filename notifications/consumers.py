@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+import psycopg
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -56,12 +57,13 @@ from django.conf import settings
 
 from notifications import protocol, selectors, services
 from notifications.middleware import (
+    close_with,
     forget_user,
     scope_session_key,
     session_group,
     subprotocol_to_accept,
 )
-from taskhub import metrics
+from taskhub import metrics, outages
 from taskhub.instance import instance_name
 
 logger = logging.getLogger(__name__)
@@ -428,6 +430,19 @@ class EventConsumer(AsyncWebsocketConsumer):
         # Made on the first task.progress: most sockets never need one.
         self._progress: ProgressCoalescer | None = None
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        """Channels' consumer, which first subscribes a new channel in the layer (Redis).
+        While Redis is down that raises before connect() runs, and Daphne refused the
+        handshake with a 500 and a traceback per socket (a browser sees only 1006): accept
+        and close with 4503 instead, logged once per outage (taskhub/outages.py)."""
+        try:
+            return await super().__call__(scope, receive, send)
+        except Exception as exc:
+            if getattr(self, "channel_name", None) is not None or not outages.is_redis_outage(exc):
+                raise  # the socket ran: not a failed subscribe
+            outages.REDIS.failed(exc, f"new WebSockets are closed with {CLOSE_SERVICE_UNAVAILABLE}")
+            await close_with(CLOSE_SERVICE_UNAVAILABLE, scope, receive, send)
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, less its close_old_connections() before every message: that
         is a hop through the ORM's one shared thread per client frame and per push (9 % of
@@ -505,10 +520,11 @@ class EventConsumer(AsyncWebsocketConsumer):
             async with self._delivery_lock:
                 self._last_id = await selectors.anewest_event_id(user_id=user.pk)
             await self.send_frame(self._welcome())
-        except Exception:
-            logger.exception("websocket setup failed for user %s", user.pk)
+        except Exception as exc:
+            _report_setup_failure(exc, user.pk)
             await self._close(CLOSE_SERVICE_UNAVAILABLE)
             return
+        outages.REDIS.recovered()  # the registry and the layer answered (an attribute check)
         self._idle_timeout = settings.TASKHUB_WS_IDLE_TIMEOUT
         self._sweep_mark = self._last_id
         socket_hub().add(self)
@@ -739,6 +755,18 @@ class EventConsumer(AsyncWebsocketConsumer):
                 # A gap: earlier pushes were lost. They are committed (see the docstring).
                 await self._deliver_from_log(before_id=event_id)
             await self._deliver(frame)
+
+
+def _report_setup_failure(exc: BaseException, user_id: int) -> None:
+    """A connect's set-up failed (the socket is closed with 4503): an outage of Redis or
+    PostgreSQL is one log line per outage, anything else a traceback."""
+    consequence = f"new WebSockets are closed with {CLOSE_SERVICE_UNAVAILABLE}"
+    if outages.is_redis_outage(exc):
+        outages.REDIS.failed(exc, consequence)
+    elif isinstance(exc, psycopg.OperationalError):  # the sockets' async pool (PoolTimeout too)
+        outages.DATABASE.failed(exc, consequence)
+    else:
+        logger.exception("websocket setup failed for user %s", user_id)
 
 
 def decode_message(text_data: str | None) -> dict[str, Any]:

@@ -112,3 +112,36 @@ def test_a_connect_whose_registration_fails_is_closed_with_4503(alice, own_redis
         assert asyncio.run(scenario()) == CLOSE_SERVICE_UNAVAILABLE == 4503
     finally:
         process.stop()
+
+
+def test_while_redis_is_down_connects_get_4503_with_one_log_line_and_work_once_it_is_back(
+    alice,
+    own_redis,  # noqa: F811
+):
+    process, base_url = testing.start_daphne(extra_env={"REDIS_URL": own_redis.url})
+    url = base_url.replace("http://", "ws://") + f"/ws?token={access_token_for(alice)}"
+
+    async def connect_once() -> tuple[int | None, list[dict]]:
+        frames = []
+        async with ws_connect(url) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+        return (closed.value.rcvd.code if closed.value.rcvd else None), frames
+
+    async def welcome() -> dict:
+        async with ws_connect(url) as ws:
+            return json.loads(await asyncio.wait_for(ws.recv(), 30))
+
+    try:
+        own_redis.stop()
+        for _ in range(3):
+            code, _ = asyncio.run(connect_once())
+            assert code == CLOSE_SERVICE_UNAVAILABLE
+        own_redis.start()
+        assert asyncio.run(welcome())["type"] == "welcome"
+    finally:
+        process.stop()
+    assert process.output.count("Redis unavailable") == 1, process.output[-3000:]
+    assert "Redis available again" in process.output
+    assert "Traceback" not in process.output
