@@ -29,6 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
+from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.settings import api_settings
 
@@ -60,6 +61,12 @@ class CachedJWTAuthentication(JWTAuthentication):
                     _cache.clear()
             _cache[key] = (now + ttl, copy.copy(user))
         return user
+
+
+class CachedJWTScheme(SimpleJWTScheme):
+    """The OpenAPI schema describes it as simplejwt's (the same header, the same tokens)."""
+
+    target_class = "taskhub.auth_jwt.CachedJWTAuthentication"
 
 
 def forget_user(user_id: Any) -> None:

@@ -85,29 +85,63 @@ INSTALLED_APPS = [
     "taskhub",
 ]
 
+
+class _MiddlewareList(list):
+    """Django's system checks ask `"django.middleware.security.SecurityMiddleware" in
+    settings.MIDDLEWARE` (and so for CSRF, X-Frame-Options, sessions) and skip the HSTS,
+    SSL-redirect and cookie checks when the answer is no. taskhub.middleware's classes are
+    subclasses of those, so for them the answer is yes: `check --deploy` checks the same."""
+
+    STAND_INS = {
+        "django.middleware.security.SecurityMiddleware": "taskhub.middleware.SecurityMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware": (
+            "taskhub.middleware.SessionMiddleware"
+        ),
+        "django.middleware.common.CommonMiddleware": "taskhub.middleware.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware": "taskhub.middleware.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware": (
+            "taskhub.middleware.AuthenticationMiddleware"
+        ),
+        "django.contrib.messages.middleware.MessageMiddleware": (
+            "taskhub.middleware.MessageMiddleware"
+        ),
+        "django.middleware.clickjacking.XFrameOptionsMiddleware": (
+            "taskhub.middleware.XFrameOptionsMiddleware"
+        ),
+    }
+
+    def __contains__(self, path: object) -> bool:
+        return list.__contains__(self, path) or list.__contains__(
+            self,
+            self.STAND_INS.get(path),  # type: ignore[arg-type]
+        )
+
+
 # Django's and django-prometheus's middlewares as taskhub.middleware runs them on Daphne:
 # hooks that do no I/O inline on the event loop, not each through a hop to a thread
 # and back (about 18 hops per request before, a third of Daphne's CPU per REST create).
-MIDDLEWARE = [
-    "taskhub.middleware.PrometheusBeforeMiddleware",
-    "taskhub.middleware.SecurityMiddleware",
-    # Names the instance in X-TaskHub-Server (taskhub/instance.py, docs/scaling.md).
-    "taskhub.instance.instance_header_middleware",
-    # Async-only (unlike WhiteNoise's, which it forks): a sync middleware would make every
-    # request hop to a thread and back, and Daphne then hangs on SIGTERM with a request
-    # in flight (the exiting interpreter joins a thread that waits for the stopped loop).
-    "servestatic.middleware.ServeStaticMiddleware",
-    "taskhub.middleware.SessionMiddleware",
-    "taskhub.middleware.CommonMiddleware",
-    "taskhub.middleware.CsrfViewMiddleware",
-    "taskhub.middleware.AuthenticationMiddleware",
-    "taskhub.middleware.MessageMiddleware",
-    "taskhub.middleware.XFrameOptionsMiddleware",
-    "taskhub.middleware.PrometheusAfterMiddleware",
-    # Last, so its process_exception runs first: PostgreSQL unreachable -> 503 with
-    # Retry-After for the plain Django views (DRF's go through EXCEPTION_HANDLER below).
-    "taskhub.api_errors.DatabaseUnavailableMiddleware",
-]
+MIDDLEWARE = _MiddlewareList(
+    [
+        "taskhub.middleware.PrometheusBeforeMiddleware",
+        "taskhub.middleware.SecurityMiddleware",
+        # Names the instance in X-TaskHub-Server (taskhub/instance.py, docs/scaling.md).
+        "taskhub.instance.instance_header_middleware",
+        # Async-only (unlike WhiteNoise's, which it forks): a sync middleware would make every
+        # request hop to a thread and back, and Daphne then hangs on SIGTERM with a request
+        # in flight (the exiting interpreter joins a thread that waits for the stopped loop).
+        "servestatic.middleware.ServeStaticMiddleware",
+        "taskhub.middleware.SessionMiddleware",
+        "taskhub.middleware.CommonMiddleware",
+        "taskhub.middleware.CsrfViewMiddleware",
+        "taskhub.middleware.AuthenticationMiddleware",
+        "taskhub.middleware.MessageMiddleware",
+        "taskhub.middleware.XFrameOptionsMiddleware",
+        "taskhub.middleware.PrometheusAfterMiddleware",
+        # Last, so its process_exception runs first: PostgreSQL unreachable -> 503 with
+        # Retry-After for the plain Django views (DRF's go through EXCEPTION_HANDLER below).
+        "taskhub.api_errors.DatabaseUnavailableMiddleware",
+    ]
+)
 
 ROOT_URLCONF = "taskhub.urls"
 ASGI_APPLICATION = "taskhub.asgi.application"
