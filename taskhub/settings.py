@@ -179,8 +179,9 @@ DATABASES = {
 }
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
-# Django's PostgreSQL backend wrapped by django-prometheus: query and error counters.
-DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+# Django's PostgreSQL backend wrapped by django-prometheus: query and error counters
+# (taskhub/db_backend: its cursor class built once, not on every connect).
+DATABASES["default"]["ENGINE"] = "taskhub.db_backend"
 # A psycopg 3 pool per process (taskhub/db_pool.py says why, and how it survives Celery's
 # fork); DB_POOL_MAX=0 turns it off (a new connection per request, or DB_CONN_MAX_AGE).
 # Sized for the busiest process: Daphne runs each request on a thread of its own, gRPC up
