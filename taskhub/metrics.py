@@ -33,6 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from taskhub.outages import DATABASE, REDIS, is_database_outage, is_redis_outage
+
 logger = logging.getLogger(__name__)
 
 # The per-series `_created` timestamps are not exported in multiprocess mode; dropping them
@@ -110,8 +112,12 @@ class TaskHubStateCollector(Collector):
         )
         try:
             by_status, lag = _database_state()
-        except Exception:
-            logger.warning("metrics: the database could not be read", exc_info=True)
+        except Exception as exc:
+            # Down: one line per outage (taskhub/outages.py), not a traceback per scrape.
+            if is_database_outage(exc):
+                DATABASE.failed(exc, "scrapes report taskhub_metrics_source_up 0")
+            else:
+                logger.warning("metrics: the database could not be read", exc_info=True)
             up.add_metric(["database"], 0)
         else:
             up.add_metric(["database"], 1)
@@ -129,8 +135,13 @@ class TaskHubStateCollector(Collector):
             )
         try:
             connections = active_connection_count()
-        except Exception:
-            logger.warning("metrics: the WebSocket connection count is unavailable", exc_info=True)
+        except Exception as exc:
+            if is_redis_outage(exc):
+                REDIS.failed(exc, "scrapes report taskhub_metrics_source_up 0")
+            else:
+                logger.warning(
+                    "metrics: the WebSocket connection count is unavailable", exc_info=True
+                )
             up.add_metric(["redis"], 0)
         else:
             up.add_metric(["redis"], 1)

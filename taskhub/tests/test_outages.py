@@ -132,6 +132,10 @@ def test_creates_succeed_while_redis_is_down_and_run_once_it_is_back(alice, own_
             assert listing.status_code == 200, listing.text
             detail = http.get(f"/api/tasks/{rest[0]}/")
             assert detail.status_code == 200, detail.text
+            # A scrape says which source it could not read, and answers.
+            scrape = http.get("/metrics")
+            assert scrape.status_code == 200, scrape.text
+            assert 'taskhub_metrics_source_up{source="redis"} 0.0' in scrape.text
             # Nothing could send their run messages: they wait for the dispatcher.
             during = Task.objects.filter(pk__in=rest + legacy)
             assert during.count() == 30
@@ -343,6 +347,9 @@ def test_while_postgresql_is_down_the_api_answers_503_and_grpc_unavailable(own_p
                 with pytest.raises(grpc.RpcError) as refused_rpc:
                     create_over_grpc(f"during over grpc {n}")
                 assert refused_rpc.value.code() == grpc.StatusCode.UNAVAILABLE
+            scrape = http.get("/metrics")
+            assert scrape.status_code == 200, scrape.text
+            assert 'taskhub_metrics_source_up{source="database"} 0.0' in scrape.text
             ready = http.get("/readyz")
             assert ready.status_code == 503, ready.text
             assert ready.json()["checks"]["database"].startswith("error")
