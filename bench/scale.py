@@ -4,6 +4,8 @@ and search at scale (bench/search_scale.py).
 
 Each part runs the project first and then its reference on the same machine within a
 minute or two, so a ratio compares like with like even when the neighbours' load moves.
+With `proto` (on with --scale), sockets and realtime also run the lean socket tier
+prototype (bench/proto_socket_tier.py) between the two, as a third column.
 Synchronous code (run in a thread by the runner): the client load is in other processes.
 """
 
