@@ -16,12 +16,14 @@ PROTOCOL_VERSION = 1
 
 # Server -> client, persisted in the user's event log (carry an `id`).
 TASK_UPDATED = "task.updated"
+# An operator deleted the task (tasks.services.task_delete): its last event.
+TASK_DELETED = "task.deleted"
 NOTIFICATION_NEW = "notification.new"
 # Chat messages are persisted in chat's own tables, not per user: their envelopes carry no
 # `id` (the message's id is in `data`), and a rejoining client gets chat.history instead.
 CHAT_MESSAGE_POSTED = "chat.message.posted"
 CHAT_MESSAGE_EDITED = "chat.message.edited"
-PERSISTED_TYPES = frozenset({TASK_UPDATED, NOTIFICATION_NEW})
+PERSISTED_TYPES = frozenset({TASK_UPDATED, TASK_DELETED, NOTIFICATION_NEW})
 
 # Server -> client, ephemeral (no `id`).
 WELCOME = "welcome"

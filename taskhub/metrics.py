@@ -167,6 +167,54 @@ def active_connection_count() -> int:
     return int(from_notifications())
 
 
+class OperationsCollector(Collector):
+    """Workers online and queue depths, the operators' view's figures (taskhub/ops.py,
+    tasks/workers.py).
+
+    Computed at scrape time through the view's short shared cache, so a scrape adds no
+    inspect broadcast while the page is open, and one (taking tasks.workers'
+    INSPECT_TIMEOUT) otherwise. Both come from the broker: when it cannot be read the
+    gauges are left out (taskhub_metrics_source_up{source="redis"} says why, the broker
+    being that Redis) and the scrape still answers."""
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from tasks import workers as celery_workers
+
+        try:
+            workers = celery_workers.workers_online()
+        except Exception as exc:
+            _operations_unavailable(exc, "workers online")
+        else:
+            yield GaugeMetricFamily(
+                "taskhub_workers_online",
+                "Celery workers that answered an inspect broadcast (any queue).",
+                value=len(workers),
+            )
+        try:
+            depths = celery_workers.queue_depths()
+        except Exception as exc:
+            _operations_unavailable(exc, "queue depths")
+        else:
+            depth = GaugeMetricFamily(
+                "taskhub_queue_depth",
+                "Messages waiting in each Celery queue of the broker, not yet taken by a worker.",
+                labels=["queue"],
+            )
+            for queue, count in depths.items():
+                depth.add_metric([queue], count)
+            yield depth
+
+
+def _operations_unavailable(exc: Exception, what: str) -> None:
+    if is_redis_outage(exc):
+        REDIS.failed(exc, f"scrapes leave out {what}")
+    else:
+        logger.warning("metrics: %s could not be read", what, exc_info=True)
+
+
 class _ProcessRegistry(Collector):
     """This process's default registry as one collector of the scrape registry."""
 
@@ -183,6 +231,7 @@ def scrape_registry() -> CollectorRegistry:
     else:
         registry.register(_ProcessRegistry())
     registry.register(TaskHubStateCollector())
+    registry.register(OperationsCollector())
     return registry
 
 

@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from search.views import SearchApi
-from taskhub import health, metrics, pages
+from taskhub import health, metrics, ops, pages
 from taskhub.auth_api import RegisterApi
 from tasks.api import legacy
 
@@ -32,6 +32,8 @@ urlpatterns = [
     path("task/check-result", legacy.legacy_task_check_result, name="legacy-task-check-result"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # The operators' view (staff only, taskhub/ops.py), before the admin's own URLs.
+    path("admin/operations/", include(ops.urlpatterns)),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
     path("search", SearchApi.as_view(), name="search"),

@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
 from taskhub.exceptions import ConflictError
 from tasks import services
@@ -13,6 +14,8 @@ from tasks.processors import registry
 
 # Set on the request when the service refused the change form's edit (save_model).
 EDIT_REFUSED = "_taskhub_task_edit_refused"
+# Set on the request when the service refused the delete view's delete (delete_model).
+DELETE_REFUSED = "_taskhub_task_delete_refused"
 
 
 class KindField(forms.ChoiceField):
@@ -158,6 +161,39 @@ class TaskAdmin(admin.ModelAdmin):
             # not the list with "was changed successfully".
             return HttpResponseRedirect(request.get_full_path())
         return super().response_change(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        # A running task is not deleted (services.task_delete says why): no Delete button
+        # on its page, and a selection holding one is refused before anything is deleted.
+        if obj is not None and obj.status == TaskStatus.IN_PROGRESS:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_model(self, request: HttpRequest, obj: Task) -> None:
+        # Through the service, so the owner's page drops the row and cached reads die.
+        try:
+            services.task_delete(task_id=obj.pk)
+        except ConflictError as exc:  # it started running after the confirmation page
+            setattr(request, DELETE_REFUSED, True)
+            self.message_user(request, str(exc), messages.ERROR)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        refused = []
+        for task in queryset:
+            try:
+                services.task_delete(task_id=task.pk)
+            except ConflictError:
+                task.refresh_from_db()
+                refused.append(task)
+        self._summarize_refused(
+            request, refused, "not deleted: a running task is deleted once it has stopped"
+        )
+
+    def response_delete(self, request: HttpRequest, obj_display: str, obj_id) -> HttpResponse:
+        if getattr(request, DELETE_REFUSED, False):
+            # Back to the task, which is still there, with the error above it.
+            return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[obj_id]))
+        return super().response_delete(request, obj_display, obj_id)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict:
         from django.conf import settings

@@ -48,3 +48,11 @@ def task_details_changed(*, task_id: UUID | str, owner_id: int | None) -> None:
     transaction.on_commit(
         lambda: cache.task_versions_bump(task_id=task_id, owner_id=owner_id), robust=True
     )
+
+
+def task_deleted(*, task_id: UUID | str, owner_id: int | None) -> None:
+    """An operator deleted a task (tasks.services.task_delete): its cached detail and the
+    owner's cached list pages must not show it any more."""
+    transaction.on_commit(
+        lambda: cache.task_versions_bump(task_id=task_id, owner_id=owner_id), robust=True
+    )

@@ -517,6 +517,42 @@ def task_retry(*, task: Task) -> Task:
     return retried
 
 
+# --- Delete ------------------------------------------------------------------------------
+
+
+def task_delete(*, task_id: UUID | str) -> bool:
+    """Delete a task (an operator's action, from the admin), as visible as any change: the
+    owner's sockets get a persisted `task.deleted` (the page drops the row) and cached
+    reads of the task and of the owner's list die. False if it was already gone.
+
+    A running task is refused (ConflictError): its processor would go on running for a
+    row that no longer exists. Cancel it, and delete it once it has stopped. A queued one
+    may go: its run message finds nothing to claim (task_start), and the row lock orders
+    this delete against that claim. The task's past events and inbox entries stay: they
+    are the owner's history, and retention prunes them like any other.
+    """
+    with transaction.atomic():
+        task = Task.objects.select_for_update().filter(pk=task_id).first()
+        if task is None:
+            return False
+        if task.status == TaskStatus.IN_PROGRESS:
+            raise ConflictError(
+                "Task is in_progress; cancel it, and delete it once it has stopped."
+            )
+        pk, owner_id = task.pk, task.owner_id  # delete() clears the instance's pk
+        task.delete()
+        logger.info("task %s deleted (was %s)", pk, task.status)
+        change_hooks.task_deleted(task_id=pk, owner_id=owner_id)
+        if owner_id is not None:
+            publish(
+                user_id=owner_id,
+                type=protocol.TASK_DELETED,
+                data={"task_id": str(pk), "title": task.title, "status": task.status},
+                task_id=pk,
+            )
+    return True
+
+
 # --- Dispatcher --------------------------------------------------------------------------
 
 

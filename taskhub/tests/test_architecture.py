@@ -277,11 +277,6 @@ ADMIN_WRITES = {
 # (admin class, method) -> why Django's own write stands. Known gaps are named as such.
 ADMIN_WRITE_ALLOWED: dict[tuple[str, str], str] = {
     **dict.fromkeys(
-        [("TaskAdmin", "delete_model"), ("TaskAdmin", "delete_queryset")],
-        "known gap: deleting a task writes no event and bumps no cache version; "
-        "no task_delete service yet",
-    ),
-    **dict.fromkeys(
         [
             ("ChatRoomAdmin", "save_model"),
             ("ChatRoomAdmin", "save_formset"),

@@ -250,7 +250,7 @@ function placeRow(entry, { atTop }) {
  */
 function mergeTask(incoming, { atTop = true } = {}) {
   const id = incoming.id || incoming.task_id;
-  if (!id) return null;
+  if (!id || deletedTasks.has(id)) return null;
   const known = tasks.get(id);
   if (known && tsKey(incoming.updated_at) < tsKey(known.updated_at)) {
     // An older state: keep the newer status, but take the fields events do not carry
@@ -285,6 +285,24 @@ function onTaskUpdated(frame) {
   const data = frame.data || {};
   if (!data.task_id) return;
   mergeTask({ ...data, id: data.task_id });
+}
+
+// Tasks an operator deleted: a REST page read before the delete may still list one.
+const deletedTasks = new Set();
+
+function onTaskDeleted(frame) {
+  const data = frame.data || {};
+  if (!data.task_id) return;
+  deletedTasks.add(data.task_id);
+  tasks.delete(data.task_id);
+  pendingAction.delete(data.task_id);
+  const entry = rows.get(data.task_id);
+  rows.delete(data.task_id);
+  if (entry) {
+    entry.row.remove();
+    announce(`Task ${data.title || ""} was deleted.`);
+  }
+  tasksEmpty.hidden = tasks.size > 0;
 }
 
 function onTaskProgress(frame) {
@@ -777,6 +795,7 @@ client.on("welcome", () => {
   document.body.dataset.lastEventId = String(client.lastEventId ?? 0);
 });
 client.on("task.updated", onTaskUpdated);
+client.on("task.deleted", onTaskDeleted);
 client.on("task.progress", onTaskProgress);
 client.on("notification.new", onNotification);
 client.on("chat.message.posted", (frame) => addChatMessage(frame.data));
