@@ -13,5 +13,8 @@ class DropRoutineTicks(logging.Filter):
     ROUTINE = ("dispatch-pending-tasks", "tasks.dispatch_pending_tasks")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Only the routine lines: a tick that failed ("raised unexpected") must be seen.
+        if record.levelno >= logging.WARNING:
+            return True
         message = record.getMessage()
         return not any(name in message for name in self.ROUTINE)

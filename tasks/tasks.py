@@ -6,19 +6,35 @@ import logging
 
 from celery import shared_task
 
+from taskhub.outages import DATABASE, is_database_outage
 from tasks import queue, services
 
 logger = logging.getLogger("tasks")
 
 
+def _skipped_while_database_is_away(exc: Exception, what: str) -> int:
+    """A housekeeping tick that met a PostgreSQL outage: the next tick does its work (the
+    rows are the state), so one log line per outage, not a traceback every second."""
+    if not is_database_outage(exc):
+        raise exc
+    DATABASE.failed(exc, f"{what} skipped until it is back")
+    return 0
+
+
 @shared_task(name=queue.DISPATCH_PENDING_TASKS, ignore_result=True)
 def dispatch_pending_tasks() -> int:
-    return len(services.dispatch_pending_tasks())
+    try:
+        return len(services.dispatch_pending_tasks())
+    except Exception as exc:
+        return _skipped_while_database_is_away(exc, "dispatcher ticks are")
 
 
 @shared_task(name=queue.REAP_STALLED_TASKS, ignore_result=True)
 def reap_stalled_tasks() -> int:
-    return services.reap_stalled_tasks()
+    try:
+        return services.reap_stalled_tasks()
+    except Exception as exc:
+        return _skipped_while_database_is_away(exc, "reaper ticks are")
 
 
 @shared_task(name=queue.RUN_TASK, bind=True, ignore_result=True)
