@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+from pathlib import Path
 
 import httpx
 import pytest
+from django.conf import settings
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from conftest import access_token_for, wait_until_finished
-from devserver import testing
+from devserver import nginx, testing
 from taskhub.redaction import REDACTED, RedactingFormatter, redact
 from tasks.models import Task
 
@@ -98,3 +101,57 @@ def test_a_canary_token_appears_in_no_log_of_the_web_process_or_the_worker(
     for process in (web, celery_worker_process):
         for secret in (canary, forged, canary.split(".")[2]):
             assert secret not in process.output, f"{process.name} logged a token"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_docker_compose_s_nginx_logs_no_query_string(alice, tmp_path, clean_connection_registry):
+    binary = nginx.find_binary()
+    if binary is None:
+        pytest.skip(nginx.INSTALL_HINT)
+    # compose.conf's own log_format and access_log lines, in the one-machine config the
+    # launcher writes (compose.conf names hosts only docker resolves), logging to tmp_path.
+    compose = (Path(settings.BASE_DIR) / "deploy" / "nginx" / "compose.conf").read_text()
+    found = re.search(r"^log_format .*?;\n^access_log [^;]*;", compose, re.M | re.S)
+    assert found, "compose.conf leaves nginx's default access log, which writes $request"
+    log = tmp_path / "access.log"
+    directives = re.sub(r"^access_log \S+", f"access_log {log}", found.group(0), flags=re.M)
+    web, base_url = testing.start_daphne()
+    port = testing.free_port()
+    config = nginx.write_config(
+        listen_host="127.0.0.1",
+        listen_port=port,
+        backends=[int(base_url.rsplit(":", 1)[1])],
+        data_dir=tmp_path,
+    )
+    text = config.read_text()
+    assert "    access_log off;\n" in text
+    config.write_text(text.replace("    access_log off;\n", directives + "\n"))
+    proxy = testing.ManagedProcess("nginx", nginx.command(binary, config), testing.process_env())
+    canary = access_token_for(alice)
+    try:
+        proxy_url = f"http://127.0.0.1:{port}"
+        testing.wait_until(lambda: _answers(f"{proxy_url}/healthz"), message="nginx")
+        with httpx.Client(base_url=proxy_url, timeout=20) as http:
+            assert http.get(f"/api/tasks/?token={canary}", headers={
+                "Authorization": f"Bearer {canary}"}).status_code == 200  # fmt: skip
+
+        async def socket() -> None:
+            async with ws_connect(f"ws://127.0.0.1:{port}/ws?token={canary}") as ws:
+                assert json.loads(await ws.recv())["type"] == "welcome"
+
+        asyncio.run(socket())
+        testing.wait_until(lambda: log.exists() and "GET /ws " in log.read_text(), message="log")
+    finally:
+        proxy.stop()
+        web.stop()
+    written = log.read_text()
+    assert "GET /api/tasks/ HTTP/1.1" in written
+    assert canary.split(".")[2] not in written and "token" not in written
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
