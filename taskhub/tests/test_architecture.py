@@ -289,14 +289,6 @@ ADMIN_WRITE_ALLOWED: dict[tuple[str, str], str] = {
         "known gap: chat moderation writes rooms, members and messages directly; "
         "edits are stored, not broadcast (docs/chat.md says so)",
     ),
-    **dict.fromkeys(
-        [
-            ("NotificationAdmin", "save_model"),
-            ("NotificationAdmin", "delete_model"),
-            ("NotificationAdmin", "delete_queryset"),
-        ],
-        "known gap: inbox rows edited by hand push nothing to the owner's sockets",
-    ),
 }
 
 
