@@ -85,6 +85,10 @@ def inspect_workers() -> list[dict[str, Any]]:
     takes INSPECT_TIMEOUT once, not three times. A worker that answers one and misses
     another (busy) is shown with what it answered.
     """
+    # Kombu retries an unreachable broker for seconds before giving up; one PING with a
+    # one-second timeout fails at once instead, so a scrape or a refresh during a broker
+    # outage stays quick.
+    _broker(settings.CELERY_BROKER_URL).ping()
     commands = ("stats", "active", "active_queues")
     with ThreadPoolExecutor(max_workers=len(commands), thread_name_prefix="inspect") as pool:
         futures = {
