@@ -117,7 +117,7 @@
           el("td", { class: "ops-pid" }, worker.pid ?? "?"),
           el("td", { class: "ops-concurrency" }, worker.concurrency ?? "?"),
           el("td", { class: "ops-queues" }, queues),
-          el("td", {}, seconds(worker.heartbeat_age)),
+          el("td", {}, `${(worker.heartbeat_age ?? 0).toFixed(1)} s`),
           el("td", { class: "ops-processed" }, worker.processed),
           el("td", {}, worker.active.length ? active : "idle"),
           el(
@@ -236,8 +236,9 @@
     chart(
       "latency-chart",
       [
-        { label: "p50 s", stroke: "#447e9b", width: 2, spanGaps: false },
-        { label: "p95 s", stroke: "#ba2121", width: 2, spanGaps: false },
+        // Points too: a minute with runs between two without is a lone point, no line.
+        { label: "p50 s", stroke: "#447e9b", width: 2, points: { show: true, size: 6 } },
+        { label: "p95 s", stroke: "#ba2121", width: 2, points: { show: true, size: 6 } },
       ],
       [activity.t, activity.p50, activity.p95],
     );
