@@ -8,6 +8,7 @@ import json
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from taskhub.exceptions import ConflictError
 from tasks import queue, services
@@ -139,6 +140,22 @@ def test_progress_moves_the_tasks_updated_at(alice, progress_pushes):
     assert Task.objects.get(pk=task.pk).updated_at > before
 
 
+def test_progress_reaches_the_owners_cached_list_and_detail(
+    alice, progress_pushes, django_capture_on_commit_callbacks
+):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+    client = APIClient()
+    client.force_authenticate(user=alice)
+    assert client.get("/api/tasks/").json()["results"][0]["progress"] == 0
+    assert client.get(f"/api/tasks/{task.pk}/").json()["progress"] == 0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.task_report_progress(task=task, progress=40)
+
+    assert client.get("/api/tasks/").json()["results"][0]["progress"] == 40
+    assert client.get(f"/api/tasks/{task.pk}/").json()["progress"] == 40
+
+
 # --- Results ---------------------------------------------------------------------------------
 
 
@@ -252,3 +269,85 @@ def test_a_retry_of_a_task_that_did_not_fail_says_its_status(alice):
     assert str(conflict.value) == (
         "Task is completed; only a failed or cancelled task can be retried."
     )
+
+
+# --- A run the worker ends -------------------------------------------------------------------
+
+
+def exits(ctx):
+    """A processor whose pool process is ended by a signal (billiard turns signal N into
+    SystemExit(N - 256)) or that calls sys.exit itself; the revoke from the celery CLI
+    asks for a cancel before it terminates, which `cancel_first` plays."""
+    if ctx.params.get("cancel_first"):
+        Task.objects.filter(pk=ctx.task.pk).update(stop_requested=StopRequest.CANCEL)
+    raise SystemExit(ctx.params["code"])
+
+
+@pytest.fixture
+def exiting_kind(settings):
+    settings.TASKHUB_TASK_PROCESSORS = {
+        **settings.TASKHUB_TASK_PROCESSORS,
+        "exits": "tasks.tests.test_services_mutants.exits",
+    }
+
+
+def run_exiting(owner, **params) -> Task:
+    return make_task(owner=owner, kind="exits", params=params, status=TaskStatus.QUEUED)
+
+
+# Signal 1 (SIGHUP) to 63 (the last real-time one); SIGTERM (15) is what terminate sends.
+@pytest.mark.parametrize("signum", [1, 15, 63])
+def test_a_run_ended_by_a_signal_is_recorded_interrupted_and_the_exit_goes_on(
+    alice, exiting_kind, signum
+):
+    task = run_exiting(alice, code=signum - 256)
+    other = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, stop_requested="cancel")
+
+    with pytest.raises(SystemExit):
+        services.task_run(task_id=task.pk, worker="test@host")
+
+    task.refresh_from_db()
+    assert (task.status, task.error) == (TaskStatus.FAILED, services.INTERRUPTED_BY_SHUTDOWN)
+    # Another task's cancel request is not this one's.
+    assert Task.objects.get(pk=other.pk).status == TaskStatus.IN_PROGRESS
+
+
+def test_a_run_ended_by_a_signal_after_a_cancel_request_is_cancelled(alice, exiting_kind):
+    task = run_exiting(alice, code=15 - 256, cancel_first=True)
+
+    with pytest.raises(SystemExit):
+        services.task_run(task_id=task.pk, worker="test@host")
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.CANCELLED
+
+
+@pytest.mark.parametrize("code", [-256, -192, 0, 3])
+def test_an_exit_code_no_signal_gives_is_the_processors_own_failure(alice, exiting_kind, code):
+    task = run_exiting(alice, code=code)
+
+    services.task_run(task_id=task.pk, worker="test@host")
+
+    task.refresh_from_db()
+    assert (task.status, task.error) == (TaskStatus.FAILED, f"SystemExit: {code}")
+
+
+def returns_nul(ctx):
+    """Strict JSON that PostgreSQL's jsonb still refuses: a NUL character in a string."""
+    return {"text": "a\x00b"}
+
+
+@pytest.mark.django_db(transaction=True)  # the runner closes the connection on this path
+def test_a_result_the_database_refuses_fails_the_task_at_once_saying_so(alice, settings):
+    settings.TASKHUB_TASK_PROCESSORS = {
+        **settings.TASKHUB_TASK_PROCESSORS,
+        "returns_nul": "tasks.tests.test_services_mutants.returns_nul",
+    }
+    task = make_task(owner=alice, kind="returns_nul", status=TaskStatus.QUEUED)
+
+    services.task_run(task_id=task.pk, worker="test@host")
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.FAILED
+    assert task.error.startswith("recording the result failed: ")
+    assert task.result is None
