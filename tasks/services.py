@@ -38,6 +38,7 @@ NOT_STARTED = frozenset({TaskStatus.PENDING, TaskStatus.QUEUED})
 INTERRUPTED_BY_SHUTDOWN = "interrupted by worker shutdown; retry to run it again"
 WORKER_RESTARTED = "the worker running this task was restarted; retry to run it again"
 WORKER_LOST = "the worker running this task stopped responding; retry to run it again"
+PROCESS_LOST = "the process running this task died ({reason}); retry to run it again"
 CANCELLED_ON_REQUEST = "cancelled on request"
 REVOKED_FROM_CLI = "revoked from the celery CLI"
 
@@ -629,6 +630,29 @@ def tasks_interrupt_on_worker(*, worker: str, error: str = INTERRUPTED_BY_SHUTDO
     for task_id in interrupted:
         logger.warning("task %s in_progress -> failed: %s", task_id, error)
     return len(interrupted)
+
+
+def task_fail_lost_run(*, task_id: UUID | str, attempt: int | None, reason: str) -> Task | None:
+    """The pool process running `attempt` of this task died without a word (SIGKILL, the
+    OOM killer, the hard time limit): its worker's main process saw it (Celery's
+    WorkerLostError) and records it now, failed and retryable (cancelled if a cancel was
+    asked), instead of leaving it in_progress for the reaper's minutes (issue 13, R1).
+
+    Only if that attempt is the task's current one and still in_progress: a run that
+    recorded its outcome before it died, or a retry already running, is left alone (None).
+    """
+    with transaction.atomic():
+        current = (
+            Task.objects.select_for_update()
+            .filter(pk=task_id, status=TaskStatus.IN_PROGRESS)
+            .values_list("attempts", "stop_requested")
+            .first()
+        )
+        if current is None or (attempt is not None and attempt != current[0]):
+            return None
+        if current[1] == StopRequest.CANCEL:
+            return task_mark_cancelled(task_id=task_id)
+        return task_fail(task_id=task_id, error=PROCESS_LOST.format(reason=reason))
 
 
 def reap_stalled_tasks() -> int:

@@ -29,7 +29,9 @@ import os
 import signal
 import threading
 
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.signals import (
+    task_failure,
     task_postrun,
     task_prerun,
     task_revoked,
@@ -219,3 +221,39 @@ def _record_a_terminated_run(
         logger.exception("could not record the termination of %s", parsed[0])
     finally:
         connections.close_all()
+
+
+@task_failure.connect
+def _record_a_lost_run(
+    sender: object, task_id: str, exception: BaseException, **kwargs: object
+) -> None:
+    """In the worker's main process: a pool process died mid-run without a word (SIGKILL,
+    the OOM killer: Celery's WorkerLostError; the hard time limit: TimeLimitExceeded). Its
+    run can never record its outcome, so record it here at once, failed and retryable,
+    rather than leave it in_progress until the reaper (issue 13, R1). Celery sends
+    task_failure from the main process for these only after the child is gone, so the run
+    cannot record anything after us; services.task_fail_lost_run ignores an attempt that
+    is not the task's current one or that already ended."""
+    if getattr(sender, "name", None) != queue.RUN_TASK:
+        return
+    if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
+        return
+    parsed = queue.parse_run_message_id(str(task_id))
+    if parsed is None:
+        return
+    from tasks import services
+
+    reason = (
+        f"hard time limit ({exception})"
+        if isinstance(exception, TimeLimitExceeded)
+        else str(exception) or type(exception).__name__
+    )
+    try:
+        task = services.task_fail_lost_run(task_id=parsed[0], attempt=parsed[1], reason=reason)
+    except Exception:
+        logger.exception("could not record the lost run of %s", task_id)
+        return
+    finally:
+        connections.close_all()
+    if task is not None:
+        logger.warning("task %s in_progress -> %s: %s", parsed[0], task.status, reason)
