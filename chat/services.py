@@ -250,6 +250,99 @@ def chat_message_edit(
     return locked
 
 
+# --- Moderation (the admin, chat/admin.py) ---------------------------------------------------
+#
+# Staff act on anyone's rooms and messages, so none of the participant rules above apply;
+# what users see of it is broadcast like their own actions.
+
+
+def chat_text_validate(text: Any) -> str:
+    """The text as it would be stored (trimmed), or ValidationError({"text": ...}): the
+    rules of a post or an edit, for a form that checks before it saves."""
+    return _clean_text(text)
+
+
+def chat_message_moderate(*, message_id: int, text: Any) -> Message:
+    """Replace a message's text as staff: stored with edited_at stamped, and broadcast to
+    the room as `chat.message.edited`, exactly like its author's edit."""
+    text = _clean_text(text)
+    with transaction.atomic():
+        message = Message.objects.select_for_update().select_related("room").get(pk=message_id)
+        if message.text == text:
+            return message
+        message.text = text
+        message.edited_at = timezone.now()
+        message.save(update_fields=["text", "edited_at"])
+        logger.info("chat message %s edited by staff", message.pk)
+        frame = protocol.envelope(
+            protocol.CHAT_MESSAGE_EDITED, chat_message_data(message), ts=message.edited_at
+        )
+        _broadcast_on_commit(room_id=message.room_id, frame=frame, reply_to=None, ref=None)
+    return message
+
+
+def chat_message_delete(*, message_id: int) -> bool:
+    """Delete a message as staff and tell the room (`chat.message.deleted` {id, room}) after
+    commit; False if it was already gone. Read marks pointing at it stay valid: they are
+    compared by id only (chat/models.py)."""
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update().select_related("room").filter(pk=message_id).first()
+        )
+        if message is None:
+            return False
+        room = message.room
+        message.delete()
+        logger.info("chat message %s in %s deleted by staff", message_id, room.slug)
+        frame = protocol.envelope(
+            protocol.CHAT_MESSAGE_DELETED, {"id": message_id, "room": room.slug}
+        )
+        _broadcast_on_commit(room_id=room.id, frame=frame, reply_to=None, ref=None)
+    return True
+
+
+def chat_room_update(*, room_id: int, name: str, is_public: bool) -> ChatRoom:
+    """Rename a room or change who may join it, as staff. The slug stays: it is the room's
+    name on the wire, which open sockets and clients hold. Nothing is broadcast (the
+    protocol has no room frame); clients read rooms over REST. Making a room private
+    keeps its participants in it."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "A room needs a name."})
+    with transaction.atomic():
+        room = ChatRoom.objects.select_for_update().get(pk=room_id)
+        room.name, room.is_public = name, is_public
+        room.save(update_fields=["name", "is_public"])
+    return room
+
+
+def chat_room_delete(*, room_id: int) -> bool:
+    """Delete a room with its participants and messages, as staff; False if already gone.
+    Sockets subscribed to it hear nothing more of it (there is no frame to tell them; a
+    later subscribe is `not_found`)."""
+    deleted, _ = ChatRoom.objects.filter(pk=room_id).delete()
+    if deleted:
+        logger.info("chat room %s deleted by staff", room_id)
+    return bool(deleted)
+
+
+def chat_room_member_set(*, room: ChatRoom, user_id: int, role: str) -> ChatParticipant:
+    """Make a user a participant with `role`, as staff: the one way into a private room
+    (docs/chat.md). Idempotent; an existing participant gets the role."""
+    if role not in ParticipantRole.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    participant, _ = ChatParticipant.objects.update_or_create(
+        room=room, user_id=user_id, defaults={"role": role}
+    )
+    return participant
+
+
+def chat_room_member_remove(*, room: ChatRoom, user_id: int) -> None:
+    """End a participation, as staff (idempotent). As with a user's own leave, sockets
+    already subscribed keep the room until they unsubscribe or reconnect (docs/chat.md)."""
+    ChatParticipant.objects.filter(room=room, user_id=user_id).delete()
+
+
 def typing_interval() -> float:
     return settings.TASKHUB_CHAT_TYPING_INTERVAL
 

@@ -23,6 +23,8 @@ NOTIFICATION_NEW = "notification.new"
 # `id` (the message's id is in `data`), and a rejoining client gets chat.history instead.
 CHAT_MESSAGE_POSTED = "chat.message.posted"
 CHAT_MESSAGE_EDITED = "chat.message.edited"
+# A moderator deleted a message in the admin (chat.services.chat_message_delete).
+CHAT_MESSAGE_DELETED = "chat.message.deleted"
 PERSISTED_TYPES = frozenset({TASK_UPDATED, TASK_DELETED, NOTIFICATION_NEW})
 
 # Server -> client, ephemeral (no `id`).

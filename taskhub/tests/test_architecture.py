@@ -275,21 +275,7 @@ ADMIN_WRITES = {
     "delete": ("delete_model", "delete_queryset"),
 }
 # (admin class, method) -> why Django's own write stands. Known gaps are named as such.
-ADMIN_WRITE_ALLOWED: dict[tuple[str, str], str] = {
-    **dict.fromkeys(
-        [
-            ("ChatRoomAdmin", "save_model"),
-            ("ChatRoomAdmin", "save_formset"),
-            ("ChatRoomAdmin", "delete_model"),
-            ("ChatRoomAdmin", "delete_queryset"),
-            ("MessageAdmin", "save_model"),
-            ("MessageAdmin", "delete_model"),
-            ("MessageAdmin", "delete_queryset"),
-        ],
-        "known gap: chat moderation writes rooms, members and messages directly; "
-        "edits are stored, not broadcast (docs/chat.md says so)",
-    ),
-}
+ADMIN_WRITE_ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def admin_orm_writes() -> list[tuple[str, str]]:

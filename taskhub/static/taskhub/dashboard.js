@@ -669,8 +669,21 @@ function chatItem(message) {
   return item;
 }
 
+// Messages a moderator deleted: a chat.history read before the delete may still hold one.
+const deletedChatMessages = new Set();
+
+function removeChatMessage(data) {
+  if (!data || data.room !== config.chatRoom || data.id === undefined) return;
+  deletedChatMessages.add(data.id);
+  const known = chatMessages.get(data.id);
+  if (!known) return;
+  known.item.remove();
+  chatMessages.delete(data.id);
+}
+
 function addChatMessage(message) {
   if (!message || message.room !== config.chatRoom || message.id === undefined) return;
+  if (deletedChatMessages.has(message.id)) return;
   const known = chatMessages.get(message.id);
   const item = chatItem(message);
   if (known) {
@@ -800,6 +813,7 @@ client.on("task.progress", onTaskProgress);
 client.on("notification.new", onNotification);
 client.on("chat.message.posted", (frame) => addChatMessage(frame.data));
 client.on("chat.message.edited", (frame) => addChatMessage(frame.data));
+client.on("chat.message.deleted", (frame) => removeChatMessage(frame.data));
 client.on("chat.typing", onTyping);
 client.on("error", onError);
 client.on("reset", () => reloadTasks());
