@@ -1,19 +1,30 @@
-"""Personas, the real-process fixtures and the small helpers shared by every app's tests."""
+"""Personas, the real-process fixtures and the small helpers shared by every app's tests.
+
+WebSockets: `connect` opens sockets through the ASGI app in the test's process; the client
+itself (`Socket`, also over TCP to a real Daphne: `open_network`) is devserver/wsclient.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from chat.models import ChatRoom
 from devserver import testing
+from devserver.wsclient import Socket, open_in_process
 from notifications.models import Event
-from notifications.redis_client import sync_redis
+from notifications.redis_client import close_async_redis, sync_redis
+from notifications.selectors import close_async_pool
 from taskhub.celery import app as celery_app
 from tasks.models import Task
 from tasks.nudge import clear_nudges
@@ -107,6 +118,156 @@ def clean_connection_registry() -> None:
     """Open-socket counts left in Redis by an earlier test (or its killed server) must not
     count against this one: neither the per-user limit nor the connections gauge."""
     clear_connection_registry()
+
+
+def subscribed_in_redis(group: str) -> int:
+    """How many connections Redis has subscribed to a Channels group's channel: a process's
+    pub/sub layer is while any socket of it is in the group, and only then (a socket left
+    in a group would keep it, and its pushes, forever)."""
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    [(_, count)] = sync_redis().pubsub_numsub(f"{config['prefix']}__group__{group}")
+    return count
+
+
+@pytest.fixture
+async def connect(
+    transactional_db, clean_connection_registry
+) -> AsyncIterator[Callable[..., Awaitable[Socket]]]:
+    """connect(user, query=..., welcome=True) -> a devserver.wsclient.Socket through the
+    ASGI app in this process on the real Redis layer, past its welcome frame (kept in
+    `socket.welcome`). Every socket is closed after the test, with the Redis pools and the
+    database connection the test's event loop used."""
+    sockets: list[Socket] = []
+
+    async def make(user: User, *, query: str = "", welcome: bool = True) -> Socket:
+        token = await sync_to_async(access_token_for)(user)
+        socket = await open_in_process(token=token, query=query)
+        sockets.append(socket)
+        if welcome:
+            socket.welcome = await socket.receive_type("welcome")
+        return socket
+
+    yield make
+    for socket in sockets:
+        await socket.close()
+    # Redis pools belong to this test's event loop; the next test has another.
+    await close_async_redis()
+    await close_async_pool()
+    # The pub/sub layer's connections and subscriptions of this test's loop.
+    await get_channel_layer().flush()
+    # database_sync_to_async's thread keeps its connection open; close it so the test
+    # database can be flushed and dropped.
+    await sync_to_async(connections.close_all)()
+
+
+class GroupListener:
+    """A channel on the configured channel layer, in the given groups, as a socket of a
+    Daphne process is, without a socket in between (so no gap repair of the consumer can
+    hide a lost push). Its calls run on one event loop of its own: the layer's
+    subscriptions and receive buffers belong to the loop that made them."""
+
+    def __init__(self, *groups: str) -> None:
+        import asyncio
+
+        self.layer = get_channel_layer()
+        self.loop = asyncio.new_event_loop()
+        self.groups = groups
+        self.channel = self.loop.run_until_complete(self.layer.new_channel())
+        for group in groups:
+            self.loop.run_until_complete(self.layer.group_add(group, self.channel))
+        self._sentinels = 0
+
+    def receive(self, timeout: float = 10) -> dict[str, Any] | None:
+        """The next message sent to the channel, or None after `timeout` seconds."""
+        import asyncio
+
+        async def receive() -> dict[str, Any] | None:
+            try:
+                return await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+            except TimeoutError:
+                return None
+
+        return self.loop.run_until_complete(receive())
+
+    def frames(
+        self, count: int, timeout: float = 10, *, persisted_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """Pushed frames until `count` arrived (of persisted events only, if asked) or
+        `timeout` s passed (fewer then: the caller's comparison fails)."""
+        import time
+
+        frames: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(frames) < count and time.monotonic() < deadline:
+            message = self.receive(timeout=max(deadline - time.monotonic(), 0.01))
+            if message is None:
+                continue
+            assert message["type"] == "event.push", message  # the consumer's handler
+            if "id" in message["frame"] or not persisted_only:
+                frames.append(message["frame"])
+        return frames
+
+    def assert_nothing_more(self) -> None:
+        """Nothing was pushed to the groups before now that has not been received: a
+        sentinel sent now through the layer arrives after anything published before it
+        (one Redis orders the publishes, and pushes are published when they are sent)."""
+        self._sentinels += 1
+        sentinel = {"type": "test.sentinel", "n": self._sentinels}
+        self.loop.run_until_complete(self.layer.group_send(self.groups[0], sentinel))
+        message = self.receive()
+        assert message == sentinel, f"unexpected {message}"
+
+    def close(self) -> None:
+        for group in self.groups:
+            self.loop.run_until_complete(self.layer.group_discard(group, self.channel))
+        self.loop.close()  # the layer closes this loop's connections with it
+
+
+@pytest.fixture
+def listen() -> Iterator[Callable[..., GroupListener]]:
+    """listen(*groups) -> a GroupListener, closed after the test."""
+    listeners: list[GroupListener] = []
+
+    def make(*groups: str) -> GroupListener:
+        listeners.append(GroupListener(*groups))
+        return listeners[-1]
+
+    yield make
+    for listener in listeners:
+        listener.close()
+
+
+class FakeClock:
+    """A `time` module whose monotonic() moves only when the test says (`advance`); the
+    rest is the real module's. Patched into one module, it drives that module's timers
+    (rate limits, idle timeouts, cache expiry) without sleeping."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._time = time
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._time, name)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> Callable[[Any], FakeClock]:
+    """fake_clock(module) -> a FakeClock standing in for `module.time` during the test."""
+
+    def install(module: Any) -> FakeClock:
+        clock = FakeClock()
+        monkeypatch.setattr(module, "time", clock)
+        return clock
+
+    return install
 
 
 # --- A task as a user follows it -----------------------------------------------------------

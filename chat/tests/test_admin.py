@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import pytest
 
+from chat import services
+
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def admin_client_logged_in(client, django_user_model):
-    staff = django_user_model.objects.create_superuser(username="root", password="root-pass-123")
-    client.force_login(staff)
-    return client
-
-
 def test_messages_are_searchable_by_text_and_filterable_by_room(
-    admin_client_logged_in, general, alice, private_room, post
+    operator, general_room, alice, private_room, post
 ):
-    post(general, alice, "the deploy is green")
+    post(general_room, alice, "the deploy is green")
     post(private_room, alice, "lunch?")
-    found = admin_client_logged_in.get("/admin/chat/message/", {"q": "deploy"})
+    found = operator.get("/admin/chat/message/", {"q": "deploy"})
     assert found.status_code == 200
     assert b"the deploy is green" in found.content
     assert b"lunch?" not in found.content
-    filtered = admin_client_logged_in.get("/admin/chat/message/", {"room__id__exact": general.id})
+    filtered = operator.get("/admin/chat/message/", {"room__id__exact": general_room.id})
     assert b"the deploy is green" in filtered.content
     assert b"lunch?" not in filtered.content
 
 
-def test_room_pages_show_participants(admin_client_logged_in, private_room):
-    assert admin_client_logged_in.get("/admin/chat/chatroom/", {"q": "den"}).status_code == 200
-    page = admin_client_logged_in.get(f"/admin/chat/chatroom/{private_room.id}/change/")
+def test_room_pages_show_the_rooms_participants(operator, alice, bob, general_room, private_room):
+    services.chat_room_join(room=general_room, user=bob)  # another room's participant
+    listed = operator.get("/admin/chat/chatroom/", {"q": "den"})
+    assert list(listed.context["cl"].result_list) == [private_room]
+    page = operator.get(f"/admin/chat/chatroom/{private_room.id}/change/")
     assert page.status_code == 200
-    assert b"alice" in page.content
+    [participants] = page.context["inline_admin_formsets"]
+    shown = [(form.instance.user, form.instance.role) for form in participants.formset.forms]
+    assert shown == [(alice, "owner")]

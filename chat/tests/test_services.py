@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from channels.layers import get_channel_layer
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
@@ -17,45 +14,10 @@ from notifications import protocol
 pytestmark = pytest.mark.django_db
 
 
-class GroupListener:
-    """A real channel on the configured (pub/sub) layer, in a room's group, as a socket
-    of a Daphne process is: every call runs on one event loop of its own, since the
-    layer's subscriptions and receive buffers belong to the loop that made them."""
-
-    def __init__(self, room: ChatRoom) -> None:
-        self.layer = get_channel_layer()
-        self.loop = asyncio.new_event_loop()
-        self.group = services.room_group(room.id)
-        self.channel = self.loop.run_until_complete(self.layer.new_channel())
-        self.loop.run_until_complete(self.layer.group_add(self.group, self.channel))
-
-    def _receive(self, timeout: float) -> dict | None:
-        async def receive() -> dict | None:
-            try:
-                return await asyncio.wait_for(self.layer.receive(self.channel), timeout)
-            except TimeoutError:
-                return None
-
-        return self.loop.run_until_complete(receive())
-
-    def receive(self) -> dict:
-        message = self._receive(timeout=5)
-        assert message is not None, "nothing arrived in 5 s"
-        return message
-
-    def nothing_pending(self) -> bool:
-        return self._receive(timeout=0.3) is None
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.layer.group_discard(self.group, self.channel))
-        self.loop.close()  # the layer closes this loop's connections with it
-
-
 @pytest.fixture
-def listener(general):
-    listening = GroupListener(general)
-    yield listening
-    listening.close()
+def listener(general_room, listen):
+    """A channel in the general room's group (root conftest.py's GroupListener)."""
+    return listen(services.room_group(general_room.id))
 
 
 def test_general_room_exists_after_migrations():
@@ -93,9 +55,9 @@ def test_a_name_with_no_slug_characters_needs_an_explicit_slug(alice):
     assert services.chat_room_create(creator=alice, name="!!!", slug="bangs").slug == "bangs"
 
 
-def test_joining_a_public_room_twice_keeps_one_participation(general, bob):
-    first = services.chat_room_join(room=general, user=bob)
-    second = services.chat_room_join(room=general, user=bob)
+def test_joining_a_public_room_twice_keeps_one_participation(general_room, bob):
+    first = services.chat_room_join(room=general_room, user=bob)
+    second = services.chat_room_join(room=general_room, user=bob)
     assert first.pk == second.pk
     assert first.role == ParticipantRole.MEMBER
 
@@ -106,50 +68,51 @@ def test_bob_cannot_join_alices_private_room(private_room, bob):
     assert not ChatParticipant.objects.filter(room=private_room, user=bob).exists()
 
 
-def test_posting_requires_being_a_participant(general, bob):
+def test_posting_requires_being_a_participant(general_room, bob):
     with pytest.raises(PermissionDenied):
-        services.chat_message_post(room=general, author=bob, text="hello")
-    services.chat_room_join(room=general, user=bob)
-    message = services.chat_message_post(room=general, author=bob, text="  hello  ")
+        services.chat_message_post(room=general_room, author=bob, text="hello")
+    services.chat_room_join(room=general_room, user=bob)
+    message = services.chat_message_post(room=general_room, author=bob, text="  hello  ")
     assert message.text == "hello"
     assert message.author == bob
     assert message.edited_at is None
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t ", None, 42, ["hi"], "nul\x00byte"])
-def test_empty_or_malformed_text_is_refused(general, bob, text):
-    services.chat_room_join(room=general, user=bob)
+def test_empty_or_malformed_text_is_refused(general_room, bob, text):
+    services.chat_room_join(room=general_room, user=bob)
     with pytest.raises(ValidationError):
-        services.chat_message_post(room=general, author=bob, text=text)
-    assert not Message.objects.filter(room=general).exists()
+        services.chat_message_post(room=general_room, author=bob, text=text)
+    assert not Message.objects.filter(room=general_room).exists()
 
 
-def test_text_is_capped_at_chat_max_message_chars(general, bob, settings):
+def test_text_is_capped_at_chat_max_message_chars(general_room, bob, settings):
     settings.TASKHUB_CHAT_MAX_MESSAGE_CHARS = 10
-    services.chat_room_join(room=general, user=bob)
-    services.chat_message_post(room=general, author=bob, text="x" * 10)
+    services.chat_room_join(room=general_room, user=bob)
+    services.chat_message_post(room=general_room, author=bob, text="x" * 10)
     with pytest.raises(ValidationError, match="at most 10"):
-        services.chat_message_post(room=general, author=bob, text="x" * 11)
+        services.chat_message_post(room=general_room, author=bob, text="x" * 11)
 
 
-def test_default_cap_is_2000_characters(general, bob, settings):
+def test_default_cap_is_2000_characters(general_room, bob, settings):
     assert settings.TASKHUB_CHAT_MAX_MESSAGE_CHARS == 2000
-    services.chat_room_join(room=general, user=bob)
-    services.chat_message_post(room=general, author=bob, text="x" * 2000)
+    services.chat_room_join(room=general_room, user=bob)
+    services.chat_message_post(room=general_room, author=bob, text="x" * 2000)
     with pytest.raises(ValidationError):
-        services.chat_message_post(room=general, author=bob, text="x" * 2001)
+        services.chat_message_post(room=general_room, author=bob, text="x" * 2001)
 
 
 def test_a_post_is_broadcast_to_the_room_group_after_commit(
-    general, bob, listener, django_capture_on_commit_callbacks
+    general_room, bob, listener, django_capture_on_commit_callbacks
 ):
-    services.chat_room_join(room=general, user=bob)
+    services.chat_room_join(room=general_room, user=bob)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         message = services.chat_message_post(
-            room=general, author=bob, text="hi all", reply_to="specific.abc!def", ref="r1"
+            room=general_room, author=bob, text="hi all", reply_to="specific.abc!def", ref="r1"
         )
     assert len(callbacks) == 1
     pushed = listener.receive()
+    assert pushed is not None, "nothing was broadcast"
     assert pushed["type"] == "event.push"
     assert pushed["reply_to"] == "specific.abc!def"
     assert pushed["ref"] == "r1"
@@ -165,28 +128,29 @@ def test_a_post_is_broadcast_to_the_room_group_after_commit(
         "edited_at": None,
     }
     assert frame["ts"] == protocol.format_ts(message.created_at)
+    listener.assert_nothing_more()  # broadcast once
 
 
 def test_a_rolled_back_post_is_neither_stored_nor_broadcast(
-    general, bob, listener, django_capture_on_commit_callbacks
+    general_room, bob, listener, django_capture_on_commit_callbacks
 ):
-    services.chat_room_join(room=general, user=bob)
+    services.chat_room_join(room=general_room, user=bob)
     with (
         django_capture_on_commit_callbacks(execute=True) as callbacks,
         pytest.raises(RuntimeError),
         transaction.atomic(),
     ):
-        services.chat_message_post(room=general, author=bob, text="never mind")
+        services.chat_message_post(room=general_room, author=bob, text="never mind")
         raise RuntimeError("the surrounding work failed")
     assert callbacks == []
-    assert not Message.objects.filter(room=general).exists()
-    assert listener.nothing_pending()
+    assert not Message.objects.filter(room=general_room).exists()
+    listener.assert_nothing_more()
 
 
 def test_only_the_author_can_edit_and_an_edit_is_broadcast(
-    general, alice, bob, post, listener, django_capture_on_commit_callbacks
+    general_room, alice, bob, post, listener, django_capture_on_commit_callbacks
 ):
-    message = post(general, alice, "helo")
+    message = post(general_room, alice, "helo")
     message = selectors.chat_message_get_for(user=bob, message_id=message.id)
     with pytest.raises(PermissionDenied):
         services.chat_message_edit(message=message, editor=bob, text="vandalised")
@@ -198,7 +162,7 @@ def test_only_the_author_can_edit_and_an_edit_is_broadcast(
         edited = services.chat_message_edit(message=message, editor=alice, text="hello")
     assert edited.text == "hello"
     assert edited.edited_at is not None
-    frame = listener.receive()["frame"]
+    frame = listener.frames(1)[0]
     assert frame["type"] == protocol.CHAT_MESSAGE_EDITED
     assert frame["data"]["id"] == message.id
     assert frame["data"]["text"] == "hello"
@@ -206,19 +170,19 @@ def test_only_the_author_can_edit_and_an_edit_is_broadcast(
     assert frame["data"]["created_at"] == protocol.format_ts(message.created_at)
 
 
-def test_a_deleted_users_messages_stay_with_no_author(general, bob, post):
-    message = post(general, bob, "I was here")
+def test_a_deleted_users_messages_stay_with_no_author(general_room, bob, post):
+    message = post(general_room, bob, "I was here")
     bob_id = bob.id
     bob.delete()
     message.refresh_from_db()
     assert message.text == "I was here"
     assert message.author is None
     assert services.chat_message_data(message)["author"] is None
-    assert not ChatParticipant.objects.filter(room=general, user_id=bob_id).exists()
+    assert not ChatParticipant.objects.filter(room=general_room, user_id=bob_id).exists()
 
 
-def test_nobody_can_edit_a_deleted_users_message(general, bob, carol, post):
-    message = post(general, bob, "mine")
+def test_nobody_can_edit_a_deleted_users_message(general_room, bob, carol, post):
+    message = post(general_room, bob, "mine")
     bob.delete()
     message.refresh_from_db()
     with pytest.raises(PermissionDenied):
@@ -234,64 +198,64 @@ def test_a_deleted_creator_leaves_the_room_in_place(alice, bob):
     assert list(room.participants.values_list("user__username", flat=True)) == ["bob"]
 
 
-def test_unread_counts_others_messages_after_the_read_mark(general, alice, bob, post):
-    services.chat_room_join(room=general, user=bob)
-    first = post(general, alice, "one")
-    post(general, alice, "two")
-    post(general, bob, "my own message is never unread to me")
-    bob_in_general = selectors.chat_participant_get(room=general, user=bob)
+def test_unread_counts_others_messages_after_the_read_mark(general_room, alice, bob, post):
+    services.chat_room_join(room=general_room, user=bob)
+    first = post(general_room, alice, "one")
+    post(general_room, alice, "two")
+    post(general_room, bob, "my own message is never unread to me")
+    bob_in_general = selectors.chat_participant_get(room=general_room, user=bob)
     assert selectors.chat_unread_count(participant=bob_in_general) == 2
 
-    marked = services.chat_room_mark_read(room=general, user=bob, message_id=first.id)
+    marked = services.chat_room_mark_read(room=general_room, user=bob, message_id=first.id)
     assert selectors.chat_unread_count(participant=marked) == 1
-    marked = services.chat_room_mark_read(room=general, user=bob)
+    marked = services.chat_room_mark_read(room=general_room, user=bob)
     assert selectors.chat_unread_count(participant=marked) == 0
 
 
-def test_the_read_mark_never_moves_back(general, alice, bob, post):
-    services.chat_room_join(room=general, user=bob)
-    first = post(general, alice, "one")
-    second = post(general, alice, "two")
-    services.chat_room_mark_read(room=general, user=bob, message_id=second.id)
-    stale = services.chat_room_mark_read(room=general, user=bob, message_id=first.id)
+def test_the_read_mark_never_moves_back(general_room, alice, bob, post):
+    services.chat_room_join(room=general_room, user=bob)
+    first = post(general_room, alice, "one")
+    second = post(general_room, alice, "two")
+    services.chat_room_mark_read(room=general_room, user=bob, message_id=second.id)
+    stale = services.chat_room_mark_read(room=general_room, user=bob, message_id=first.id)
     assert stale.last_read_message_id == second.id
 
 
-def test_deleting_the_last_read_message_keeps_the_read_mark(general, alice, bob, post):
-    services.chat_room_join(room=general, user=bob)
-    post(general, alice, "one")
-    read = post(general, alice, "two")
-    services.chat_room_mark_read(room=general, user=bob)
+def test_deleting_the_last_read_message_keeps_the_read_mark(general_room, alice, bob, post):
+    services.chat_room_join(room=general_room, user=bob)
+    post(general_room, alice, "one")
+    read = post(general_room, alice, "two")
+    services.chat_room_mark_read(room=general_room, user=bob)
     read_id = read.id
     read.delete()  # moderation in the admin
-    participant = selectors.chat_participant_get(room=general, user=bob)
+    participant = selectors.chat_participant_get(room=general_room, user=bob)
     assert participant.last_read_message_id == read_id
     assert selectors.chat_unread_count(participant=participant) == 0
 
 
-def test_marking_read_a_message_of_another_room_is_refused(general, alice, private_room, post):
-    services.chat_room_join(room=general, user=alice)
+def test_marking_read_a_message_of_another_room_is_refused(general_room, alice, private_room, post):
+    services.chat_room_join(room=general_room, user=alice)
     elsewhere = post(private_room, alice, "private")
     with pytest.raises(ValidationError):
-        services.chat_room_mark_read(room=general, user=alice, message_id=elsewhere.id)
+        services.chat_room_mark_read(room=general_room, user=alice, message_id=elsewhere.id)
 
 
-def test_typing_is_rate_limited_per_user_and_room(general, alice, bob, listener, settings):
+def test_typing_is_rate_limited_per_user_and_room(general_room, alice, bob, listener, settings):
     settings.TASKHUB_CHAT_TYPING_INTERVAL = 30
     for user in (alice, bob):
-        services.chat_room_join(room=general, user=user)
-        cache.delete(f"chat:typing:{general.id}:{user.id}")
-    assert services.chat_typing_send(room=general, user=alice) is True
-    frame = listener.receive()["frame"]
+        services.chat_room_join(room=general_room, user=user)
+        cache.delete(f"chat:typing:{general_room.id}:{user.id}")
+    assert services.chat_typing_send(room=general_room, user=alice) is True
+    frame = listener.frames(1)[0]
     assert frame["type"] == protocol.CHAT_TYPING
     assert frame["data"] == {"room": "general", "user": {"id": alice.id, "username": "alice"}}
     assert "id" not in frame
 
-    assert services.chat_typing_send(room=general, user=alice) is False
+    assert services.chat_typing_send(room=general_room, user=alice) is False
     # Another user's hint is not held back by alice's.
-    assert services.chat_typing_send(room=general, user=bob) is True
-    assert listener.receive()["frame"]["data"]["user"]["username"] == "bob"
-    assert listener.nothing_pending()
+    assert services.chat_typing_send(room=general_room, user=bob) is True
+    assert listener.frames(1)[0]["data"]["user"]["username"] == "bob"
+    listener.assert_nothing_more()
 
 
 def test_typing_in_a_room_one_is_not_in_is_refused(private_room, bob):

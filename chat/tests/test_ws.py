@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from channels.db import database_sync_to_async
 
 from chat import services
 from chat.models import Message
-from chat.tests.conftest import subscribed_in_redis
+from conftest import subscribed_in_redis
+from devserver.wsclient import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,19 +25,19 @@ def stored_text(message_id: int) -> str:
     return Message.objects.get(pk=message_id).text
 
 
-async def subscribed_becomes(room, count: int, timeout: float = 5) -> None:
-    """Wait until Redis has `count` subscriptions to the room's group (an UNSUBSCRIBE is
-    sent, not awaited, by the layer)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (now := await database_sync_to_async(subscribed_in_redis)(room)) != count:
-        assert asyncio.get_running_loop().time() < deadline, f"{now} subscribed, not {count}"
-        await asyncio.sleep(0.05)
+async def subscribed_becomes(room, count: int) -> None:
+    """Wait (bounded) until Redis has `count` subscriptions to the room's group: the
+    layer sends an UNSUBSCRIBE without awaiting its answer."""
+    group = services.room_group(room.id)
+    await eventually(
+        lambda: subscribed_in_redis(group) == count, message=f"{count} subscribed to {group}"
+    )
 
 
-async def test_subscribe_sends_the_last_20_messages_oldest_first(open_socket, general, alice):
+async def test_subscribe_sends_the_last_20_messages_oldest_first(connect, general_room, alice):
     for n in range(25):
-        await post_stored(general, alice, f"message {n}")
-    tab = await open_socket(alice)
+        await post_stored(general_room, alice, f"message {n}")
+    tab = await connect(alice)
     history = await tab.subscribe("general")
     assert history["ref"] == "sub"
     assert "id" not in history
@@ -50,11 +49,11 @@ async def test_subscribe_sends_the_last_20_messages_oldest_first(open_socket, ge
 
 
 async def test_a_post_reaches_every_subscriber_once_and_the_poster_gets_its_ref(
-    open_socket, general, alice, bob
+    connect, general_room, alice, bob
 ):
-    alice_tab = await open_socket(alice)
-    bob_tab_1 = await open_socket(bob)
-    bob_tab_2 = await open_socket(bob)
+    alice_tab = await connect(alice)
+    bob_tab_1 = await connect(bob)
+    bob_tab_2 = await connect(bob)
     for tab in (alice_tab, bob_tab_1, bob_tab_2):
         await tab.subscribe("general")
 
@@ -76,9 +75,9 @@ async def test_a_post_reaches_every_subscriber_once_and_the_poster_gets_its_ref(
     await alice_tab.assert_nothing_more()
 
 
-async def test_after_unsubscribe_nothing_more_arrives(open_socket, general, alice, bob):
-    alice_tab = await open_socket(alice)
-    bob_tab = await open_socket(bob)
+async def test_after_unsubscribe_nothing_more_arrives(connect, general_room, alice, bob):
+    alice_tab = await connect(alice)
+    bob_tab = await connect(bob)
     await alice_tab.subscribe("general")
     await bob_tab.subscribe("general")
     await bob_tab.send({"type": "unsubscribe.chat", "room": "general"})
@@ -86,35 +85,35 @@ async def test_after_unsubscribe_nothing_more_arrives(open_socket, general, alic
 
     await alice_tab.request({"type": "chat.message.post", "room": "general", "text": "anyone?"})
     await bob_tab.assert_nothing_more()
-    await subscribed_becomes(general, 1)  # alice's tab still follows it
+    await subscribed_becomes(general_room, 1)  # alice's tab still follows it
 
 
-async def test_unsubscribe_without_a_room_leaves_every_room(open_socket, general, alice):
+async def test_unsubscribe_without_a_room_leaves_every_room(connect, general_room, alice):
     room = await database_sync_to_async(services.chat_room_create)(creator=alice, name="Side")
-    tab = await open_socket(alice)
+    tab = await connect(alice)
     await tab.subscribe("general")
     await tab.subscribe(room.slug)
     await tab.send({"type": "unsubscribe.chat"})
     await tab.assert_nothing_more()
-    await subscribed_becomes(general, 0)
+    await subscribed_becomes(general_room, 0)
     await subscribed_becomes(room, 0)
-    other_tab = await open_socket(alice)
+    other_tab = await connect(alice)
     for slug in ("general", room.slug):
         await other_tab.request({"type": "chat.message.post", "room": slug, "text": "still?"})
     await tab.assert_nothing_more()
 
 
-async def test_disconnect_leaves_the_room_group(open_socket, general, alice):
-    tab = await open_socket(alice)
+async def test_disconnect_leaves_the_room_group(connect, general_room, alice):
+    tab = await connect(alice)
     await tab.subscribe("general")
-    await subscribed_becomes(general, 1)
+    await subscribed_becomes(general_room, 1)
     await tab.close()
-    await subscribed_becomes(general, 0)
+    await subscribed_becomes(general_room, 0)
 
 
-async def test_an_edit_by_the_author_reaches_everyone(open_socket, general, alice, bob):
-    alice_tab = await open_socket(alice)
-    bob_tab = await open_socket(bob)
+async def test_an_edit_by_the_author_reaches_everyone(connect, general_room, alice, bob):
+    alice_tab = await connect(alice)
+    bob_tab = await connect(bob)
     await alice_tab.subscribe("general")
     await bob_tab.subscribe("general")
     posted = await alice_tab.request(
@@ -133,9 +132,9 @@ async def test_an_edit_by_the_author_reaches_everyone(open_socket, general, alic
     assert (await bob_tab.receive())["data"] == edited["data"]
 
 
-async def test_an_edit_by_someone_else_is_refused(open_socket, general, alice, bob):
-    message = await post_stored(general, alice, "original")
-    bob_tab = await open_socket(bob)
+async def test_an_edit_by_someone_else_is_refused(connect, general_room, alice, bob):
+    message = await post_stored(general_room, alice, "original")
+    bob_tab = await connect(bob)
     await bob_tab.subscribe("general")
     refused = await bob_tab.request(
         {"type": "chat.message.edit", "message_id": message.id, "text": "hacked", "ref": "e"}
@@ -148,10 +147,10 @@ async def test_an_edit_by_someone_else_is_refused(open_socket, general, alice, b
 
 
 async def test_a_private_rooms_messages_never_reach_a_non_member(
-    open_socket, general, alice, bob, private_room
+    connect, general_room, alice, bob, private_room
 ):
-    alice_tab = await open_socket(alice)
-    bob_tab = await open_socket(bob)
+    alice_tab = await connect(alice)
+    bob_tab = await connect(bob)
     await alice_tab.subscribe(private_room.slug)
     await bob_tab.subscribe("general")
 
@@ -194,9 +193,9 @@ async def test_a_private_rooms_messages_never_reach_a_non_member(
     ],
 )
 async def test_bad_commands_get_an_error_frame_with_the_ref(
-    open_socket, general, alice, command, code
+    connect, general_room, alice, command, code
 ):
-    tab = await open_socket(alice)
+    tab = await connect(alice)
     await tab.subscribe("general")
     reply = await tab.request({**command, "ref": "r"})
     assert reply["type"] == "error", reply
@@ -206,9 +205,9 @@ async def test_bad_commands_get_an_error_frame_with_the_ref(
     await tab.assert_nothing_more()  # and the socket carries on
 
 
-async def test_posting_to_a_room_this_tab_does_not_follow_still_acks(open_socket, general, alice):
-    await post_stored(general, alice, "joined earlier")
-    tab = await open_socket(alice)
+async def test_posting_to_a_room_this_tab_does_not_follow_still_acks(connect, general_room, alice):
+    await post_stored(general_room, alice, "joined earlier")
+    tab = await connect(alice)
     posted = await tab.request(
         {"type": "chat.message.post", "room": "general", "text": "from afar", "ref": "a"}
     )
@@ -217,11 +216,11 @@ async def test_posting_to_a_room_this_tab_does_not_follow_still_acks(open_socket
 
 
 async def test_typing_reaches_the_room_and_is_rate_limited(
-    open_socket, general, alice, bob, settings
+    connect, general_room, alice, bob, settings
 ):
     settings.TASKHUB_CHAT_TYPING_INTERVAL = 30  # nothing in this test may outlast the window
-    alice_tab = await open_socket(alice)
-    bob_tab = await open_socket(bob)
+    alice_tab = await connect(alice)
+    bob_tab = await connect(bob)
     await alice_tab.subscribe("general")
     await bob_tab.subscribe("general")
     await alice_tab.send({"type": "chat.typing", "room": "general"})

@@ -110,11 +110,15 @@ def test_events_after_id_returns_the_users_later_events_as_envelopes(alice, bob,
     assert rest["has_more"] is False
 
 
-@pytest.mark.parametrize("query", ["after_id=-1", "after_id=x", "limit=0", "limit=100000"])
-def test_bad_event_queries_are_a_400(alice, client_for, query):
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("after_id=-1", "after_id"), ("after_id=x", "after_id"), ("limit=0", "limit"),
+     ("limit=100000", "limit")],
+)  # fmt: skip
+def test_bad_event_queries_are_a_400_naming_the_parameter(alice, client_for, query, field):
     response = client_for(alice).get(f"/api/events/?{query}")
     assert response.status_code == 400
-    assert response.json()
+    assert list(response.json()) == [field]
 
 
 def test_a_tasks_events_are_listed_for_its_owner(alice, client_for):

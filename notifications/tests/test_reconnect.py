@@ -8,7 +8,6 @@ without waiting for the periodic sweep (disabled here).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 
 import pytest
@@ -17,7 +16,6 @@ from channels.db import database_sync_to_async
 from django.test import override_settings
 
 from chat import services as chat_services
-from chat.models import ChatRoom
 from notifications.tests.conftest import publish_event
 from notifications.tests.test_push_path import own_redis  # noqa: F401 (a fixture)
 
@@ -33,40 +31,29 @@ def layer_on_own_redis(own_redis, settings):  # noqa: F811
     return own_redis
 
 
-def general() -> ChatRoom:
-    """Made by a migration, but an earlier transactional test may have flushed it."""
-    room, _ = ChatRoom.objects.get_or_create(
-        slug="general", defaults={"name": "General", "is_public": True}
-    )
-    return room
-
-
 @database_sync_to_async
-def post_to_general(author, text: str) -> int:
-    room = general()
+def post_to(room, author, text: str) -> int:
     chat_services.chat_room_join(room=room, user=author)
     return chat_services.chat_message_post(room=room, author=author, text=text).id
 
 
 async def test_after_redis_comes_back_sockets_get_what_was_published_meanwhile(
-    layer_on_own_redis, alice, bob, connect
+    layer_on_own_redis, alice, bob, general_room, connect
 ):
-    await sync_to_async(general)()
     with override_settings(TASKHUB_WS_CATCHUP_INTERVAL=0):  # no sweep: the resync alone
         tabs = [await connect(alice), await connect(alice)]
         bob_tab = await connect(bob)
         for tab in tabs:
-            await tab.send({"type": "subscribe.chat", "room": "general", "ref": "sub"})
-            assert (await tab.receive_type("chat.history"))["ref"] == "sub"
+            await tab.subscribe("general")
         before = await publish_event(alice, 1)
         for tab in tabs:
             assert [e["id"] for e in await tab.receive_events(1)] == [before]
 
         await sync_to_async(layer_on_own_redis.stop)()
         during = [await publish_event(alice, n) for n in (2, 3)]  # pushes fail
-        message_id = await post_to_general(bob, "while Redis was down")  # broadcast fails
+        message_id = await post_to(general_room, bob, "while Redis was down")  # so does this
         bob_event = await publish_event(bob, 9)
-        await asyncio.sleep(0.5)
+        # Each push is sent (and failed) at its commit, so all four are lost by now.
         await sync_to_async(layer_on_own_redis.start)()
 
         for tab in tabs:

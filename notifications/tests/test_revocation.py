@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
@@ -16,19 +15,15 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.forms import MultiWidget
 from django.test import Client
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from chat.models import Message
 from conftest import access_token_for
 from devserver import testing
+from devserver.wsclient import Socket, open_network
 from taskhub import accounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-# A bound on waiting, not a speed claim: with the sweep off only the push can close.
-WAIT = 10
 
 
 @pytest.fixture
@@ -38,33 +33,11 @@ def web(transactional_db, clean_connection_registry) -> Iterator[str]:
     process.stop()
 
 
-def ws_url(base_url: str, token: str | None = None) -> str:
-    url = base_url.replace("http://", "ws://") + "/ws"
-    return url + (f"?token={token}" if token else "")
-
-
-async def receive(ws: ClientConnection) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), WAIT))
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, list[dict[str, Any]]]:
-    """Frames until the server closes; the close code and those frames."""
-    frames = []
-    with pytest.raises(ConnectionClosed) as closed:
-        while True:
-            frames.append(await receive(ws))
-    return (closed.value.rcvd.code if closed.value.rcvd else None), frames
-
-
-async def pong(ws: ClientConnection) -> dict[str, Any]:
-    await ws.send(json.dumps({"type": "ping", "ref": "alive"}))
-    return await receive(ws)
-
-
-async def open_socket(base_url: str, user) -> ClientConnection:
-    ws = await ws_connect(ws_url(base_url, await sync_to_async(access_token_for)(user)))
-    assert (await receive(ws))["type"] == "welcome"
-    return ws
+async def open_socket(base_url: str, user) -> Socket:
+    token = await sync_to_async(access_token_for)(user)
+    socket = await open_network(base_url, token=token)
+    await socket.receive_type("welcome")
+    return socket
 
 
 def test_a_deactivated_users_sockets_close_with_4401_and_post_nothing_more(
@@ -73,22 +46,19 @@ def test_a_deactivated_users_sockets_close_with_4401_and_post_nothing_more(
     async def scenario() -> None:
         first, second = await open_socket(web, alice), await open_socket(web, alice)
         bystander = await open_socket(web, bob)
-        await first.send(json.dumps({"type": "subscribe.chat", "room": "general"}))
-        assert (await receive(first))["type"] == "chat.history"
+        await first.subscribe("general")
 
         await sync_to_async(accounts.user_deactivate)(user=alice)
         # Sent after the deactivation committed: it must not be posted (the socket may
         # well be closed already).
         with contextlib.suppress(ConnectionClosed):
-            await first.send(
-                json.dumps({"type": "chat.message.post", "room": "general", "text": "after"})
-            )
+            await first.send({"type": "chat.message.post", "room": "general", "text": "after"})
 
         for ws in (first, second):
-            code, frames = await closed_with(ws)
+            code, frames = await ws.receive_close()
             assert code == 4401
             assert frames[-1]["data"]["code"] == "unauthenticated", frames
-        assert (await pong(bystander))["type"] == "pong"
+        await bystander.assert_nothing_more()
         await bystander.close()
 
     run(scenario())
@@ -99,7 +69,7 @@ def test_deactivating_a_user_in_the_admin_closes_their_sockets(alice, web, opera
     async def scenario() -> None:
         ws = await open_socket(web, alice)
         await sync_to_async(admin_save)(operator, alice, is_active=False)
-        code, _ = await closed_with(ws)
+        code, _ = await ws.receive_close()
         assert code == 4401
 
     run(scenario())
@@ -109,7 +79,7 @@ def test_a_deleted_users_sockets_close_with_4401(alice, web):
     async def scenario() -> None:
         ws = await open_socket(web, alice)
         await sync_to_async(alice.delete)()
-        code, _ = await closed_with(ws)
+        code, _ = await ws.receive_close()
         assert code == 4401
 
     run(scenario())
@@ -121,18 +91,19 @@ def test_logging_out_closes_that_sessions_sockets_only(alice, web):
     cookie = f"sessionid={page.cookies['sessionid'].value}"
 
     async def scenario() -> None:
-        session_ws = await ws_connect(ws_url(web), additional_headers={"Cookie": cookie})
-        assert (await receive(session_ws))["data"]["user"]["username"] == "alice"
+        session_ws = await open_network(web, additional_headers={"Cookie": cookie})
+        welcome = await session_ws.receive_type("welcome")
+        assert welcome["data"]["user"]["username"] == "alice"
         token_ws = await open_socket(web, alice)
 
         response = await sync_to_async(page.post)("/accounts/logout/")
         assert response.status_code == 302
 
-        code, frames = await closed_with(session_ws)
+        code, frames = await session_ws.receive_close()
         assert code == 4401
         assert frames[-1]["data"]["code"] == "unauthenticated", frames
         # The same user's token socket is another credential: it stays.
-        assert (await pong(token_ws))["type"] == "pong"
+        await token_ws.assert_nothing_more()
         await token_ws.close()
 
     run(scenario())
