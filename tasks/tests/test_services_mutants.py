@@ -5,6 +5,7 @@ of the system, and where progress and result sizes are cut off."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -351,3 +352,70 @@ def test_a_result_the_database_refuses_fails_the_task_at_once_saying_so(alice, s
     assert task.status == TaskStatus.FAILED
     assert task.error.startswith("recording the result failed: ")
     assert task.result is None
+
+
+# --- Worker shutdown and the reaper ----------------------------------------------------------
+
+
+def test_a_stopping_worker_asks_only_its_own_running_tasks_to_stop(alice):
+    mine = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, worker="celery@a")
+    theirs = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, worker="celery@b")
+    queued = make_task(owner=alice, status=TaskStatus.QUEUED, worker="celery@a")
+    before = Task.objects.get(pk=mine.pk).updated_at
+
+    assert services.tasks_request_stop_on_worker(worker="celery@a") == 1
+
+    stored = {task.pk: task for task in Task.objects.all()}
+    assert stored[mine.pk].stop_requested == StopRequest.SHUTDOWN
+    assert stored[mine.pk].updated_at > before
+    assert stored[theirs.pk].stop_requested == StopRequest.NONE
+    assert stored[queued.pk].stop_requested == StopRequest.NONE
+
+
+def test_a_stopped_worker_fails_only_its_own_running_tasks_retryably(alice):
+    mine = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, worker="celery@a")
+    theirs = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, worker="celery@b")
+    done = make_task(owner=alice, status=TaskStatus.COMPLETED, worker="celery@a")
+
+    assert services.tasks_interrupt_on_worker(worker="celery@a") == 1
+    assert services.tasks_interrupt_on_worker(worker="celery@b", error="restarted") == 1
+
+    stored = {task.pk: task for task in Task.objects.all()}
+    assert (stored[mine.pk].status, stored[mine.pk].error) == (
+        TaskStatus.FAILED,
+        services.INTERRUPTED_BY_SHUTDOWN,
+    )
+    assert (stored[theirs.pk].status, stored[theirs.pk].error) == (TaskStatus.FAILED, "restarted")
+    assert stored[done.pk].status == TaskStatus.COMPLETED
+
+
+def test_the_reaper_ends_only_runs_past_their_deadline_and_grace(alice, settings):
+    settings.TASKHUB_REAPER_GRACE = 30
+    now = timezone.now()
+
+    def running(seconds_ago: float | None, **fields) -> Task:
+        started = None if seconds_ago is None else now - timedelta(seconds=seconds_ago)
+        return make_task(
+            owner=alice, status=TaskStatus.IN_PROGRESS, timeout=60, started_at=started, **fields
+        )
+
+    lost = running(60 + 30 + 5)
+    cancel_asked = running(60 + 30 + 5, stop_requested=StopRequest.CANCEL)
+    within_grace = running(60 + 30 - 5)
+    never_started = running(None)
+    finished = make_task(
+        owner=alice, status=TaskStatus.FAILED, timeout=60, started_at=now - timedelta(hours=1)
+    )
+
+    assert services.reap_stalled_tasks() == 2
+
+    stored = {task.pk: task for task in Task.objects.all()}
+    assert (stored[lost.pk].status, stored[lost.pk].error) == (
+        TaskStatus.FAILED,
+        services.WORKER_LOST,
+    )
+    assert stored[cancel_asked.pk].status == TaskStatus.CANCELLED
+    assert stored[within_grace.pk].status == TaskStatus.IN_PROGRESS
+    assert stored[never_started.pk].status == TaskStatus.IN_PROGRESS
+    assert stored[finished.pk].status == TaskStatus.FAILED
+    assert services.reap_stalled_tasks() == 0
