@@ -63,6 +63,7 @@ def _history() -> dict[str, Any]:
         "rates": ops_selectors.task_rates_per_minute(activity),
         "processing_by_kind": ops_selectors.task_processing_percentiles_by_kind(),
         "recently_unsuccessful": ops_selectors.tasks_recently_unsuccessful(),
+        "outcomes_by_worker": ops_selectors.task_outcomes_by_worker(),
     }
 
 
@@ -113,12 +114,15 @@ def operations_snapshot() -> dict[str, Any]:
         except Exception as exc:
             summaries = {}
             snapshot["errors"]["database"] = _described(exc, "the database")
+        outcomes = snapshot.get("outcomes_by_worker") or {}
         workers = [
             {
                 **worker,
                 # Seconds since it last answered an inspect: at most the cache's life
                 # while it is alive; a worker that stops answering leaves the list.
                 "heartbeat_age": round(max(0.0, snapshot["now"] - worker["answered_at"]), 1),
+                # Kept in PostgreSQL: survives the worker's restart, unlike `processed`.
+                "last_hour": outcomes.get(worker["name"], {}),
                 "active": [
                     {**run, **summaries.get(run["task_id"] or "", {})} for run in worker["active"]
                 ],

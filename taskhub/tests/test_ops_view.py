@@ -150,9 +150,12 @@ def test_a_running_worker_shows_its_pid_concurrency_and_active_task_and_cancel_s
 def test_retry_from_the_view_runs_a_cancelled_task_again_and_a_second_cancel_is_a_conflict(
     operator, alice, worker
 ):
-    worker(node_name("ops"), concurrency=1)
+    name = node_name("ops")
+    worker(name, concurrency=1)
     task = services.task_create(owner=alice, title="again", kind="echo")
     wait_for_status(task, TaskStatus.COMPLETED)
+    ops.forget_cached("history")
+    assert worker_in(operator, name)["last_hour"] == {"completed": 1, "failed": 0, "cancelled": 0}
 
     refused = operator.post(f"/admin/operations/tasks/{task.pk}/cancel")
     assert refused.status_code == 409

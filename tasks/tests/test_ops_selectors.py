@@ -78,3 +78,16 @@ def test_task_summaries_name_title_and_owner_and_skip_what_is_not_a_task(alice):
             "progress": 0,
         }
     }
+
+
+def test_outcomes_by_worker_count_the_last_hour_by_node_name(alice):
+    for status in ("completed", "completed", "failed"):
+        task = finished_task(alice, kind="echo", seconds=1, ago=timedelta(minutes=2), status=status)
+        Task.objects.filter(pk=task.pk).update(worker="w1@host")
+    old = finished_task(alice, kind="echo", seconds=1, ago=timedelta(hours=2))
+    Task.objects.filter(pk=old.pk).update(worker="w1@host")
+    finished_task(alice, kind="echo", seconds=1, ago=timedelta(minutes=1), status="cancelled")
+
+    assert ops_selectors.task_outcomes_by_worker() == {
+        "w1@host": {"completed": 2, "failed": 1, "cancelled": 0}
+    }

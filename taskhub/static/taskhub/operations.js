@@ -118,7 +118,17 @@
           el("td", { class: "ops-concurrency" }, worker.concurrency ?? "?"),
           el("td", { class: "ops-queues" }, queues),
           el("td", {}, `${(worker.heartbeat_age ?? 0).toFixed(1)} s`),
-          el("td", { class: "ops-processed" }, worker.processed),
+          el(
+            "td",
+            { class: "ops-processed" },
+            String(worker.processed),
+            el(
+              "div",
+              { class: "ops-last-hour", title: "Attempts it ended in the last hour (PostgreSQL: kept across restarts)" },
+              `last hour: ${worker.last_hour.completed || 0} completed, ` +
+                `${worker.last_hour.failed || 0} failed, ${worker.last_hour.cancelled || 0} cancelled`,
+            ),
+          ),
           el("td", {}, worker.active.length ? active : "idle"),
           el(
             "td",
