@@ -298,6 +298,28 @@ def test_two_users_chat_in_general_and_see_each_other_typing(
     assert alice_page.get_by_label("Message to #general").input_value() == ""
 
 
+def test_what_an_operator_deletes_leaves_the_open_page(web_url, open_page, alice, general_room):
+    kept = on_server(task_services.task_create, owner=alice, title="Keep me")
+    doomed = on_server(task_services.task_create, owner=alice, title="Delete me")
+    on_server(post_message, general_room, alice, "a fine message")
+    on_server(post_message, general_room, alice, "a message to moderate")
+    page = open_page()
+    sign_in(page, web_url, alice, "alice-pass-123")
+    log = page.get_by_role("log", name="Messages in general")
+    expect(task_row(page, "Delete me")).to_be_visible()
+    expect(log.get_by_text("a message to moderate")).to_be_visible()
+    spam = on_server(lambda: general_room.messages.get(text="a message to moderate"))
+
+    on_server(task_services.task_delete, task_id=doomed.pk)  # the admin's delete
+    on_server(chat_services.chat_message_delete, message_id=spam.pk)
+
+    expect(task_row(page, "Delete me")).to_have_count(0)
+    expect(log.get_by_text("a message to moderate")).to_have_count(0)
+    expect(task_row(page, "Keep me")).to_be_visible()
+    expect(log.get_by_text("a fine message")).to_be_visible()
+    assert on_server(Task.objects.filter(pk=kept.pk).exists)
+
+
 def test_user_text_is_shown_as_text_and_never_runs(web_url, open_page, alice, general_room):
     on_server(task_services.task_create, owner=alice, title=XSS, description=f"see {XSS} here")
     on_server(post_message, general_room, alice, f"chat {XSS}")
