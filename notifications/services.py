@@ -58,7 +58,7 @@ _INSERT_EVENT = f"""
     SELECT %(user_id)s, last_seq, %(type)s, %(data)s::jsonb, %(task_id)s::uuid, %(created_at)s
     FROM counter
     RETURNING id, seq
-"""
+"""  # noqa: S608 — only the models' own table names are formatted in; values are parameters
 _EVENT_FIELDS = ["id", "user_id", "seq", "type", "data", "task_id", "created_at"]
 
 

@@ -99,7 +99,7 @@ class TaskSearchResults:
         return self._fetch(start, stop - start)
 
     def _fetch(self, offset: int, limit: int) -> list[SearchHit]:
-        assert self._tsquery is not None
+        assert self._tsquery is not None  # noqa: S101 — for the type checker: set whenever _filters is
         rows = list(Task.objects.raw(*_page_sql(self._tsquery, self._filters, offset, limit)))
         if rows:
             self._count = int(rows[0].total)
@@ -146,7 +146,9 @@ def _page_sql(
     # The inner query ranks and cuts; the outer one computes headlines for the page's rows
     # only, then restores the order (a subquery's order is not kept by its caller).
     sql = (
-        f"SELECT page.*, {title_sql} AS title_marked, {description_sql} AS description_marked "
+        # Only constants and %s placeholders are formatted in: search/query.py sends every
+        # term and config as a parameter.
+        f"SELECT page.*, {title_sql} AS title_marked, {description_sql} AS description_marked "  # noqa: S608
         f"FROM (SELECT {columns}, ts_rank({_VECTOR}, {tsquery.sql}) AS rank, "
         f"count(*) OVER () AS total FROM {_TABLE} "
         f"WHERE {where} AND {_VECTOR} @@ {tsquery.sql} "
@@ -201,9 +203,10 @@ def task_search_for(
     # can use the GIN index (task_search_vector_idx).
     tasks = (
         tasks.filter(
-            RawSQL(f"{_VECTOR} @@ {tsquery.sql}", tsquery.params, output_field=BooleanField())
+            # S611: tsquery.sql is placeholders only; the terms are its params.
+            RawSQL(f"{_VECTOR} @@ {tsquery.sql}", tsquery.params, output_field=BooleanField())  # noqa: S611
         )
-        .annotate(rank=RawSQL(f"ts_rank({_VECTOR}, {tsquery.sql})", tsquery.params, FloatField()))
+        .annotate(rank=RawSQL(f"ts_rank({_VECTOR}, {tsquery.sql})", tsquery.params, FloatField()))  # noqa: S611
         .order_by("-rank", "-created_at", "-id")
     )
     return TaskSearchResults(tasks, tsquery, (" AND ".join(where), where_params))

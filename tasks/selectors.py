@@ -82,7 +82,7 @@ def dispatcher_lag_seconds() -> float:
                 statement_timestamp() - min(GREATEST(updated_at, run_at))), 0)
             FROM {table}
             WHERE status = %s AND (run_at IS NULL OR run_at <= statement_timestamp())
-            """,
+            """,  # noqa: S608 — only the quoted table name is formatted in; values are parameters
             [TaskStatus.PENDING],
         )
         return max(0.0, float(cursor.fetchone()[0]))
