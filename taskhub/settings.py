@@ -126,6 +126,8 @@ MIDDLEWARE = _MiddlewareList(
         "taskhub.middleware.SecurityMiddleware",
         # Names the instance in X-TaskHub-Server (taskhub/instance.py, docs/scaling.md).
         "taskhub.instance.instance_header_middleware",
+        # A body over MAX_REQUEST_BYTES: 413 with a JSON message (taskhub/body_limit.py).
+        "taskhub.body_limit.body_limit_middleware",
         # Async-only (unlike WhiteNoise's, which it forks): a sync middleware would make every
         # request hop to a thread and back, and Daphne then hangs on SIGTERM with a request
         # in flight (the exiting interpreter joins a thread that waits for the stopped loop).
