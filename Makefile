@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test services lint fmt bench mutation proto clean
+.PHONY: help venv run test services lint fmt bench reliability mutation proto clean
 
 help:
 	@echo "make run       start everything (embedded PostgreSQL + Valkey unless DATABASE_URL and REDIS_URL are set)"
 	@echo "make test      run the tests (PYTEST_ARGS='-k lifecycle -x' to pass pytest arguments)"
 	@echo "make services  only the embedded PostgreSQL + Valkey, in the foreground"
-	@echo "make lint | fmt | bench | mutation | proto | venv | clean"
+	@echo "make lint | fmt | bench | reliability | mutation | proto | venv | clean"
 
 # Development installs both files (requirements-dev.txt includes requirements.txt; the
 # Docker image installs requirements.txt only). Re-installs when either is newer than the
@@ -48,6 +48,14 @@ fmt: $(STAMP)
 # the references (under 15 min); docs/benchmarks.md. Needs `wrk` (Debian: apt-get install wrk).
 bench: $(STAMP)
 	$(PY) -m devserver.launcher exec $(PY) bench/run.py $(BENCH_ARGS)
+
+# The fault and abuse scenarios of docs/reliability.md against real processes, on a test
+# database of their own; prints a table and writes the doc's measured column. Minutes;
+# RELIABILITY_ARGS="--quick" for CI's smaller form, "--only R1,S1" for some. The same
+# backing-service rule as `make test` and `make bench`.
+RELIABILITY_ARGS ?=
+reliability: $(STAMP)
+	$(PY) -m devserver.launcher exec nice $(PY) -m reliability.run $(RELIABILITY_ARGS)
 
 # Mutation testing of tasks/models.py, tasks/services.py, notifications/services.py
 # (docs/mutation.md; configured in pyproject.toml's [tool.mutmut]). Not part of `make test`
