@@ -333,6 +333,25 @@ def test_an_exit_code_no_signal_gives_is_the_processors_own_failure(alice, exiti
     assert (task.status, task.error) == (TaskStatus.FAILED, f"SystemExit: {code}")
 
 
+def reports_progress(ctx):
+    """Reports 60% and returns what the task's row said right after."""
+    ctx.report_progress(60)
+    return {"stored": Task.objects.get(pk=ctx.task.pk).progress}
+
+
+def test_a_processors_progress_report_is_stored_while_it_runs(alice, settings):
+    settings.TASKHUB_TASK_PROCESSORS = {
+        **settings.TASKHUB_TASK_PROCESSORS,
+        "reports_progress": "tasks.tests.test_services_mutants.reports_progress",
+    }
+    task = make_task(owner=alice, kind="reports_progress", status=TaskStatus.QUEUED)
+
+    services.task_run(task_id=task.pk, worker="test@host")
+
+    task.refresh_from_db()
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, {"stored": 60})
+
+
 def returns_nul(ctx):
     """Strict JSON that PostgreSQL's jsonb still refuses: a NUL character in a string."""
     return {"text": "a\x00b"}
