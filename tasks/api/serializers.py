@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -106,6 +107,8 @@ class TaskCreateInputSerializer(serializers.Serializer):
         try:
             values, errors = super().to_internal_value(data), {}
         except serializers.ValidationError as exc:
+            if not isinstance(data, Mapping):
+                raise  # a JSON list or scalar: no fields to check one by one (DRF's 400)
             values, errors = None, dict(exc.detail)
         run = {}
         for name in self.RUN_FIELDS:
