@@ -15,6 +15,10 @@ Every `daphne` option works as documented; this adds (docs/protocol.md, "Limits"
   reason; Daphne exposes no option for it. It is set on Daphne's WebSocket factory through
   the Server's `ready_callable`, which Daphne calls once the factory exists and before the
   reactor accepts a connection.
+* A request line (or a header line) over Twisted's 16 KiB line limit gets an answer,
+  414 URI Too Long (431 for a header), instead of a dropped connection with none:
+  LineReceiver's lineLengthExceeded, which HTTPChannel does not override, only closes the
+  transport (issue 13, S1).
 * The access log goes through taskhub.redaction: `/ws?token=<jwt>` (and any other
   credential in a request line) is written as [redacted].
 
@@ -66,8 +70,28 @@ class TaskHubServer(Server):
     def _configure(self) -> None:
         # Called by Server.run() right after it built self.ws_factory, before reactor.run().
         self.ws_factory.setProtocolOptions(failByDrop=False)
+        build = self.http_factory.buildProtocol
+
+        def build_protocol(addr: Any) -> Any:
+            protocol = build(addr)
+            # Twisted wraps the HTTPChannel for HTTP/2 negotiation; the line limit is its.
+            channel = getattr(protocol, "_channel", protocol)
+            channel.lineLengthExceeded = lambda line: _line_too_long(channel)
+            return protocol
+
+        self.http_factory.buildProtocol = build_protocol
         if self._then_ready is not None:
             self._then_ready()
+
+
+def _line_too_long(channel: Any) -> None:
+    """Answer a line over the limit, then close, as Twisted's own 400 for headers over
+    totalHeadersSize does. Still on the request line (HTTPChannel's private first-line
+    flag) it is the URI that is too long, else one header."""
+    first_line = getattr(channel, "_HTTPChannel__first_line", 1)
+    status = b"414 URI Too Long" if first_line else b"431 Request Header Fields Too Large"
+    channel.transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n\r\n")
+    channel.transport.loseConnection()
 
 
 class TaskHubCommandLine(CommandLineInterface):
