@@ -220,6 +220,53 @@ class SocketHub:
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._resync: asyncio.Task[None] | None = None
         self._resync_again = False
+        self._registrations: list[tuple[EventConsumer, asyncio.Future[bool]]] = []
+        self._registrar: asyncio.Task[None] | None = None
+
+    def register(self, consumer: EventConsumer) -> asyncio.Future[bool]:
+        """services.connection_register for a new socket, batched: the sockets that ask
+        in the same loop turn, or while the previous batch is at Redis, go in one pipeline
+        (services.connection_register_many: one atomic script call per socket, so the
+        per-user cap holds). Daphne's sockets reach this one per turn (each after its own
+        SUBSCRIBE reply), so waiting for the batch in flight is what makes batches in a
+        storm; alone, a socket waits for nothing. The future is False over the cap and
+        raises what the batch raised (Redis down). The hub sets the socket's `_registered`
+        itself, so a socket cancelled while it waits still gives its slot back."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._registrations.append((consumer, future))
+        if self._registrar is None:
+            self._registrar = asyncio.ensure_future(self._register_pending())
+        return future
+
+    async def _register_pending(self) -> None:
+        try:
+            while self._registrations:
+                await asyncio.sleep(0)  # let every socket of this loop turn join the batch
+                batch, self._registrations = self._registrations, []
+                await self._register_batch(batch)
+        finally:
+            self._registrar = None
+
+    async def _register_batch(
+        self, batch: list[tuple[EventConsumer, asyncio.Future[bool]]]
+    ) -> None:
+        try:
+            results = await services.connection_register_many(
+                [(consumer.user.pk, consumer.channel_name) for consumer, _ in batch]
+            )
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (consumer, future), registered in zip(batch, results, strict=True):
+            if registered and consumer._released:
+                # It ended while waiting (Daphne cancelled it): its release had no entry.
+                self.release(consumer, (consumer.user.pk, consumer.channel_name, ()))
+                continue
+            consumer._registered = registered
+            if not future.done():
+                future.set_result(registered)
 
     def add(self, consumer: EventConsumer) -> None:
         self.sockets.add(consumer)
@@ -501,10 +548,8 @@ class EventConsumer(AsyncWebsocketConsumer):
         if task is not None:
             task.add_done_callback(lambda _: self._release())
         try:
-            self._registered = await services.connection_register(
-                user_id=user.pk, channel_name=self.channel_name
-            )
-            if not self._registered:
+            # Batched with the other sockets of this loop turn (SocketHub.register).
+            if not await socket_hub().register(self):
                 limit = settings.TASKHUB_WS_MAX_CONNECTIONS_PER_USER
                 await self.reply_error(
                     "too_many_connections", f"At most {limit} open connections per user."

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
+from redis.exceptions import NoScriptError
 
 from notifications import protocol, push, selectors
 from notifications.models import Event, EventCounter, Notification
@@ -220,12 +221,49 @@ async def connection_register(*, user_id: int, channel_name: str) -> bool:
     args = _registry_args(
         channel_name=channel_name, limit=settings.TASKHUB_WS_MAX_CONNECTIONS_PER_USER
     )
-    client = async_redis()
+    return bool(await _register_script(async_redis())(keys=keys, args=args))
+
+
+def _register_script(client: Any) -> Any:
     # EVALSHA (redis-py's Script): a connect storm sends the script's hash, not its text.
     script = _register_scripts.get(client)
     if script is None:
         script = _register_scripts[client] = client.register_script(_REGISTER_SCRIPT)
-    return bool(await script(keys=keys, args=args))
+    return script
+
+
+async def connection_register_many(entries: list[tuple[int, str]]) -> list[bool]:
+    """connection_register for many new sockets, (user_id, channel_name) each, answers in
+    the same order: the sockets that connect together (consumers.SocketHub.register).
+    Still one script call per socket, so every check-and-add stays atomic and two sockets
+    of one user in the batch cannot both take the last slot; but one pipeline and one
+    pooled connection for all of them: a call per socket was 9-12 % of a connect storm's
+    samples, a third of it in redis-py's pool (docs/benchmarks.md, "Connect path:
+    batched registry"). Raises when Redis fails (the whole batch is refused alike)."""
+    limit = settings.TASKHUB_WS_MAX_CONNECTIONS_PER_USER
+    client = async_redis()
+    sha = _register_script(client).sha
+    answers: list[Any] = []
+    for start in range(0, len(entries), _REGISTRY_BATCH):
+        # Plain EVALSHA, not redis-py's Script in a pipeline: that asks SCRIPT EXISTS
+        # first, one more round trip per batch (6 % of a connect storm's samples).
+        async with client.pipeline(transaction=False) as pipe:
+            for user_id, channel_name in entries[start : start + _REGISTRY_BATCH]:
+                keys = [selectors.user_connections_key(user_id), selectors.CONNECTIONS_KEY]
+                pipe.evalsha(sha, 2, *keys, *_registry_args(channel_name=channel_name, limit=limit))
+            answers.extend(await pipe.execute(raise_on_error=False))
+    unknown = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+    if unknown:
+        # Redis lost its script cache (a restart): NOSCRIPT ran nothing, so those sockets
+        # are simply registered again, one script call each, after loading it.
+        await client.script_load(_REGISTER_SCRIPT)
+        again = await connection_register_many([entries[i] for i in unknown])
+        for i, registered in zip(unknown, again, strict=True):
+            answers[i] = registered
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return [bool(answer) for answer in answers]
 
 
 # A batch of registry writes goes out as pipelines of at most this many commands.
