@@ -25,9 +25,18 @@ from devserver.wsclient import Socket, open_in_process
 from notifications.models import Event
 from notifications.redis_client import close_async_redis, sync_redis
 from notifications.selectors import close_async_pool
+from taskhub import outages
 from taskhub.celery import app as celery_app
 from tasks.models import Task
 from tasks.nudge import clear_nudges
+
+
+@pytest.fixture(autouse=True)
+def no_outage_carried_over() -> None:
+    """Each process logs one line per outage (taskhub/outages.py): an outage an earlier test
+    left open would keep this test's first failure from being logged."""
+    outages.REDIS.forget()
+    outages.DATABASE.forget()
 
 
 @pytest.fixture

@@ -66,6 +66,12 @@ class Outage:
             consequence,
         )
 
+    def forget(self) -> None:
+        """Start afresh without a log line (tests: one test's dead server must not keep
+        the next test's first failure from being logged)."""
+        with self._lock:
+            self._since, self._failures = None, 0
+
     def recovered(self) -> None:
         """A command to the service worked: end the outage if one was open."""
         if self._since is None:  # the common case, without the lock
