@@ -12,7 +12,9 @@ from tasks.models import TaskStatus
 class SearchFilterSerializer(serializers.Serializer):
     # Not trimmed: a trailing space tells the search the last word is finished (no prefix
     # match). Emptiness and length are checked by search.selectors.task_search_for.
-    query = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    # min_length is for the schema (a blank query is refused by the selector, with its
+    # own message; DRF returns "" before checking min_length).
+    query = serializers.CharField(trim_whitespace=False, allow_blank=True, min_length=1)
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     kind = serializers.CharField(max_length=64, required=False)
 

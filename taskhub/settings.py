@@ -312,6 +312,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The API takes JSON (forms are parsed too, but no client should rely on them).
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
+    # Request bodies get components of their own, so a field that refuses "" says
+    # minLength 1 there (responses may still carry "").
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation's error answers (taskhub/openapi.py), so the schema tells the truth.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "taskhub.openapi.declare_error_responses",
+    ],
 }
 
 # Request size limits: the API takes small JSON documents, never uploads.

@@ -28,10 +28,20 @@ class RoomOutputSerializer(serializers.Serializer):
         return services.chat_user_data(room.created_by)
 
 
+class JsonBooleanField(serializers.BooleanField):
+    """true or false only, as the schema says: DRF's BooleanField also takes 0, 1, "yes",
+    "on" and the like, which a JSON client never needs and the schema cannot state."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class RoomCreateInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     slug = serializers.SlugField(max_length=50, required=False, allow_blank=True)
-    is_public = serializers.BooleanField(required=False, default=True)
+    is_public = JsonBooleanField(required=False, default=True)
 
 
 class MessageOutputSerializer(serializers.Serializer):

@@ -35,6 +35,10 @@ def _room_response(request: Request, slug: str, *, code: int = status.HTTP_200_O
 
 
 class RoomListCreateApi(APIView):
+    # For the schema only: GET pages its list with this class (drf-spectacular then
+    # documents the page object, not a bare array).
+    pagination_class = CappedPageNumberPagination
+
     @extend_schema(responses=RoomOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
         rooms = selectors.chat_room_list_for(user=request.user)

@@ -32,6 +32,10 @@ def _is_popular_first_page(request: Request) -> bool:
 
 
 class TaskListCreateApi(APIView):
+    # For the schema only: GET pages its list with this class (drf-spectacular then
+    # documents the page object, not a bare array).
+    pagination_class = CappedPageNumberPagination
+
     @extend_schema(parameters=[TaskListFilterSerializer], responses=TaskOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
         filters = TaskListFilterSerializer(data=request.query_params)
