@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+
 ERROR_SCHEMA = {
     "type": "object",
     "description": "DRF's error body: `detail`, or one list of messages per field.",
@@ -70,6 +72,17 @@ def declare_error_responses(result: dict[str, Any], **_: Any) -> dict[str, Any]:
         "additionalProperties": True,
         "description": "The kind's parameters (docs/architecture.md, 'The task path').",
     }
+    # The kinds this deployment runs (tasks.processors.registry.available_kinds).
+    kind = schemas["TaskCreateInputRequest"]["properties"]["kind"]
+    kind["enum"] = sorted(settings.TASKHUB_TASK_PROCESSORS)
+    kind.pop("pattern", None)
+    # A room's slug is slugified from the name when not given (chat.services), so the
+    # name needs a letter or digit, and a slug more than dashes.
+    room = schemas["RoomCreateInputRequest"]["properties"]
+    room["name"]["pattern"] = "[A-Za-z0-9_]"
+    room["slug"]["pattern"] = "^([-A-Za-z0-9_]*[A-Za-z0-9_][-A-Za-z0-9_]*)?$"
+    timeout = schemas["TaskCreateInputRequest"]["properties"]["timeout"]
+    timeout.update(minimum=1, maximum=settings.TASKHUB_TASK_MAX_TIMEOUT)
     return result
 
 
