@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -188,7 +189,9 @@ def _require_active(user: AbstractBaseUser) -> None:
     """A WebSocket's user was loaded at connect: a post or edit sent after the account's
     deactivation committed, before the socket's close arrives (taskhub/accounts.py),
     must not be stored. One primary-key read."""
-    if not type(user)._default_manager.filter(pk=user.pk, is_active=True).exists():
+    # The user model's manager, not type(user)'s: a socket signed in by its session cookie
+    # holds a lazy wrapper (channels' UserLazyObject), whose type has no manager.
+    if not get_user_model()._default_manager.filter(pk=user.pk, is_active=True).exists():
         raise PermissionDenied("This account is no longer active.")
 
 

@@ -78,6 +78,18 @@ def test_posting_requires_being_a_participant(general_room, bob):
     assert message.edited_at is None
 
 
+def test_a_socket_signed_in_by_its_session_posts_and_edits(general_room, bob):
+    # Such a socket's user is channels' lazy wrapper (UserLazyObject), not a User.
+    from channels.auth import UserLazyObject
+
+    lazy_bob = UserLazyObject()
+    lazy_bob._wrapped = bob
+    services.chat_room_join(room=general_room, user=bob)
+    message = services.chat_message_post(room=general_room, author=lazy_bob, text="hello")
+    services.chat_message_edit(message=message, editor=lazy_bob, text="hello again")
+    assert Message.objects.get(pk=message.pk).text == "hello again"
+
+
 @pytest.mark.parametrize("text", ["", "   ", "\n\t ", None, 42, ["hi"], "nul\x00byte"])
 def test_empty_or_malformed_text_is_refused(general_room, bob, text):
     services.chat_room_join(room=general_room, user=bob)
