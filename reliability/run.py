@@ -6,7 +6,7 @@ of docs/reliability.md with the command that produced it.
         [--no-write]
 
 The launcher supplies DATABASE_URL and REDIS_URL (embedded servers unless both are set);
-the scenarios run on a fresh test database (test_<name>, dropped at the end), so the
+the scenarios run on a fresh database (test_<name>_reliability, dropped at the end), so the
 development data is never touched. Exit status 1 if any scenario missed a correctness
 target (loss, duplication, stuck rows, a wrong code).
 """
@@ -36,11 +36,11 @@ def write_doc(results: list, command: str, load: str) -> None:
         missed = result.failures + result.misses
         verdict = "meets its targets" if not missed else "MISSES: " + "; ".join(missed)
         measured = f"{result.measured}. {verdict} ({load})"
-        pattern = re.compile(rf"^\| {result.scenario} \|(.*)$", re.MULTILINE)
+        pattern = re.compile(rf"^\|\s*{result.scenario}\s*\|(.*)$", re.MULTILINE)
         match = pattern.search(text)
         if match is None:
             continue
-        cells = match.group(0).strip().strip("|").split(" | ")
+        cells = [cell.strip() for cell in match.group(0).strip().strip("|").split(" | ")]
         # | # | scenario | target | measured | command |
         cells = [*cells[:3], _cell(measured), f"`{command}`"]
         text = text[: match.start()] + "| " + " | ".join(cells) + " |" + text[match.end() :]
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(table)
     setup_test_environment()
     old_name = connection.settings_dict["NAME"]
+    # A name of its own, so a pytest run on the same DATABASE_URL (test_<name>) and this
+    # one never drop each other's database.
+    connection.settings_dict.setdefault("TEST", {})["NAME"] = f"test_{old_name}_reliability"
     connection.creation.create_test_db(verbosity=0, autoclobber=True)
     results = []
     started = time.monotonic()
