@@ -495,10 +495,19 @@ async def test_a_rolling_restart_under_a_steady_flow_loses_nothing(farm):
 
 
 def worker_main_pid(farm: Farm, name: str) -> int:
+    """The pid of the worker's main process (not a pool child). Once setproctitle is
+    installed (mutmut brings it in), Celery retitles its processes: the command line
+    becomes one string, `[celeryd: worker1@host:MainProcess] -active- (...)`."""
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if f"{name}@%h" in cmdline and proc.parent() and "celery" not in proc.parent().name():
-            return proc.info["pid"]
+        line = " ".join(proc.info["cmdline"] or [])
+        if line.startswith(f"[celeryd: {name}@"):
+            if ":MainProcess]" in line:
+                return proc.info["pid"]
+            continue
+        if f"-n {name}@%h" in line:
+            parent = proc.parent()  # the pool's children are the main process's
+            if parent is not None and "celery" not in parent.name():
+                return proc.info["pid"]
     raise AssertionError(f"no {name} process")
 
 
