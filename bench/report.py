@@ -281,6 +281,21 @@ def _socket_rows(part: dict[str, Any]) -> list[Compare]:
     return out
 
 
+def _publish_rows(p: Any, r: Any, key: str, title: str) -> list[tuple[str, Any, Any, str]]:
+    """One publisher's rows (`key` in the project's result) beside the reference's."""
+    rows = []
+    for label in _get(p, key) or {}:
+        for figure, name, unit in (
+            ("events_per_s", f"{title}, {label}", "/s"),
+            ("cpu_ms_per_event", f"{title}, {label}: CPU per event", "ms"),
+            ("lost", f"{title}, {label}: lost", ""),
+        ):
+            rows.append(
+                (name, _get(p, key, label, figure), _get(r, "publish_rate", label, figure), unit)
+            )
+    return rows
+
+
 def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
     p, r = part.get("project", {}), part.get("reference", {})
     d = ("delivery",)
@@ -349,44 +364,10 @@ def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
             "%",
         ),
     ]
-    for label in _get(p, "publish_rate") or {}:
-        out += [
-            (
-                f"publish, 1 process, {label}",
-                _get(p, "publish_rate", label, "events_per_s"),
-                _get(r, "publish_rate", label, "events_per_s"),
-                "/s",
-            ),
-            (
-                f"publish, {label}: CPU per event",
-                _get(p, "publish_rate", label, "cpu_ms_per_event"),
-                _get(r, "publish_rate", label, "cpu_ms_per_event"),
-                "ms",
-            ),
-        ]
+    out += _publish_rows(p, r, "publish_rate", "publish, 1 process")
     # The prototype of the design that passes: the same rows and frames without Django's
     # database layer (bench/publishers.py `_lean_publisher`), beside the same reference.
-    for label in _get(p, "publish_rate_lean") or {}:
-        out += [
-            (
-                f"publish, lean prototype, {label}",
-                _get(p, "publish_rate_lean", label, "events_per_s"),
-                _get(r, "publish_rate", label, "events_per_s"),
-                "/s",
-            ),
-            (
-                f"publish, lean prototype, {label}: CPU per event",
-                _get(p, "publish_rate_lean", label, "cpu_ms_per_event"),
-                _get(r, "publish_rate", label, "cpu_ms_per_event"),
-                "ms",
-            ),
-            (
-                f"publish, lean prototype, {label}: lost",
-                _get(p, "publish_rate_lean", label, "lost"),
-                _get(r, "publish_rate", label, "lost"),
-                "",
-            ),
-        ]
+    out += _publish_rows(p, r, "publish_rate_lean", "publish, lean prototype")
     s = ("storm",)
     out += [
         (
