@@ -15,10 +15,13 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from notifications.routing import websocket_application  # noqa: E402
+from taskhub.body_limit import BodyLimit  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # A body over MAX_REQUEST_BYTES is answered 413 from its Content-Length before Django
+        # reads (and spools) any of it, multipart included (taskhub/body_limit.py).
+        "http": BodyLimit(django_asgi_app),
         "websocket": websocket_application,
     }
 )

@@ -1,4 +1,4 @@
-"""The web process: Daphne's own command line, with three things its options do not reach.
+"""The web process: Daphne's own command line, with what its options do not reach.
 
     python -m taskhub.daphne_server -b 127.0.0.1 -p 8000 taskhub.asgi:application
 
@@ -19,8 +19,16 @@ Every `daphne` option works as documented; this adds (docs/protocol.md, "Limits"
   414 URI Too Long (431 for a header), instead of a dropped connection with none:
   LineReceiver's lineLengthExceeded, which HTTPChannel does not override, only closes the
   transport (issue 13, S1).
+* A request body over MAX_REQUEST_BYTES is answered 413 with a JSON message as soon as
+  the headers declare it (Content-Length), or once a chunked body passes the limit, and
+  nothing of it is kept: Twisted buffers a request's whole body before Daphne calls the
+  ASGI application, so no ASGI code could stop it (taskhub/body_limit.py).
 * The access log goes through taskhub.redaction: `/ws?token=<jwt>` (and any other
   credential in a request line) is written as [redacted].
+
+The line limit and the body limit rely on two private names of Twisted's (HTTPChannel's
+first-line flag, the HTTP/1.1 channel inside the protocol that negotiates HTTP/2):
+the server refuses to start when they are missing, rather than answering wrong.
 
 docker-compose.yml, the Dockerfile and devserver/processes.py start web with this module.
 """
@@ -36,9 +44,16 @@ from typing import Any
 # anything else can import another one.
 from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
+from daphne.http_protocol import WebRequest
 from daphne.server import Server
+from twisted.web import http
 
+from taskhub import body_limit
 from taskhub.redaction import redact
+
+# How long a connection answered 413 may go on sending the body it declared (discarded)
+# before it is cut: long enough for an ordinary client to read the answer.
+LINGER_SECONDS = 10
 
 
 class RedactingAccessLog(AccessLogGenerator):
@@ -71,12 +86,14 @@ class TaskHubServer(Server):
         # Called by Server.run() right after it built self.ws_factory, before reactor.run().
         self.ws_factory.setProtocolOptions(failByDrop=False)
         build = self.http_factory.buildProtocol
+        _check_twisted_private_names(build(None))
 
         def build_protocol(addr: Any) -> Any:
             protocol = build(addr)
             # Twisted wraps the HTTPChannel for HTTP/2 negotiation; the line limit is its.
-            channel = getattr(protocol, "_channel", protocol)
+            channel = protocol._channel
             channel.lineLengthExceeded = lambda line: _line_too_long(channel)
+            protocol.requestFactory = BodyLimitedRequest
             return protocol
 
         self.http_factory.buildProtocol = build_protocol
@@ -88,10 +105,89 @@ def _line_too_long(channel: Any) -> None:
     """Answer a line over the limit, then close, as Twisted's own 400 for headers over
     totalHeadersSize does. Still on the request line (HTTPChannel's private first-line
     flag) it is the URI that is too long, else one header."""
-    first_line = getattr(channel, "_HTTPChannel__first_line", 1)
+    first_line = channel._HTTPChannel__first_line
     status = b"414 URI Too Long" if first_line else b"431 Request Header Fields Too Large"
     channel.transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n\r\n")
     channel.transport.loseConnection()
+
+
+def _check_twisted_private_names(protocol: Any) -> None:
+    """Fail at startup, not on the first long line, if a Twisted upgrade renamed them."""
+    channel = getattr(protocol, "_channel", None)
+    if not isinstance(channel, http.HTTPChannel) or not hasattr(
+        channel, "_HTTPChannel__first_line"
+    ):
+        raise RuntimeError(
+            "taskhub.daphne_server: this Twisted's HTTP protocol has no _channel "
+            "(an HTTPChannel) or no HTTPChannel.__first_line; the 414/431 answers and the "
+            "body limit need both (pin Twisted, or adapt taskhub/daphne_server.py)"
+        )
+
+
+class BodyLimitedRequest(WebRequest):
+    """Daphne's request, refusing a body over the limit before Twisted buffers it.
+
+    Twisted calls gotLength once the headers are in (with the Content-Length, or None for a
+    chunked body) and handleContentChunk with each piece of the body; Daphne only calls the
+    application after the last one (process())."""
+
+    _refused = False
+    _received = 0
+    _linger: Any = None
+
+    def _limit(self) -> int | None:
+        # An HTTP/2 stream (TLS with h2 only) is left to the ASGI wrapper (taskhub/asgi.py):
+        # it has no connection of its own to answer on.
+        return body_limit.limit() if isinstance(self.channel, http.HTTPChannel) else None
+
+    def gotLength(self, length: int | None) -> None:
+        most = self._limit()
+        if most is not None and length is not None and length > most:
+            super().gotLength(0)
+            # Else Twisted would send "100 Continue" right after the 413.
+            self.requestHeaders.removeHeader(b"Expect")
+            self._refuse(length, most)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return  # the rest of a refused body: dropped
+        self._received += len(data)
+        most = self._limit()
+        if most is not None and self._received > most:
+            self.content.close()
+            self._refuse(None, most)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return  # answered already: never reaches the application
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        super().connectionLost(reason)
+
+    def _refuse(self, length: int | None, most: int) -> None:
+        self._refused = True
+        body = body_limit.json_body(length, most)
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        # Half-close: the client reads the answer and then end of file. A full close with
+        # its body still arriving would reset the connection, and a reset can destroy the
+        # answer before the client has read it. What it still sends is discarded (above)
+        # for at most LINGER_SECONDS.
+        from twisted.internet import reactor  # Daphne's, installed by now
+
+        lose_write = getattr(transport, "loseWriteConnection", transport.loseConnection)
+        lose_write()
+        self._linger = reactor.callLater(LINGER_SECONDS, transport.abortConnection)
 
 
 class TaskHubCommandLine(CommandLineInterface):
