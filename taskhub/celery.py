@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskhub.settings")
 
@@ -19,6 +21,30 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # around each request.
 app.conf.update({"CELERY_DB_REUSE_MAX": 2**31})
 app.autodiscover_tasks()
+
+
+@signals.setup_logging.connect
+def _keep_django_logging(loglevel: int | None = None, **kwargs: object) -> None:
+    """settings.LOGGING stays the only logging config of the worker, its pool children and
+    beat: with a receiver here Celery configures none of its own. Without one it adds
+    handlers that do not redact (taskhub/redaction.py): one on celery.task with propagation
+    off, so a task's own logger (celery.utils.log.get_task_logger) bypassed the root's
+    redacting handler, and one on the multiprocessing logger.
+
+    Django has configured logging by now (the Django fixup runs django.setup() at
+    worker_init and when beat imports the task modules, both before this signal). Celery's
+    --loglevel still sets the root's level, as it did."""
+    if loglevel:
+        logging.getLogger().setLevel(loglevel)
+
+
+@signals.celeryd_after_setup.connect
+def _redirect_worker_output(sender: object, instance: Any, **kwargs: object) -> None:
+    """What the worker does itself only when setup_logging has no receiver: print() and
+    stray writes to stderr become log lines (celery.redirected), so they are redacted too.
+    Sent before the pool starts, so its children inherit it."""
+    if getattr(instance, "redirect_stdouts", False):
+        app.log.redirect_stdouts(instance.redirect_stdouts_level)
 
 
 @app.on_after_finalize.connect

@@ -6,8 +6,8 @@ WebSocket takes its token in the query (`/ws?token=...`, docs/protocol.md), whic
 access log writes out, and any request line, header or exception message may carry one.
 So redaction happens where lines are written, not where they are made: Daphne's access log
 (taskhub/daphne_server.py) and every handler of settings.LOGGING (RedactingFormatter),
-which the web process, Celery (CELERY_WORKER_HIJACK_ROOT_LOGGER = False) and the gRPC
-server share.
+which the web process, Celery (settings.LOGGING is its only logging config: the
+setup_logging receiver in taskhub/celery.py) and the gRPC server share.
 """
 
 from __future__ import annotations

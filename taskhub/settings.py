@@ -515,6 +515,8 @@ LOGGING = {
     "formatters": {
         # Redacted: no token (query string, JWT, Bearer) reaches a log, whatever logs it
         # (taskhub/redaction.py; Daphne's access log is redacted in taskhub/daphne_server.py).
+        # So this is the only handler: no logger below keeps one of its own, and Celery
+        # configures no logging (taskhub/celery.py).
         "plain": {
             "()": "taskhub.redaction.RedactingFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -524,6 +526,15 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's own defaults (DEFAULT_LOGGING) give these handlers of their own that do not
+        # redact: a console handler under DEBUG, mail to ADMINS, runserver's line format.
+        # Named here, they lose them and go through the root's redacting handler instead.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        # billiard (Celery's pool) logs here and sets propagate off itself; Celery gave it an
+        # unredacted handler at ERROR, which taskhub/celery.py's setup_logging receiver
+        # now keeps it from doing.
+        "multiprocessing": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         # The dispatcher ticks every second: see DropRoutineTicks.

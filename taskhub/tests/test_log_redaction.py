@@ -1,7 +1,9 @@
 """No token in any log (issue 13, S3; OWASP's WebSocket cheat sheet): a canary JWT used
-over HTTP (`?token=`, `Authorization: Bearer`) and the WebSocket (`/ws?token=`, and as a
-subprotocol) appears nowhere in what a real web process and a real Celery worker write,
-access log included (taskhub/redaction.py)."""
+over HTTP (`?token=`, `Authorization: Bearer`, a Host header that Django logs as invalid)
+and the WebSocket (`/ws?token=`, and as a subprotocol), and handed to a task that logs it
+(its own Celery task logger, the `tasks` logger, print, stderr), appears nowhere in what a
+real web process and a real Celery worker write under DEBUG=1, access log included
+(taskhub/redaction.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,35 @@ def test_redact_hides_query_tokens_jwts_and_bearer_credentials():
     assert redact("GET /api/tasks/?page=2 200") == "GET /api/tasks/?page=2 200"
 
 
+def every_handler() -> dict[str, list[logging.Handler]]:
+    """Each logger's handlers that write somewhere (pytest's own capture handlers and
+    NullHandlers aside)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return {
+        logger.name: [
+            h
+            for h in logger.handlers
+            if not type(h).__module__.startswith("_pytest")
+            and not isinstance(h, logging.NullHandler)
+        ]
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+    }
+
+
+def test_no_logger_has_a_handler_that_does_not_redact():
+    # Django's DEFAULT_LOGGING gave `django` a console handler of its own (printing under
+    # DEBUG), and `django.server` another: settings.LOGGING must have taken them away.
+    unredacted = {
+        name: handlers
+        for name, handlers in every_handler().items()
+        if any(not isinstance(h.formatter, RedactingFormatter) for h in handlers)
+    }
+    assert unredacted == {}
+    assert every_handler()["django"] == []
+    assert logging.getLogger("django").propagate
+
+
 def test_every_handler_of_the_logging_config_redacts():
     handlers = [
         h for h in logging.getLogger().handlers if isinstance(h.formatter, RedactingFormatter)
@@ -55,12 +86,25 @@ def test_every_handler_of_the_logging_config_redacts():
         assert CANARY_CLAIMS not in handler.format(record)
 
 
+# DEBUG=1 (Django's own console handler printed under it) and a processor that logs its
+# params, both processes alike (the web process checks a create's kind).
+CANARY_ENV = {
+    "DEBUG": "1",
+    "TASK_PROCESSORS": "canary_log=taskhub.tests.canary_processors.logs_its_params",
+}
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_canary_token_appears_in_no_log_of_the_web_process_or_the_worker(
-    alice, celery_worker_process, clean_connection_registry
+    alice, purge_broker, clean_connection_registry
 ):
-    web, base_url = testing.start_daphne()
+    worker = testing.start_worker(extra_env=CANARY_ENV)
+    try:
+        web, base_url = testing.start_daphne(extra_env=CANARY_ENV)
+    except BaseException:
+        worker.stop()
+        raise
     canary = access_token_for(alice)  # a real, valid token: the one that must not leak
     forged = canary[:-4] + ("AAAA" if not canary.endswith("AAAA") else "BBBB")
     try:
@@ -72,10 +116,19 @@ def test_a_canary_token_appears_in_no_log_of_the_web_process_or_the_worker(
                 headers=bearer,
             )
             assert created.status_code == 201, created.text
+            logged = http.post(
+                "/api/tasks/",
+                json={"title": "logs", "kind": "canary_log", "params": {"token": canary}},
+                headers=bearer,
+            )
+            assert logged.status_code == 201, logged.text
             assert http.get(f"/api/tasks/?token={canary}", headers=bearer).status_code == 200
             assert http.get(f"/api/nowhere/?token={canary}").status_code == 404
             refused = http.get("/api/tasks/", headers={"Authorization": f"Bearer {forged}"})
             assert refused.status_code == 401
+            # Logged by django.security.DisallowedHost with the host as sent (the underscore
+            # makes it no domain name at all, so Django adds no lowercased copy of it).
+            assert http.get("/api/tasks/", headers={"Host": f"{canary}_"}).status_code == 400
 
         async def sockets() -> None:
             ws_base = base_url.replace("http://", "ws://")
@@ -90,6 +143,7 @@ def test_a_canary_token_appears_in_no_log_of_the_web_process_or_the_worker(
 
         asyncio.run(sockets())
         wait_until_finished(Task.objects.get(pk=created.json()["id"]))
+        wait_until_finished(Task.objects.get(pk=logged.json()["id"]))
         # The access log wrote the requests (with the token redacted), so not finding the
         # canary below means it was hidden, not that nothing was logged.
         testing.wait_until(
@@ -97,8 +151,13 @@ def test_a_canary_token_appears_in_no_log_of_the_web_process_or_the_worker(
         )
     finally:
         web.stop()
+        worker.stop()
     assert f"/api/tasks/?token={REDACTED}" in web.output
-    for process in (web, celery_worker_process):
+    assert "Invalid HTTP_HOST header: '[redacted]'" in web.output
+    # Every way the task wrote its params came out, once each, redacted.
+    for way in ("task logger", "tasks logger", "print", "stderr"):
+        assert worker.output.count(f"canary {way}: {{'token': '{REDACTED}'}}") == 1, way
+    for process in (web, worker):
         for secret in (canary, forged, canary.split(".")[2]):
             assert secret not in process.output, f"{process.name} logged a token"
 
