@@ -12,11 +12,14 @@ X-Frame-Options, the Prometheus counters, CSRF's cookie) or install lazy objects
 (`request.user`, `request.session`, `request._messages`). Here they run inline on the
 event loop. The hooks that can do I/O still go to the thread, and only when they would:
 the session middleware's response hook when the request touched the session (its save
-is a database write), the messages middleware's when messages were read or added (their
-storage may be the session). So an API request spends one hop, the view's own; a page
-that uses its session pays the hops it needs.
+is a database write; every request under SESSION_SAVE_EVERY_REQUEST), the messages
+middleware's when messages were read or added (their storage may be the session). So an
+API request spends one hop, the view's own; a page that uses its session pays the hops it
+needs. CSRF_USE_SESSIONS would make the CSRF request hook read the session on the loop:
+refused at startup (ImproperlyConfigured).
 
-In sync mode (WSGI, Django's test client) the classes behave exactly as their parents.
+In sync mode (WSGI, Django's test client) the classes behave exactly as their parents
+(the CSRF_USE_SESSIONS refusal aside).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
+from django.core.exceptions import ImproperlyConfigured
 from django.middleware import clickjacking, common, csrf, security
 from django_prometheus import middleware as prometheus
 
@@ -66,9 +71,12 @@ class SecurityMiddleware(InlineAsyncMixin, security.SecurityMiddleware):
 class SessionMiddleware(InlineAsyncMixin, sessions.SessionMiddleware):
     """process_request only builds the lazy store; the response hook saves the session
     (a database write) or deletes its cookie, and runs in the thread when the request
-    accessed the session at all."""
+    accessed the session at all, or always under SESSION_SAVE_EVERY_REQUEST (which saves
+    every non-empty session, accessed or not)."""
 
     def response_needs_thread(self, request: Any, response: Any) -> bool:
+        if settings.SESSION_SAVE_EVERY_REQUEST:
+            return True
         session = getattr(request, "session", None)
         return session is None or session.accessed or session.modified
 
@@ -82,7 +90,20 @@ class CsrfViewMiddleware(InlineAsyncMixin, csrf.CsrfViewMiddleware):
     only read and set headers. process_view may read request.POST (a multipart body can
     spill to a temporary file): it runs in the thread, except for the views that are
     exempt (every DRF view: SessionAuthentication does its own check), which return at
-    once, as the parent's first lines do."""
+    once, as the parent's first lines do.
+
+    With CSRF_USE_SESSIONS the token lives in the session, and process_request would read
+    it (a database query) on the event loop: refused when the middleware is loaded, i.e.
+    when the web process starts."""
+
+    def __init__(self, get_response: Any) -> None:
+        if settings.CSRF_USE_SESSIONS:
+            raise ImproperlyConfigured(
+                "CSRF_USE_SESSIONS = True is not supported: taskhub.middleware runs the CSRF "
+                "hooks on the event loop, where reading the session would block it; keep the "
+                "token in its cookie (the default)"
+            )
+        super().__init__(get_response)
 
     async def process_view(  # type: ignore[override]
         self, request: Any, callback: Any, callback_args: Any, callback_kwargs: Any
