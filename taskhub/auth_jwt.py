@@ -8,7 +8,8 @@ round)"). Here an active user found by a token is kept for REST_AUTH_CACHE_SECON
 
 Bounded staleness, and where it is zero:
 - a user saved or deleted in this process (user_deactivate, the admin, any save) is
-  dropped from this process's cache at once (the receivers below), so its next request
+  dropped from this process's cache at once (user_changed, connected in
+  TaskHubConfig.ready, taskhub/apps.py), so its next request
   here reads the row again and an inactive user is refused;
 - another web process keeps accepting that user's tokens for at most
   REST_AUTH_CACHE_SECONDS after the deactivation committed (so does a bulk
@@ -27,16 +28,15 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.db.models.signals import post_delete, post_save
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.settings import api_settings
 
 _MAX_ENTRIES = 10_000
 _cache: dict[Any, tuple[float, Any]] = {}
-# Sync views run in several threads (one per request under Daphne): the dict operations
-# are atomic, the eviction is not.
+# Sync views run in several threads (one per request under Daphne): a read is one atomic
+# dict operation, but the eviction iterates the dict, which must not change meanwhile, so
+# every write holds the lock.
 _lock = threading.Lock()
 
 
@@ -71,18 +71,11 @@ class CachedJWTScheme(SimpleJWTScheme):
 
 def forget_user(user_id: Any) -> None:
     """Drop a cached user."""
-    _cache.pop(str(user_id), None)
+    with _lock:
+        _cache.pop(str(user_id), None)
 
 
-def _user_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
+def user_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """post_save and post_delete of the user model (TaskHubConfig.ready): any save counts
+    (deactivation, a changed password, the admin)."""
     forget_user(getattr(instance, api_settings.USER_ID_FIELD))
-
-
-# Connected when DRF first loads the authentication classes, i.e. before this process
-# can have cached anyone. Any save counts (deactivation, a changed password, the admin).
-post_save.connect(
-    _user_changed, sender=get_user_model(), weak=False, dispatch_uid="rest_auth_cache_save"
-)
-post_delete.connect(
-    _user_changed, sender=get_user_model(), weak=False, dispatch_uid="rest_auth_cache_delete"
-)
