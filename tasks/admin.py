@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django.utils.translation import gettext_lazy
 
 from taskhub.exceptions import ConflictError
 from tasks import services
@@ -110,7 +112,7 @@ class TaskAdmin(admin.ModelAdmin):
         "run_at",
         *readonly_fields[1:],
     )
-    actions = ("retry_tasks", "cancel_tasks")
+    actions = ("delete_selected", "retry_tasks", "cancel_tasks")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> tuple:
         if obj is None:
@@ -169,25 +171,64 @@ class TaskAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
+    def log_deletions(self, request: HttpRequest, queryset) -> None:
+        # Django calls this before delete_model/delete_queryset, so a delete the service
+        # then refuses would stay in the history as "Deleted". _log_deleted records the
+        # tasks the service did delete, once it has.
+        return None
+
+    def _log_deleted(self, request: HttpRequest, tasks: list[Task]) -> None:
+        if tasks:
+            # The instances keep their pk: the service deleted the rows by id.
+            super().log_deletions(request, tasks)
+
     def delete_model(self, request: HttpRequest, obj: Task) -> None:
         # Through the service, so the owner's page drops the row and cached reads die.
         try:
-            services.task_delete(task_id=obj.pk)
+            deleted = services.task_delete(task_id=obj.pk)
         except ConflictError as exc:  # it started running after the confirmation page
             setattr(request, DELETE_REFUSED, True)
             self.message_user(request, str(exc), messages.ERROR)
+            return
+        if deleted:  # not when another operator's delete got there first
+            self._log_deleted(request, [obj])
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        refused = []
+        """Each task through the service; says how many it deleted and which it refused."""
+        deleted, refused = [], []
         for task in queryset:
             try:
-                services.task_delete(task_id=task.pk)
+                if services.task_delete(task_id=task.pk):
+                    deleted.append(task)
             except ConflictError:
                 task.refresh_from_db()
                 refused.append(task)
+        self._log_deleted(request, deleted)
+        if deleted:
+            self.message_user(request, f"{len(deleted)} task(s) deleted.", messages.SUCCESS)
         self._summarize_refused(
             request, refused, "not deleted: a running task is deleted once it has stopped"
         )
+
+    @admin.action(
+        permissions=["delete"], description=gettext_lazy("Delete selected %(verbose_name_plural)s")
+    )
+    def delete_selected(self, request: HttpRequest, queryset: QuerySet[Task]):
+        """Django's action, less its "Successfully deleted N" after the delete, which would
+        count the tasks the service refused too (delete_queryset says what happened).
+        Named like Django's, so it takes its place (ModelAdmin.get_actions)."""
+        if request.POST.get("post"):
+            _, _, perms_needed, protected = self.get_deleted_objects(queryset, request)
+            if not protected:
+                # Django's check on a confirmed delete: a selection holding a task the
+                # operator may not delete (a running one, has_delete_permission) is refused.
+                if perms_needed:
+                    raise PermissionDenied
+                if queryset:
+                    self.delete_queryset(request, queryset)
+                return None  # the change list again
+        # The confirmation page (or Django's "cannot delete" page).
+        return django_delete_selected(self, request, queryset)
 
     def response_delete(self, request: HttpRequest, obj_display: str, obj_id) -> HttpResponse:
         if getattr(request, DELETE_REFUSED, False):

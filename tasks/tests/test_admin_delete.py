@@ -4,7 +4,7 @@ other change (tasks.services.task_delete; docs/protocol.md, `task.deleted`)."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.admin.models import LogEntry
+from django.contrib.admin.models import DELETION, LogEntry
 from rest_framework.test import APIClient
 
 from notifications.models import Event, Notification
@@ -97,6 +97,38 @@ def test_a_task_that_started_after_the_confirmation_is_not_deleted_and_the_page_
     page = response.content.decode()
     assert "cancel it, and delete it once it has stopped" in page
     assert "was deleted successfully" not in page
+    # The history does not say "Deleted" of a task that is still there.
+    assert not LogEntry.objects.filter(object_id=str(task.pk), action_flag=DELETION).exists()
+
+
+def test_the_delete_action_counts_and_logs_only_what_the_service_deleted(
+    operator, alice, monkeypatch
+):
+    racer = make_task(owner=alice, title="racer", status=TaskStatus.PENDING)
+    done = make_task(owner=alice, title="done", status=TaskStatus.COMPLETED)
+    real_delete = services.task_delete
+
+    def racer_started_meanwhile(*, task_id):
+        if str(task_id) == str(racer.pk):
+            Task.objects.filter(pk=task_id).update(status=TaskStatus.IN_PROGRESS)
+        return real_delete(task_id=task_id)
+
+    monkeypatch.setattr(services, "task_delete", racer_started_meanwhile)
+
+    response = operator.post(
+        "/admin/tasks/task/",
+        {"action": "delete_selected", "_selected_action": [racer.pk, done.pk], "post": "yes"},
+        follow=True,
+    )
+
+    assert list(Task.objects.values_list("title", flat=True)) == ["racer"]
+    said = [str(message) for message in response.context["messages"]]
+    assert said[0] == "1 task(s) deleted."
+    assert said[1].startswith("1 task(s) not deleted: a running task is deleted once")
+    assert "racer (in_progress)" in said[1]
+    assert not any("Successfully deleted" in message for message in said)
+    logged = LogEntry.objects.filter(action_flag=DELETION).values_list("object_id", flat=True)
+    assert list(logged) == [str(done.pk)]
 
 
 def test_the_service_refuses_a_running_task_and_deletes_a_missing_one_as_a_no_op(alice):
@@ -136,4 +168,16 @@ def test_the_admin_history_records_a_delete(operator, alice):
 
     operator.post(f"/admin/tasks/task/{task.pk}/delete/", {"post": "yes"})
 
-    assert LogEntry.objects.filter(object_id=str(task.pk), action_flag=3).exists()
+    assert LogEntry.objects.filter(object_id=str(task.pk), action_flag=DELETION).exists()
+
+
+def test_the_admin_history_records_each_task_the_delete_action_deleted(operator, alice):
+    tasks = [make_task(owner=alice, title=f"old {i}", status=TaskStatus.FAILED) for i in range(2)]
+
+    operator.post(
+        "/admin/tasks/task/",
+        {"action": "delete_selected", "_selected_action": [t.pk for t in tasks], "post": "yes"},
+    )
+
+    logged = LogEntry.objects.filter(action_flag=DELETION).values_list("object_id", flat=True)
+    assert sorted(logged) == sorted(str(t.pk) for t in tasks)
