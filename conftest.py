@@ -75,6 +75,17 @@ def client_for() -> Callable[[User | None], APIClient]:
     return make
 
 
+@pytest.fixture
+def stubborn_kind(settings) -> None:
+    """The `stubborn` kind (tasks/tests/processors.py) registered in this process, so the
+    test can create such tasks; a worker process needs it in its own environment too
+    (TASK_PROCESSORS)."""
+    settings.TASKHUB_TASK_PROCESSORS = {
+        **settings.TASKHUB_TASK_PROCESSORS,
+        "stubborn": "tasks.tests.processors.stubborn",
+    }
+
+
 def drop_pending_messages() -> None:
     """Drop the messages waiting in the broker (run, dispatch) and the nudge flag one of
     them may have left set (it would hold back the next nudge)."""

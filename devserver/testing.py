@@ -47,6 +47,12 @@ def wait_until(
         time.sleep(interval)
 
 
+def node_name(role: str) -> str:
+    """A Celery node name of its own for a test's worker (`<role>-<6 hex>@test`), so no
+    reply or leftover of another test's worker is taken for this one's."""
+    return f"{role}-{uuid.uuid4().hex[:6]}@test"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

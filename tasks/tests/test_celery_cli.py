@@ -10,31 +10,19 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import uuid
 from typing import Any
 
 import pytest
 
 from conftest import status_of, statuses_seen, wait_for_status
 from devserver import processes, testing
+from devserver.testing import node_name
 from tasks import services
 from tasks.models import Task, TaskStatus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 STUBBORN = {"TASK_PROCESSORS": "stubborn=tasks.tests.processors.stubborn"}
-
-
-@pytest.fixture
-def stubborn_kind(settings):
-    settings.TASKHUB_TASK_PROCESSORS = {
-        **settings.TASKHUB_TASK_PROCESSORS,
-        "stubborn": "tasks.tests.processors.stubborn",
-    }
-
-
-def node_name(role: str) -> str:
-    return f"{role}-{uuid.uuid4().hex[:6]}@test"
 
 
 def celery(*args: str) -> str:

@@ -21,14 +21,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 STUBBORN = "stubborn=tasks.tests.processors.stubborn"
 
 
-@pytest.fixture
-def stubborn_kind(settings):
-    settings.TASKHUB_TASK_PROCESSORS = {
-        **settings.TASKHUB_TASK_PROCESSORS,
-        "stubborn": "tasks.tests.processors.stubborn",
-    }
-
-
 def test_a_worker_runs_a_task_through_every_status(alice, celery_worker_process):
     task = services.task_create(
         owner=alice, title="Resize photos", params={"seconds": 1, "steps": 4}
