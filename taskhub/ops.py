@@ -2,9 +2,11 @@
 
 Staff only, in the admin (where operators already sign in): workers online, queue depths,
 tasks by status, dispatcher lag, throughput and processing time, and the actions cancel,
-retry and drain. Thin views: the reads are tasks/workers.py (Celery) and
-tasks/ops_selectors.py / tasks/selectors.py (PostgreSQL); cancel and retry are
-tasks/services.py's.
+retry and drain. Seeing is staff's; acting takes a permission too: cancel and retry the
+admin's own change permission on tasks (tasks.change_task), drain tasks.drain_worker
+(a superuser has both), answered 403 otherwise. Thin views: the reads are
+tasks/workers.py (Celery) and tasks/ops_selectors.py / tasks/selectors.py (PostgreSQL);
+cancel and retry are tasks/services.py's.
 
 Live by polling, not the WebSocket: the page asks /admin/operations/data.json every few
 seconds. The socket delivers one user's event log with resume and gap rules
@@ -19,6 +21,7 @@ Every viewer shares one cached answer per figure, refreshed at most every few se
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -154,7 +157,7 @@ def operations_data(request: HttpRequest) -> JsonResponse:
 def _task_action(request: HttpRequest, task_id: UUID, act: Callable[..., Any]) -> JsonResponse:
     from tasks import ops_selectors
 
-    task = ops_selectors.task_get(task_id=task_id)
+    task = ops_selectors.task_get_for_staff(task_id=task_id)
     if task is None:
         return JsonResponse({"detail": "No such task."}, status=404)
     try:
@@ -171,7 +174,25 @@ def _said(task: Any) -> str:
     return task.status
 
 
+def _permitted(permission: str, what: str) -> Callable[[Callable[..., JsonResponse]], Callable]:
+    """403 JSON unless the signed-in staff member has `permission`: is_staff lets one look
+    (and reach the admin), not stop anyone's work."""
+
+    def decorate(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+        @functools.wraps(view)
+        def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            if not request.user.has_perm(permission):
+                detail = f"You may not {what} (it takes the {permission} permission)."
+                return JsonResponse({"detail": detail}, status=403)
+            return view(request, *args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
 @require_POST
+@_permitted("tasks.change_task", "cancel tasks")
 def task_cancel(request: HttpRequest, task_id: UUID) -> JsonResponse:
     from tasks import services
 
@@ -179,6 +200,7 @@ def task_cancel(request: HttpRequest, task_id: UUID) -> JsonResponse:
 
 
 @require_POST
+@_permitted("tasks.change_task", "retry tasks")
 def task_retry(request: HttpRequest, task_id: UUID) -> JsonResponse:
     from tasks import services
 
@@ -186,6 +208,7 @@ def task_retry(request: HttpRequest, task_id: UUID) -> JsonResponse:
 
 
 @require_POST
+@_permitted("tasks.drain_worker", "drain workers")
 def worker_drain(request: HttpRequest) -> JsonResponse:
     """Stop the named worker consuming every queue it consumes now; it finishes what it
     runs (docs/operations.md, "Draining a worker")."""

@@ -107,6 +107,11 @@ class Task(models.Model):
                 condition=models.Q(status__in=TaskStatus.values), name="task_status_valid"
             ),
         ]
+        permissions = [
+            # The operators' view's drain (taskhub/ops.py): it stops a worker taking work
+            # for everyone, so it is granted apart from changing tasks.
+            ("drain_worker", "Can drain a Celery worker (operators' view)"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.title} ({self.status})"

@@ -153,8 +153,9 @@ def task_summaries(*, task_ids: Iterable[UUID | str]) -> dict[str, dict[str, Any
     }
 
 
-def task_get(*, task_id: UUID | str) -> Task | None:
-    """Any owner's task by id (staff acting from the operators' view), None if unknown."""
+def task_get_for_staff(*, task_id: UUID | str) -> Task | None:
+    """Any owner's task by id, None if unknown: no owner scoping, so only for staff acting
+    from the operators' view (taskhub/ops.py), never for a user's request."""
     return Task.objects.filter(pk=task_id).first()
 
 
