@@ -7,6 +7,8 @@ exists.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import (
@@ -92,6 +94,31 @@ def chat_participant_get(*, room: ChatRoom, user: AbstractBaseUser) -> ChatParti
 
 def chat_room_is_readable_by(*, room: ChatRoom, user: AbstractBaseUser) -> bool:
     return room.is_public or ChatParticipant.objects.filter(room=room, user=user).exists()
+
+
+def chat_rooms_readable(*, pairs: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Of (user id, room id) pairs, those whose room still exists and whose user may read
+    it: two queries however many pairs (every socket of a web process, after it lost
+    Redis: chat.ws.resend_history)."""
+    pairs = set(pairs)
+    room_ids = {room_id for _, room_id in pairs}
+    public = dict(ChatRoom.objects.filter(pk__in=room_ids).values_list("pk", "is_public"))
+    members = set(
+        ChatParticipant.objects.filter(
+            room_id__in=room_ids, user_id__in={user_id for user_id, _ in pairs}
+        ).values_list("user_id", "room_id")
+    )
+    return {
+        (user_id, room_id)
+        for user_id, room_id in pairs
+        if room_id in public and (public[room_id] or (user_id, room_id) in members)
+    }
+
+
+def chat_room_id_is_readable_by(*, room_id: int, user: AbstractBaseUser) -> bool:
+    """Whether the room still exists and the user may read it, as committed now (one
+    query): a subscribed socket's check after a membership or visibility change."""
+    return ChatRoom.objects.filter(_visible_q(user), pk=room_id).exists()
 
 
 def chat_message_get_for(*, user: AbstractBaseUser, message_id: int) -> Message:

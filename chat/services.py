@@ -93,6 +93,23 @@ def _broadcast_on_commit(
     )
 
 
+# A channel-layer message, not a frame: "check that you may still read this room". Sent
+# after commit to the sockets that may have lost a room: the user's (left, removed) or the
+# room's (turned private, deleted). Each socket subscribed to the room re-reads whether its
+# user may still read it (chat.ws.access_check) and, if not, drops the subscription and
+# tells its client (`chat.unsubscribed`). A check rather than a verdict: the socket decides
+# on what is committed when it handles the message, so a re-add or a second change in
+# between cannot leave it wrong, and a room turned private is kept by its members.
+ACCESS_CHECK = "chat.access.check"
+
+
+def _access_check_on_commit(*, group: str, room_id: int, slug: str, reason: str) -> None:
+    message = {"type": ACCESS_CHECK, "room_id": room_id, "room": slug, "reason": reason}
+    transaction.on_commit(
+        lambda: push.group_send_now([(group, message)], what=f"{group} (chat access check)")
+    )
+
+
 # --- Rooms and membership ------------------------------------------------------------------
 
 
@@ -136,9 +153,14 @@ def chat_room_join(*, room: ChatRoom, user: AbstractBaseUser) -> ChatParticipant
 
 
 def chat_room_leave(*, room: ChatRoom, user: AbstractBaseUser) -> None:
-    """Stop being a participant (idempotent). Messages stay. Sockets already subscribed
-    keep their subscription until they unsubscribe or disconnect (docs/chat.md)."""
-    ChatParticipant.objects.filter(room=room, user=user).delete()
+    """Stop being a participant (idempotent). Messages stay. The user's sockets subscribed
+    to a private room lose it at once (`chat.unsubscribed`); a public room they may still
+    read, so they keep it (docs/chat.md)."""
+    deleted, _ = ChatParticipant.objects.filter(room=room, user=user).delete()
+    if deleted:
+        _access_check_on_commit(
+            group=protocol.user_group(user.pk), room_id=room.id, slug=room.slug, reason="left"
+        )
 
 
 def chat_room_mark_read(
@@ -306,27 +328,40 @@ def chat_message_delete(*, message_id: int) -> bool:
 
 def chat_room_update(*, room_id: int, name: str, is_public: bool) -> ChatRoom:
     """Rename a room or change who may join it, as staff. The slug stays: it is the room's
-    name on the wire, which open sockets and clients hold. Nothing is broadcast (the
-    protocol has no room frame); clients read rooms over REST. Making a room private
-    keeps its participants in it."""
+    name on the wire, which open sockets and clients hold. No room frame is broadcast;
+    clients read rooms over REST. Making a room private keeps its participants in it; the
+    sockets of anyone else subscribed to it (a user who left it while it was public) lose
+    it at once (`chat.unsubscribed`)."""
     name = name.strip()
     if not name:
         raise ValidationError({"name": "A room needs a name."})
     with transaction.atomic():
         room = ChatRoom.objects.select_for_update().get(pk=room_id)
+        turns_private = room.is_public and not is_public
         room.name, room.is_public = name, is_public
         room.save(update_fields=["name", "is_public"])
+        if turns_private:
+            _access_check_on_commit(
+                group=room_group(room.id), room_id=room.id, slug=room.slug, reason="private"
+            )
     return room
 
 
 def chat_room_delete(*, room_id: int) -> bool:
     """Delete a room with its participants and messages, as staff; False if already gone.
-    Sockets subscribed to it hear nothing more of it (there is no frame to tell them; a
-    later subscribe is `not_found`)."""
-    deleted, _ = ChatRoom.objects.filter(pk=room_id).delete()
-    if deleted:
+    Sockets subscribed to it are told (`chat.unsubscribed`, reason `deleted`); a later
+    subscribe is `not_found`."""
+    with transaction.atomic():
+        room = ChatRoom.objects.select_for_update().filter(pk=room_id).first()
+        if room is None:
+            return False
+        slug = room.slug
+        room.delete()
         logger.info("chat room %s deleted by staff", room_id)
-    return bool(deleted)
+        _access_check_on_commit(
+            group=room_group(room_id), room_id=room_id, slug=slug, reason="deleted"
+        )
+    return True
 
 
 def chat_room_member_set(*, room: ChatRoom, user_id: int, role: str) -> ChatParticipant:
@@ -341,9 +376,13 @@ def chat_room_member_set(*, room: ChatRoom, user_id: int, role: str) -> ChatPart
 
 
 def chat_room_member_remove(*, room: ChatRoom, user_id: int) -> None:
-    """End a participation, as staff (idempotent). As with a user's own leave, sockets
-    already subscribed keep the room until they unsubscribe or reconnect (docs/chat.md)."""
-    ChatParticipant.objects.filter(room=room, user_id=user_id).delete()
+    """End a participation, as staff (idempotent). As with a user's own leave, the user's
+    sockets subscribed to a private room lose it at once (`chat.unsubscribed`)."""
+    deleted, _ = ChatParticipant.objects.filter(room=room, user_id=user_id).delete()
+    if deleted:
+        _access_check_on_commit(
+            group=protocol.user_group(user_id), room_id=room.id, slug=room.slug, reason="removed"
+        )
 
 
 def typing_interval() -> float:

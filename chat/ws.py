@@ -11,6 +11,7 @@ database_sync_to_async, never the sync ORM on the event loop.
 
 from __future__ import annotations
 
+import logging
 import re
 import weakref
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ TYPING = protocol.CHAT_TYPING
 COMMANDS = protocol.CHAT_COMMANDS
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}\Z")
+
+logger = logging.getLogger("chat")
 
 # The rooms each socket is subscribed to, id -> slug. Weak keys: the entry goes with the
 # consumer. The consumer leaves every group on disconnect itself; this answers "is this
@@ -123,6 +126,10 @@ def _histories(slugs: list[str]) -> dict[str, list[dict[str, Any]]]:
         if room is not None:  # deleted meanwhile: nothing to show, nothing will come
             histories[slug] = _history(room)
     return histories
+
+
+def _readable(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    return selectors.chat_rooms_readable(pairs=pairs)
 
 
 def _history(room: ChatRoom) -> list[dict[str, Any]]:
@@ -221,6 +228,38 @@ _HANDLERS: dict[str, Callable[[Any, dict[str, Any], Any], Awaitable[None]]] = {
 }
 
 
+# --- Losing a room ------------------------------------------------------------------------
+
+
+def _may_read(user: Any, room_id: int) -> bool:
+    return selectors.chat_room_id_is_readable_by(room_id=room_id, user=user)
+
+
+async def access_check(consumer: Any, message: dict[str, Any]) -> None:
+    """chat.services' ACCESS_CHECK, sent after commit to the user's group (left, removed)
+    or the room's (turned private, deleted): a socket subscribed to the room keeps it only
+    if its user may still read it, as committed now; otherwise it leaves the room's group,
+    so nothing more of the room reaches it, and its client gets `chat.unsubscribed`
+    {room, reason}. The consumer hands it one message at a time, so no subscribe or
+    unsubscribe of this socket runs in between."""
+    room_id = message["room_id"]
+    if room_id not in _subscriptions.get(consumer, {}):
+        return
+    try:
+        if await database_sync_to_async(_may_read)(consumer.user, room_id):
+            return  # still a participant, or the room is public
+    except Exception:
+        # Unknown, so drop it: a subscribe asks again, and is refused if access is gone.
+        logger.warning("chat access check of room %s failed; dropping it", room_id, exc_info=True)
+    slug = _subscriptions.get(consumer, {}).pop(room_id, None)
+    if slug is None:
+        return  # resend_history (not this socket's turn of messages) dropped it meanwhile
+    await consumer.leave_group(services.room_group(room_id))
+    await consumer.reply(
+        protocol.CHAT_UNSUBSCRIBED, {"room": slug, "reason": message.get("reason", "")}
+    )
+
+
 # --- After the channel layer lost Redis --------------------------------------------------
 
 
@@ -233,13 +272,25 @@ async def resend_history(consumers: list[Any]) -> None:
     that the sockets catch up from. One read per room, however many sockets follow it.
     Clients merge a history by message id (docs/chat.md), so what they already had is
     not shown twice.
+
+    An access check (access_check) published meanwhile was lost too: a room its user may
+    no longer read is dropped here instead, `chat.unsubscribed` with reason `no_access`,
+    and its history is not sent. Two more queries for the whole process.
     """
-    slugs = sorted({slug for c in consumers for slug in _subscriptions.get(c, {}).values()})
-    if not slugs:
+    pairs = {(c.user.pk, room_id) for c in consumers for room_id in _subscriptions.get(c, {})}
+    if not pairs:
         return
+    slugs = sorted({slug for c in consumers for slug in _subscriptions.get(c, {}).values()})
     histories = await database_sync_to_async(_histories)(slugs)
+    readable = await database_sync_to_async(_readable)(pairs)
     for consumer in consumers:
-        for slug in list(_subscriptions.get(consumer, {}).values()):  # sends yield
-            if slug in histories:
+        subscribed = _subscriptions.get(consumer, {})
+        for room_id, slug in list(subscribed.items()):  # sends yield
+            if (consumer.user.pk, room_id) not in readable:
+                subscribed.pop(room_id, None)
+                await consumer.leave_group(services.room_group(room_id))
+                data = {"room": slug, "reason": "no_access"}
+                await consumer.reply(protocol.CHAT_UNSUBSCRIBED, data)
+            elif slug in histories:
                 data = {"room": slug, "messages": histories[slug]}
                 await consumer.reply(protocol.CHAT_HISTORY, data)

@@ -498,7 +498,13 @@ class EventConsumer(AsyncWebsocketConsumer):
         connections itself."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
+            # Another app's group message (chat's access checks: register_group_message).
+            plugged = protocol.group_message_handlers.get(message["type"])
+            if plugged is None:
+                raise ValueError(f"No handler for message type {message['type']}")
+            if not self._closed and self.user is not None:
+                await plugged(self, message)
+            return
         await handler(message)
 
     # --- The API other apps' handlers use ------------------------------------------------

@@ -32,6 +32,9 @@ WELCOME = "welcome"
 TASK_PROGRESS = "task.progress"
 CHAT_HISTORY = "chat.history"
 CHAT_TYPING = "chat.typing"
+# The server ended this socket's subscription to a room its user may no longer read
+# (left it, removed from it, it turned private or was deleted): chat.ws.access_check.
+CHAT_UNSUBSCRIBED = "chat.unsubscribed"
 PONG = "pong"
 ERROR = "error"
 
@@ -64,10 +67,14 @@ ClientCommandHandler = Callable[[Any, dict[str, Any]], Awaitable[None]]
 # `await hook(consumers)`: the open sockets of one process after its channel layer lost
 # Redis and came back (pushes meanwhile reached nobody).
 ResyncHook = Callable[[list[Any]], Awaitable[None]]
+# `await handler(consumer, message)`: a channel-layer message of another app's type sent
+# to a group the socket is in (chat's access checks), rather than a frame to forward.
+GroupMessageHandler = Callable[[Any, dict[str, Any]], Awaitable[None]]
 
 # Filled once per process by the apps' AppConfig.ready(); read by the consumer only.
 client_command_handlers: dict[str, ClientCommandHandler] = {}
 resync_hooks: list[ResyncHook] = []
+group_message_handlers: dict[str, GroupMessageHandler] = {}
 
 
 def register_client_commands(
@@ -89,6 +96,16 @@ def register_client_commands(
         client_command_handlers[type] = handler
     if resync is not None and resync not in resync_hooks:
         resync_hooks.append(resync)
+
+
+def register_group_message(type: str, handler: GroupMessageHandler) -> None:
+    """Route the channel-layer messages of `type` that reach a socket (through a group it
+    is in) to `handler`: notifications never imports the app that sends them. Idempotent
+    for the same handler. The consumer's own types (event.push, session.revoked...) are
+    its methods' and never reach a registered handler."""
+    if group_message_handlers.get(type, handler) is not handler:
+        raise ValueError(f"{type!r} already has a handler")
+    group_message_handlers[type] = handler
 
 
 def format_ts(moment: datetime | None = None) -> str:
