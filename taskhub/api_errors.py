@@ -2,16 +2,22 @@
 
 PostgreSQL holds every task, event and user: while it is down no request that needs it
 can succeed, but the failure is the server's state, not the request's fault or a bug, and
-the client should simply come back. So a database error that reaches a view's caller
-(django.db.OperationalError: refused, terminated by a shutdown, the pool's PoolTimeout;
-InterfaceError: a connection closed under us) answers
+the client should simply come back. So an outage that reaches a view's caller (a refused
+or lost connection, the pool's PoolTimeout, a server shutting down or starting up, too
+many connections: taskhub.outages.is_database_outage) answers
 
     503 Service Unavailable, Retry-After: 5, {"detail": "The database is unavailable; ..."}
 
 (the legacy endpoints answer in their own shape, `{"error": "..."}`), and the outage is
-logged once per process (taskhub/outages.py) instead of a traceback per request. Nothing
-was committed: a request whose transaction met the error rolled back, so a retry cannot
-create a task twice. docs/running.md, "When Redis or PostgreSQL is down".
+logged once per process (taskhub/outages.py) instead of a traceback per request. A
+transaction that lost a race (serialization failure, deadlock) answers 503 too, with its
+own message and one log line each: PostgreSQL rolled it back and the same request again
+is the remedy. Every other database error (a full disk, a statement too big, a cancelled
+statement, a lock not available) is not the client's to retry: it is raised on, a 500 with
+its traceback in the log. A request whose transaction met the error rolled back; only a
+COMMIT whose answer was lost on the way (the connection dropped right after it) can have
+landed, so a retry of a create could in that one case make a second task.
+docs/running.md, "When Redis or PostgreSQL is down".
 
 Two hooks, one answer: `api_exception_handler` for DRF views (REST_FRAMEWORK's
 EXCEPTION_HANDLER, around taskhub.exceptions' handler) and `DatabaseUnavailableMiddleware`
@@ -30,23 +36,26 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from taskhub.exceptions import json_exception_handler
-from taskhub.outages import DATABASE, describe, is_database_error, is_database_outage
+from taskhub.outages import DATABASE, describe, is_database_outage, is_database_retry_later
 
 logger = logging.getLogger("taskhub.api_errors")
 
 # A PostgreSQL restart takes seconds; a client that waits this long usually finds it back.
 RETRY_AFTER_SECONDS = 5
 MESSAGE = "The database is unavailable; try again in a few seconds."
+LOST_RACE_MESSAGE = "The request met a concurrent change and was rolled back; try again."
 LEGACY_URL_NAMES = frozenset({"legacy-task-create", "legacy-task-check-result"})
 
 
-def _report(exc: BaseException, request: HttpRequest | None) -> None:
+def _report(exc: BaseException, request: HttpRequest | None) -> str:
+    """Log `exc` (a retry-later error) and return the message its 503 gives."""
     if is_database_outage(exc):
         DATABASE.failed(exc, "requests that need it answer 503 with Retry-After")
-    else:
-        # A deadlock, a cancelled statement: retryable too, rare, worth a line each.
-        path = request.path if request is not None else "?"
-        logger.warning("%s answered 503: %s", path, describe(exc))
+        return MESSAGE
+    # A serialization failure or deadlock: rare, worth a line each.
+    path = request.path if request is not None else "?"
+    logger.warning("%s answered 503: %s", path, describe(exc))
+    return LOST_RACE_MESSAGE
 
 
 def _unavailable(response: HttpResponse) -> HttpResponse:
@@ -58,10 +67,10 @@ def _unavailable(response: HttpResponse) -> HttpResponse:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if is_database_error(exc):
-        _report(exc, context.get("request"))
+    if is_database_retry_later(exc):
+        message = _report(exc, context.get("request"))
         set_rollback()
-        return _unavailable(Response({"detail": MESSAGE}, status=503))
+        return _unavailable(Response({"detail": message}, status=503))
     return json_exception_handler(exc, context)
 
 
@@ -71,14 +80,14 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
     request (taskhub/settings.py, MIDDLEWARE, says why that matters)."""
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not is_database_error(exception):
-            return None
-        _report(exception, request)
+        if not is_database_retry_later(exception):
+            return None  # a bug or the server's own trouble: a 500 with its traceback
+        message = _report(exception, request)
         match = getattr(request, "resolver_match", None)
         if match is not None and match.url_name in LEGACY_URL_NAMES:
             # The Go service's shape: compact JSON and a newline (tasks/api/legacy.py).
-            body = json.dumps({"error": MESSAGE}, separators=(",", ":")) + "\n"
+            body = json.dumps({"error": message}, separators=(",", ":")) + "\n"
             response = HttpResponse(body, status=503, content_type="application/json")
         else:
-            response = JsonResponse({"detail": MESSAGE}, status=503)
+            response = JsonResponse({"detail": message}, status=503)
         return _unavailable(response)

@@ -99,7 +99,9 @@ _REDIS_OUTAGE = (
     ConnectionInterrupted,
     kombu.exceptions.OperationalError,
     ConnectionError,  # the OSErrors a socket raises: refused, reset, broken pipe
-    TimeoutError,
+    # Not the builtin TimeoutError: since Python 3.11 it is asyncio.TimeoutError too, so any
+    # asyncio timeout (a wait_for of ours) would be logged as "Redis unavailable". redis-py
+    # and kombu turn a socket's timeout into redis.TimeoutError and OperationalError above.
 )
 
 
@@ -107,27 +109,45 @@ def is_redis_outage(exc: BaseException) -> bool:
     return isinstance(exc, _REDIS_OUTAGE)
 
 
-# SQLSTATEs of a lost server: class 08 (connection exception), admin/crash shutdown, and
-# "the database system is starting up / shutting down".
-_SERVER_GONE = ("08", "57P01", "57P02", "57P03")
+# SQLSTATEs of a lost or unreachable server: class 08 (connection exception), admin/crash
+# shutdown and "the database system is starting up / shutting down" (57P01-57P03), too many
+# connections (53300). Not the rest of class 53 (disk full, out of memory) nor 54 (a
+# statement too big), 55P03 (lock not available) or 57014 (a cancelled statement): those
+# are this request's or the server's own trouble, and a retry in 5 s meets them again.
+_SERVER_GONE = ("08", "57P01", "57P02", "57P03", "53300")
+# The transaction lost a race (serialization failure, deadlock): PostgreSQL rolled it back
+# and a retry of the same request is the documented remedy, so the client is told to retry
+# (503 with Retry-After), but PostgreSQL is up: no outage.
+_LOST_A_RACE = ("40001", "40P01")
 
 
-def is_database_error(exc: BaseException) -> bool:
-    """An error worth a retry later (503), not a bug: the connection or the server failed
-    (OperationalError: refused, terminated, the pool's PoolTimeout, also a deadlock or a
-    cancelled statement) or a connection was closed under the caller (InterfaceError)."""
-    return isinstance(exc, (OperationalError, InterfaceError))
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the psycopg error Django's wrapper raised `exc` from (None when the
+    server never answered: a refused connect, a pool timeout, a dropped connection)."""
+    return getattr(exc.__cause__, "sqlstate", None)
 
 
 def is_database_outage(exc: BaseException) -> bool:
-    """PostgreSQL itself is down or unreachable (not a deadlock or a statement timeout):
-    no SQLSTATE (a refused connect, a pool timeout) or one of a lost server."""
+    """PostgreSQL itself is down or unreachable: a connection could not be made, was lost
+    or closed under the caller (InterfaceError), or the server is shutting down, starting up
+    or full of connections. Not a deadlock, a cancelled statement or a full disk."""
     if isinstance(exc, InterfaceError):
         return True
     if not isinstance(exc, OperationalError):
         return False
-    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    sqlstate = _sqlstate(exc)
     return sqlstate is None or sqlstate.startswith(_SERVER_GONE)
+
+
+def is_database_lost_race(exc: BaseException) -> bool:
+    """A serialization failure or deadlock: rolled back, worth the same request again."""
+    return isinstance(exc, OperationalError) and _sqlstate(exc) in _LOST_A_RACE
+
+
+def is_database_retry_later(exc: BaseException) -> bool:
+    """An error a client should retry (503 with Retry-After, gRPC UNAVAILABLE) rather than
+    a bug (500 with its traceback): an outage, or a transaction that lost a race."""
+    return is_database_outage(exc) or is_database_lost_race(exc)
 
 
 REDIS = Outage("Redis")

@@ -25,7 +25,7 @@ from django.utils import timezone
 from notifications import protocol
 from notifications.services import notify, publish, publish_ephemeral
 from taskhub.exceptions import ConflictError
-from taskhub.outages import DATABASE, is_database_error
+from taskhub.outages import DATABASE, is_database_outage
 from tasks import change_hooks, queue
 from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
 from tasks.nudge import clear_nudges, nudge_dispatcher
@@ -200,12 +200,15 @@ def task_transition(
     task_id: UUID | str,
     to: str,
     only_from: frozenset[str] | None = None,
+    attempt: int | None = None,
     **changes: Any,
 ) -> Task | None:
     """Move a task to `to` if its current status allows it; return None if not.
 
     `only_from` narrows the allowed sources further for one caller (a cancel request must
     not end a running task at once: the runner does that when the processor stops).
+    `attempt`, if given, must be the task's current one: a run's outcome is its attempt's,
+    never a later retry's.
 
     The row lock makes the check and the write one atomic step: of two racing
     transitions (a cancel and a start, say) the second waits, sees the new status and
@@ -213,7 +216,10 @@ def task_transition(
     """
     sources = ALLOWED_SOURCES[to] if only_from is None else ALLOWED_SOURCES[to] & only_from
     with transaction.atomic():
-        task = Task.objects.select_for_update().filter(pk=task_id, status__in=sources).first()
+        rows = Task.objects.select_for_update().filter(pk=task_id, status__in=sources)
+        if attempt is not None:
+            rows = rows.filter(attempts=attempt)
+        task = rows.first()
         if task is None:
             return None
         previous_status = task.status
@@ -239,24 +245,36 @@ def task_start(*, task_id: UUID | str, worker: str) -> Task | None:
     )
 
 
-def task_complete(*, task_id: UUID | str, result: Any) -> Task | None:
+def task_complete(*, task_id: UUID | str, result: Any, attempt: int | None = None) -> Task | None:
+    """-> completed. The error is cleared: a revoke that came too late to stop the run left
+    its reason there for a cancel that never happened (task_revoke)."""
     return task_transition(
         task_id=task_id,
         to=TaskStatus.COMPLETED,
+        attempt=attempt,
         result=result,
+        error="",
         progress=100,
         finished_at=timezone.now(),
     )
 
 
-def task_fail(*, task_id: UUID | str, error: str) -> Task | None:
+def task_fail(*, task_id: UUID | str, error: str, attempt: int | None = None) -> Task | None:
     return task_transition(
-        task_id=task_id, to=TaskStatus.FAILED, error=error[:5000], finished_at=timezone.now()
+        task_id=task_id,
+        to=TaskStatus.FAILED,
+        attempt=attempt,
+        error=error[:5000],
+        finished_at=timezone.now(),
     )
 
 
 def task_mark_cancelled(
-    *, task_id: UUID | str, only_from: frozenset[str] | None = None, reason: str = ""
+    *,
+    task_id: UUID | str,
+    only_from: frozenset[str] | None = None,
+    reason: str = "",
+    attempt: int | None = None,
 ) -> Task | None:
     """-> cancelled, saying why: `reason`, else the one a stop request left on the row
     (task_revoke's), else "cancelled on request"."""
@@ -264,9 +282,38 @@ def task_mark_cancelled(
         task_id=task_id,
         to=TaskStatus.CANCELLED,
         only_from=only_from,
+        attempt=attempt,
         error=lambda locked: reason or locked.error or CANCELLED_ON_REQUEST,
         finished_at=timezone.now(),
     )
+
+
+def task_end_unfinished_run(
+    *, task_id: UUID | str, error: str, attempt: int | None = None
+) -> Task | None:
+    """A run ended without an outcome of its own (its process was ended by a signal or
+    died, its worker stopped or was restarted, it went past its deadline): cancelled if a
+    cancel was asked for (TaskHub's cancel, a revoke from the celery CLI), else failed with
+    `error`, retryable. The one place that rule lives: the runner, the worker's shutdown
+    and restart, the lost-process record and the reaper all end runs here.
+
+    The check and the write are one locked step, so a cancel request that lands between
+    them is not recorded as a failure. Only while in_progress and, if `attempt` is given,
+    only that attempt (a retry already running is left alone); None otherwise.
+    """
+    with transaction.atomic():
+        current = (
+            Task.objects.select_for_update()
+            .filter(pk=task_id, status=TaskStatus.IN_PROGRESS)
+            .values_list("attempts", "stop_requested")
+            .first()
+        )
+        if current is None or (attempt is not None and attempt != current[0]):
+            return None
+        attempts, stop_requested = current
+        if stop_requested == StopRequest.CANCEL:
+            return task_mark_cancelled(task_id=task_id, attempt=attempts)
+        return task_fail(task_id=task_id, error=error, attempt=attempts)
 
 
 def task_report_progress(*, task: Task, progress: int) -> None:
@@ -325,13 +372,18 @@ def _ended_by_signal(exc: BaseException) -> bool:
     return isinstance(exc, SystemExit) and isinstance(exc.code, int) and -256 < exc.code < -192
 
 
-def _record_interrupted_run(task_id: UUID | str) -> None:
-    """The worker ends this run: cancelled if a cancel was asked for (a revoke from the
-    celery CLI asks before it terminates), else failed and retryable."""
-    if Task.objects.filter(pk=task_id, stop_requested=StopRequest.CANCEL).exists():
-        task_mark_cancelled(task_id=task_id)
-    else:
-        task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
+def _record_stopped_run(task_id: UUID | str, attempt: int) -> None:
+    """The process is being stopped mid-run (a signal, Ctrl-C): record the run if the
+    database lets us, never raise instead of the stop. A database error raised here would
+    replace the SystemExit, and the pool process would go on to its next task instead of
+    ending; the worker's restart or the reaper records what this could not."""
+    try:
+        task_end_unfinished_run(task_id=task_id, attempt=attempt, error=INTERRUPTED_BY_SHUTDOWN)
+    except Exception as exc:
+        if is_database_outage(exc):
+            DATABASE.failed(exc, "stopped runs are left to the worker's restart or the reaper")
+        else:
+            logger.exception("task %s: recording its stopped run failed", task_id)
 
 
 # The outcome write's retry while PostgreSQL is down: the wait doubles up to this cap.
@@ -340,13 +392,18 @@ OUTCOME_RETRY_MAX_DELAY = 5.0
 
 def _until_recorded(record: Callable[..., Task | None], **fields: Any) -> Task | None:
     """Write a run's outcome (`record(**fields)`: task_complete, task_fail, ...), retrying
-    while the database is unreachable, until it lands: a task that ran is recorded as it
-    ended, not left in_progress for the reaper to call "failed" minutes later (issue 13,
-    R2). The write is one transaction and a transition from in_progress only, so a retry
-    after a commit whose answer was lost finds nothing to do (None), never a second event.
+    while the database is unreachable (taskhub.outages.is_database_outage), until it lands:
+    a task that ran is recorded as it ended, not left in_progress for the reaper to call
+    "failed" minutes later (issue 13, R2). The write is one transaction, a transition from
+    in_progress of the run's own attempt (`fields` name it), so a retry after a commit whose
+    answer was lost finds nothing to do (None), never a second event, and a retry that
+    outlives the run's record by someone else (the lost-process record, the reaper) can
+    never end the task's next attempt.
 
-    Bounded by the run's hard time limit (the soft one, if it fires meanwhile, is
-    ignored: the processor is done); the reaper remains the last resort.
+    Any other error is raised at once: PostgreSQL is up and refused this write (a deadlock,
+    a cancelled statement, a full disk), and trying again until the hard time limit would
+    only hide it. Bounded by the run's hard time limit (the soft one, if it fires
+    meanwhile, is ignored: the processor is done); the reaper remains the last resort.
     """
     delay = 0.25
     while True:
@@ -355,7 +412,7 @@ def _until_recorded(record: Callable[..., Task | None], **fields: Any) -> Task |
         except SoftTimeLimitExceeded:
             pass
         except Exception as exc:
-            if not is_database_error(exc):
+            if not is_database_outage(exc):
                 raise
             DATABASE.failed(exc, "finished tasks wait to record their outcome")
         # The failed transaction's atomic block has exited: drop the broken connection so
@@ -379,6 +436,7 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
     task = task_start(task_id=task_id, worker=worker)
     if task is None:
         return None
+    attempt = task.attempts
     try:
         processor = registry.get_processor(task.kind)
         context = ProcessorContext(
@@ -391,20 +449,23 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
         connection.close()
         logger.warning("task %s timed out after %s s", task_id, task.timeout)
         return _until_recorded(
-            task_fail, task_id=task_id, error=f"timed out after {task.timeout} s"
+            task_fail, task_id=task_id, attempt=attempt, error=f"timed out after {task.timeout} s"
         )
     except StopRequested as stop:
         _reconnect_if_broken()
         if stop.reason == StopRequest.SHUTDOWN:
-            return task_fail(task_id=task_id, error=INTERRUPTED_BY_SHUTDOWN)
-        return task_mark_cancelled(task_id=task_id)
+            # A cancel asked after the shutdown's stop request still wins.
+            return task_end_unfinished_run(
+                task_id=task_id, attempt=attempt, error=INTERRUPTED_BY_SHUTDOWN
+            )
+        return task_mark_cancelled(task_id=task_id, attempt=attempt)
     except ResultRefused as refused:
         _reconnect_if_broken()
         logger.info("task %s failed: %s", task_id, refused)
-        return _until_recorded(task_fail, task_id=task_id, error=str(refused))
+        return _until_recorded(task_fail, task_id=task_id, attempt=attempt, error=str(refused))
     except KeyboardInterrupt:
         _reconnect_if_broken()
-        _record_interrupted_run(task_id)
+        _record_stopped_run(task_id, attempt)
         raise
     except BaseException as exc:  # a processor's SystemExit fails its task like any error
         # The processor's own query may have broken the connection (a PostgreSQL restart,
@@ -412,19 +473,24 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
         # task to the reaper.
         _reconnect_if_broken()
         if _ended_by_signal(exc):
-            _record_interrupted_run(task_id)
+            _record_stopped_run(task_id, attempt)
             raise
         logger.info("task %s failed: %s: %s", task_id, type(exc).__name__, exc)
-        return _until_recorded(task_fail, task_id=task_id, error=f"{type(exc).__name__}: {exc}")
+        return _until_recorded(
+            task_fail, task_id=task_id, attempt=attempt, error=f"{type(exc).__name__}: {exc}"
+        )
     try:
-        return _until_recorded(task_complete, task_id=task_id, result=result)
+        return _until_recorded(task_complete, task_id=task_id, attempt=attempt, result=result)
     except Exception as exc:
-        # The result was checked and the database is up, so it refused the result: say so
-        # now rather than leave the task to the reaper.
+        # The result was checked and the database is up (an outage is waited out above), so
+        # it refused the write: say so now rather than leave the task to the reaper.
         logger.exception("task %s: recording its result failed", task_id)
         connection.close()
         return _until_recorded(
-            task_fail, task_id=task_id, error=f"recording the result failed: {exc}"
+            task_fail,
+            task_id=task_id,
+            attempt=attempt,
+            error=f"recording the result failed: {exc}",
         )
 
 
@@ -613,46 +679,42 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
 
 
 def tasks_request_stop_on_worker(*, worker: str) -> int:
-    """Ask every processor running on `worker` to stop at its next checkpoint."""
-    return Task.objects.filter(status=TaskStatus.IN_PROGRESS, worker=worker).update(
-        stop_requested=StopRequest.SHUTDOWN, updated_at=timezone.now()
+    """Ask every processor running on `worker` to stop at its next checkpoint. A cancel
+    already asked is left as it is (the processor stops for it all the same, and it is
+    recorded cancelled, not interrupted)."""
+    return (
+        Task.objects.filter(status=TaskStatus.IN_PROGRESS, worker=worker)
+        .exclude(stop_requested=StopRequest.CANCEL)
+        .update(stop_requested=StopRequest.SHUTDOWN, updated_at=timezone.now())
     )
 
 
 def tasks_interrupt_on_worker(*, worker: str, error: str = INTERRUPTED_BY_SHUTDOWN) -> int:
-    """Record every task still in_progress on `worker` as failed (retryable)."""
-    ids = list(
+    """End every run still in_progress on `worker` (task_end_unfinished_run: failed and
+    retryable, cancelled if a cancel was asked)."""
+    runs = list(
         Task.objects.filter(status=TaskStatus.IN_PROGRESS, worker=worker).values_list(
-            "pk", flat=True
+            "pk", "attempts"
         )
     )
-    interrupted = [task_id for task_id in ids if task_fail(task_id=task_id, error=error)]
-    for task_id in interrupted:
-        logger.warning("task %s in_progress -> failed: %s", task_id, error)
-    return len(interrupted)
+    ended = 0
+    for task_id, attempt in runs:
+        task = task_end_unfinished_run(task_id=task_id, attempt=attempt, error=error)
+        if task is not None:
+            ended += 1
+            logger.warning("task %s in_progress -> %s: %s", task_id, task.status, error)
+    return ended
 
 
 def task_fail_lost_run(*, task_id: UUID | str, attempt: int | None, reason: str) -> Task | None:
     """The pool process running `attempt` of this task died without a word (SIGKILL, the
     OOM killer, the hard time limit): its worker's main process saw it (Celery's
-    WorkerLostError) and records it now, failed and retryable (cancelled if a cancel was
-    asked), instead of leaving it in_progress for the reaper's minutes (issue 13, R1).
-
-    Only if that attempt is the task's current one and still in_progress: a run that
-    recorded its outcome before it died, or a retry already running, is left alone (None).
-    """
-    with transaction.atomic():
-        current = (
-            Task.objects.select_for_update()
-            .filter(pk=task_id, status=TaskStatus.IN_PROGRESS)
-            .values_list("attempts", "stop_requested")
-            .first()
-        )
-        if current is None or (attempt is not None and attempt != current[0]):
-            return None
-        if current[1] == StopRequest.CANCEL:
-            return task_mark_cancelled(task_id=task_id)
-        return task_fail(task_id=task_id, error=PROCESS_LOST.format(reason=reason))
+    WorkerLostError) and records it now (task_end_unfinished_run) instead of leaving it
+    in_progress for the reaper's minutes (issue 13, R1). A run that recorded its outcome
+    before it died, or a retry already running, is left alone (None)."""
+    return task_end_unfinished_run(
+        task_id=task_id, attempt=attempt, error=PROCESS_LOST.format(reason=reason)
+    )
 
 
 def reap_stalled_tasks() -> int:
@@ -662,15 +724,13 @@ def reap_stalled_tasks() -> int:
     grace = timedelta(seconds=settings.TASKHUB_REAPER_GRACE)
     reaped = 0
     candidates = Task.objects.filter(status=TaskStatus.IN_PROGRESS).values_list(
-        "pk", "started_at", "timeout", "stop_requested"
+        "pk", "attempts", "started_at", "timeout"
     )
-    for task_id, started_at, timeout, stop_requested in candidates:
+    for task_id, attempt, started_at, timeout in candidates:
         if started_at is None or started_at + timedelta(seconds=timeout) + grace > now:
             continue
-        if stop_requested == StopRequest.CANCEL:
-            done = task_mark_cancelled(task_id=task_id)
-        else:
-            done = task_fail(task_id=task_id, error=WORKER_LOST)
+        # The attempt read with the deadline: a retry started since is not the stalled run.
+        done = task_end_unfinished_run(task_id=task_id, attempt=attempt, error=WORKER_LOST)
         if done is not None:
             reaped += 1
             logger.warning("reaper ended stalled task %s as %s", task_id, done.status)

@@ -4,16 +4,21 @@ PostgreSQL is down"). The real outages are staged in test_outages.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import grpc
 import kombu.exceptions
 import psycopg
+import psycopg_pool
 import pytest
 import redis
 from django.db import InterfaceError, OperationalError
+from django.test import RequestFactory
 from django_redis.exceptions import ConnectionInterrupted
 
-from taskhub import outages
+from taskhub import api_errors, outages
+from tasks.grpc.errors import to_rpc_abort
 
 
 def _django_error(cause: Exception) -> OperationalError:
@@ -74,27 +79,108 @@ def test_a_refused_redis_command_is_a_bug_not_an_outage():
     assert not outages.is_redis_outage(redis.ResponseError("WRONGTYPE"))
 
 
+def test_an_asyncio_timeout_is_not_a_redis_outage():
+    # The builtin TimeoutError is asyncio's since Python 3.11: a wait_for of ours running
+    # out is not Redis being away.
+    async def times_out() -> None:
+        await asyncio.wait_for(asyncio.Event().wait(), timeout=0.01)
+
+    with pytest.raises(TimeoutError) as raised:
+        asyncio.run(times_out())
+    assert not outages.is_redis_outage(raised.value)
+
+
 @pytest.mark.parametrize(
     "error",
     [
         _django_error(psycopg.OperationalError("connection refused")),  # no SQLSTATE
+        _django_error(psycopg_pool.PoolTimeout("couldn't get a connection after 10.00 sec")),
         _django_error(psycopg.errors.AdminShutdown("terminating connection")),
+        _django_error(psycopg.errors.CrashShutdown("terminating connection")),
         _django_error(psycopg.errors.CannotConnectNow("the database system is starting up")),
+        _django_error(psycopg.errors.TooManyConnections("too many clients already")),
+        _django_error(psycopg.errors.ConnectionFailure("connection failure")),
         InterfaceError("connection already closed"),
     ],
 )
 def test_a_postgresql_that_is_away_is_an_outage_and_a_503(error):
     assert outages.is_database_outage(error)
-    assert outages.is_database_error(error)
+    assert outages.is_database_retry_later(error)
 
 
-def test_a_deadlock_is_a_503_but_not_an_outage():
-    deadlock = _django_error(psycopg.errors.DeadlockDetected("deadlock detected"))
-    assert outages.is_database_error(deadlock)
-    assert not outages.is_database_outage(deadlock)
+@pytest.mark.parametrize(
+    "error",
+    [
+        _django_error(psycopg.errors.DeadlockDetected("deadlock detected")),
+        _django_error(psycopg.errors.SerializationFailure("could not serialize access")),
+    ],
+)
+def test_a_transaction_that_lost_a_race_is_a_503_but_not_an_outage(error):
+    assert outages.is_database_retry_later(error)
+    assert not outages.is_database_outage(error)
+
+
+# Deterministic or the server's own trouble: the same request in 5 s meets them again.
+NOT_TO_RETRY = [
+    _django_error(psycopg.errors.QueryCanceled("canceling statement due to user request")),
+    _django_error(psycopg.errors.LockNotAvailable("could not obtain lock on row")),
+    _django_error(psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum")),
+    _django_error(psycopg.errors.StatementTooComplex("stack depth limit exceeded")),
+    _django_error(psycopg.errors.DiskFull("could not extend file")),
+    _django_error(psycopg.errors.OutOfMemory("out of memory")),
+]
+
+
+@pytest.mark.parametrize("error", NOT_TO_RETRY)
+def test_other_operational_errors_are_neither_an_outage_nor_a_503(error):
+    assert not outages.is_database_outage(error)
+    assert not outages.is_database_retry_later(error)
 
 
 def test_a_programming_error_is_neither():
     from django.db import ProgrammingError
 
-    assert not outages.is_database_error(ProgrammingError("syntax error"))
+    assert not outages.is_database_retry_later(ProgrammingError("syntax error"))
+
+
+@pytest.mark.parametrize("error", NOT_TO_RETRY)
+def test_other_operational_errors_are_left_to_the_500_handler_with_their_traceback(error):
+    request = RequestFactory().post("/api/tasks/")
+    # DRF's handler gives None for what it does not know: DRF raises it on, and Django
+    # answers 500 and logs the traceback.
+    assert api_errors.api_exception_handler(error, {"request": request}) is None
+    middleware = api_errors.DatabaseUnavailableMiddleware(lambda request: None)
+    assert middleware.process_exception(request, error) is None
+    assert not outages.DATABASE.down
+
+
+def test_a_lost_race_answers_503_saying_so_without_an_outage(caplog):
+    deadlock = _django_error(psycopg.errors.DeadlockDetected("deadlock detected"))
+    request = RequestFactory().post("/api/tasks/")
+
+    response = api_errors.DatabaseUnavailableMiddleware(lambda request: None).process_exception(
+        request, deadlock
+    )
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert b"concurrent change" in response.content
+    assert not outages.DATABASE.down
+    assert [r.getMessage() for r in caplog.records if r.name == "taskhub.api_errors"] == [
+        "/api/tasks/ answered 503: OperationalError: deadlock detected"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (_django_error(psycopg.errors.AdminShutdown("terminating")), grpc.StatusCode.UNAVAILABLE),
+        (_django_error(psycopg.errors.DeadlockDetected("deadlock")), grpc.StatusCode.UNAVAILABLE),
+        (NOT_TO_RETRY[0], grpc.StatusCode.INTERNAL),
+        (NOT_TO_RETRY[4], grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_grpc_answers_unavailable_only_for_what_a_retry_can_cure(error, code, caplog):
+    assert to_rpc_abort(error).code == code
+    if code == grpc.StatusCode.INTERNAL:
+        assert any(r.exc_info for r in caplog.records), "logged with its traceback"

@@ -6,9 +6,10 @@ to HTTP statuses for REST, so the servicer's methods hold no try/except of their
 | django ValidationError / serializer errors      | INVALID_ARGUMENT    | 400  |
 | Http404 (selectors), malformed id               | NOT_FOUND           | 404  |
 | taskhub.exceptions.ConflictError                | FAILED_PRECONDITION | 409  |
-| database unreachable (OperationalError,         | UNAVAILABLE         | 503  |
-|   InterfaceError: taskhub/api_errors.py)        |                     |      |
-| anything else (logged)                          | INTERNAL            | 500  |
+| database unreachable, or a transaction that     | UNAVAILABLE         | 503  |
+|   lost a race (taskhub/api_errors.py)           |                     |      |
+| anything else, other database errors included   | INTERNAL            | 500  |
+|   (logged with the traceback)                   |                     |      |
 
 INVALID_ARGUMENT carries a google.rpc.BadRequest with one FieldViolation per message
 (`grpc_status.rpc_status.from_call()` on the client), and the same text in the message
@@ -32,7 +33,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from taskhub.exceptions import ConflictError
-from taskhub.outages import DATABASE, describe, is_database_error, is_database_outage
+from taskhub.outages import DATABASE, describe, is_database_outage, is_database_retry_later
 
 logger = logging.getLogger("tasks.grpc")
 
@@ -77,12 +78,15 @@ def to_rpc_abort(exc: BaseException) -> RpcAbort:
         return RpcAbort(grpc.StatusCode.NOT_FOUND, "No such task.")
     if isinstance(exc, ConflictError):
         return RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    if is_database_error(exc):
-        if is_database_outage(exc):
-            DATABASE.failed(exc, "gRPC calls that need it answer UNAVAILABLE")
-        else:  # a deadlock, a cancelled statement: rare, a line each
-            logger.warning("gRPC call answered UNAVAILABLE: %s", describe(exc))
+    if is_database_outage(exc):
+        DATABASE.failed(exc, "gRPC calls that need it answer UNAVAILABLE")
         return RpcAbort(grpc.StatusCode.UNAVAILABLE, "The database is unavailable; try again.")
+    if is_database_retry_later(exc):  # a serialization failure or deadlock: rare, a line each
+        logger.warning("gRPC call answered UNAVAILABLE: %s", describe(exc))
+        return RpcAbort(
+            grpc.StatusCode.UNAVAILABLE,
+            "The request met a concurrent change and was rolled back; try again.",
+        )
     logger.error("gRPC call failed", exc_info=exc)
     return RpcAbort(grpc.StatusCode.INTERNAL, "Internal server error.")
 
