@@ -535,6 +535,10 @@ LOGGING = {
         # unredacted handler at ERROR, which taskhub/celery.py's setup_logging receiver
         # now keeps it from doing.
         "multiprocessing": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        # redis-py (RESP3) gives this logger a plain stdout handler of its own the first time
+        # a client handles a push reply, unless the logger exists already: named here, it
+        # exists, and its lines go through the root's redacting handler.
+        "push_response": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         # The dispatcher ticks every second: see DropRoutineTicks.
