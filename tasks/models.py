@@ -66,6 +66,17 @@ class Task(models.Model):
     error = models.TextField(blank=True, default="")
     timeout = models.PositiveIntegerField(help_text="Seconds the processor may run.")
     attempts = models.PositiveIntegerField(default=1)
+    # Retry policy (docs/tasks.md "Retries"): a failed attempt with attempts left goes back to
+    # pending with run_at pushed out by retry_backoff * 2**(attempt-1) seconds, jittered and
+    # capped. Resolved at create from the request or the kind's defaults, so stored whole.
+    max_attempts = models.PositiveSmallIntegerField(
+        default=1, help_text="Runs before a failure is final; 1: no automatic retry."
+    )
+    retry_backoff = models.PositiveIntegerField(
+        default=10, help_text="Seconds before the first automatic retry; doubled each time."
+    )
+    # Where a signed POST goes when the task reaches a terminal status (webhooks app).
+    callback_url = models.URLField(max_length=2000, blank=True, default="")
     run_at = models.DateTimeField(null=True, blank=True, help_text="Not before this time.")
     stop_requested = models.CharField(
         max_length=16, choices=StopRequest.choices, blank=True, default=StopRequest.NONE
@@ -119,3 +130,29 @@ class Task(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` on a create: the same key from the same owner within
+    TASKHUB_IDEMPOTENCY_KEY_HOURS returns the first task instead of making a second one
+    (docs/api.md "Idempotent creates"). The unique (owner, key) is what makes two racing
+    requests on two web processes end with one task."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="idempotency_keys"
+    )
+    key = models.CharField(max_length=255)
+    # SHA-256 of the request's canonical body: the same key with another body is refused.
+    request_hash = models.CharField(max_length=64)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="idempotency_keys")
+    # The status code the first request was answered with, replayed to a retry.
+    response_status = models.PositiveSmallIntegerField(default=201)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "key"], name="idempotency_key_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.task_id}"

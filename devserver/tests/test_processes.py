@@ -77,13 +77,19 @@ def test_the_tests_and_the_bench_start_the_table_s_lines():
     assert web[:3] == [str(processes.BIN_DIR / "python"), "-m", "taskhub.daphne_server"]
 
 
+# The child writes each file whole under a temporary name and renames it, so the test never
+# reads a file that exists but is still empty (CI once read '' between open() and write()).
 CHILD = """
-import signal, sys, time
+import os, signal, sys, time
+def write_whole(path, text):
+    with open(path + ".part", "w") as f:
+        f.write(text)
+    os.replace(path + ".part", path)
 def record(signum, frame):
-    open(sys.argv[1], "w").write(signal.Signals(signum).name)
+    write_whole(sys.argv[1], signal.Signals(signum).name)
     sys.exit(0)
 signal.signal(signal.SIGTERM, record)
-open(sys.argv[2], "w").write("up")
+write_whole(sys.argv[2], "up")
 time.sleep(120)
 """
 

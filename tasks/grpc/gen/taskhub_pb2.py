@@ -26,33 +26,33 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rtaskhub.proto\x12\ntaskhub.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06status\x18\x06 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12\x10\n\x08progress\x18\x07 \x01(\x05\x12&\n\x06result\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07timeout\x18\n \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12*\n\x06run_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tqueued_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbc\x01\n\x11\x43reateTaskRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x07timeout\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_timeout\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"o\n\x10ListTasksRequest\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.taskhub.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x11WatchTasksRequest\x12\x16\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\x03\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"s\n\tTaskEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x02ts\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04task\x18\x04 \x01(\x0b\x32\x16.taskhub.v1.TaskUpdate\"\x9e\x02\n\nTaskUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12/\n\x0fprevious_status\x18\x03 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06result\x18\t \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\n \x01(\t*\xc5\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x02\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x03\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06\x32\xd4\x02\n\x0bTaskService\x12=\n\nCreateTask\x12\x1d.taskhub.v1.CreateTaskRequest\x1a\x10.taskhub.v1.Task\x12\x37\n\x07GetTask\x12\x1a.taskhub.v1.GetTaskRequest\x1a\x10.taskhub.v1.Task\x12H\n\tListTasks\x12\x1c.taskhub.v1.ListTasksRequest\x1a\x1d.taskhub.v1.ListTasksResponse\x12=\n\nCancelTask\x12\x1d.taskhub.v1.CancelTaskRequest\x1a\x10.taskhub.v1.Task\x12\x44\n\nWatchTasks\x12\x1d.taskhub.v1.WatchTasksRequest\x1a\x15.taskhub.v1.TaskEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rtaskhub.proto\x12\ntaskhub.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06status\x18\x06 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12\x10\n\x08progress\x18\x07 \x01(\x05\x12&\n\x06result\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07timeout\x18\n \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12*\n\x06run_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tqueued_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x12 \x01(\x05\x12\x15\n\rretry_backoff\x18\x13 \x01(\x05\x12\x14\n\x0c\x63\x61llback_url\x18\x14 \x01(\t\"\xc5\x02\n\x11\x43reateTaskRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x07timeout\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12*\n\x06run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x19\n\x0cmax_attempts\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\rretry_backoff\x18\t \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x0c\x63\x61llback_url\x18\n \x01(\tB\n\n\x08_timeoutB\x0f\n\r_max_attemptsB\x10\n\x0e_retry_backoff\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"o\n\x10ListTasksRequest\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.taskhub.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x11WatchTasksRequest\x12\x16\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\x03\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"s\n\tTaskEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x02ts\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04task\x18\x04 \x01(\x0b\x32\x16.taskhub.v1.TaskUpdate\"\x9e\x02\n\nTaskUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12/\n\x0fprevious_status\x18\x03 \x01(\x0e\x32\x16.taskhub.v1.TaskStatus\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06result\x18\t \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\n \x01(\t*\xc5\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x02\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x03\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06\x32\xd4\x02\n\x0bTaskService\x12=\n\nCreateTask\x12\x1d.taskhub.v1.CreateTaskRequest\x1a\x10.taskhub.v1.Task\x12\x37\n\x07GetTask\x12\x1a.taskhub.v1.GetTaskRequest\x1a\x10.taskhub.v1.Task\x12H\n\tListTasks\x12\x1c.taskhub.v1.ListTasksRequest\x1a\x1d.taskhub.v1.ListTasksResponse\x12=\n\nCancelTask\x12\x1d.taskhub.v1.CancelTaskRequest\x1a\x10.taskhub.v1.Task\x12\x44\n\nWatchTasks\x12\x1d.taskhub.v1.WatchTasksRequest\x1a\x15.taskhub.v1.TaskEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskhub_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATUS']._serialized_start=1551
-  _globals['_TASKSTATUS']._serialized_end=1748
+  _globals['_TASKSTATUS']._serialized_start=1755
+  _globals['_TASKSTATUS']._serialized_end=1952
   _globals['_TASK']._serialized_start=93
-  _globals['_TASK']._serialized_end=634
-  _globals['_CREATETASKREQUEST']._serialized_start=637
-  _globals['_CREATETASKREQUEST']._serialized_end=825
-  _globals['_GETTASKREQUEST']._serialized_start=827
-  _globals['_GETTASKREQUEST']._serialized_end=855
-  _globals['_LISTTASKSREQUEST']._serialized_start=857
-  _globals['_LISTTASKSREQUEST']._serialized_end=968
-  _globals['_LISTTASKSRESPONSE']._serialized_start=970
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1047
-  _globals['_CANCELTASKREQUEST']._serialized_start=1049
-  _globals['_CANCELTASKREQUEST']._serialized_end=1080
-  _globals['_WATCHTASKSREQUEST']._serialized_start=1082
-  _globals['_WATCHTASKSREQUEST']._serialized_end=1142
-  _globals['_TASKEVENT']._serialized_start=1144
-  _globals['_TASKEVENT']._serialized_end=1259
-  _globals['_TASKUPDATE']._serialized_start=1262
-  _globals['_TASKUPDATE']._serialized_end=1548
-  _globals['_TASKSERVICE']._serialized_start=1751
-  _globals['_TASKSERVICE']._serialized_end=2091
+  _globals['_TASK']._serialized_end=701
+  _globals['_CREATETASKREQUEST']._serialized_start=704
+  _globals['_CREATETASKREQUEST']._serialized_end=1029
+  _globals['_GETTASKREQUEST']._serialized_start=1031
+  _globals['_GETTASKREQUEST']._serialized_end=1059
+  _globals['_LISTTASKSREQUEST']._serialized_start=1061
+  _globals['_LISTTASKSREQUEST']._serialized_end=1172
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1174
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1251
+  _globals['_CANCELTASKREQUEST']._serialized_start=1253
+  _globals['_CANCELTASKREQUEST']._serialized_end=1284
+  _globals['_WATCHTASKSREQUEST']._serialized_start=1286
+  _globals['_WATCHTASKSREQUEST']._serialized_end=1346
+  _globals['_TASKEVENT']._serialized_start=1348
+  _globals['_TASKEVENT']._serialized_end=1463
+  _globals['_TASKUPDATE']._serialized_start=1466
+  _globals['_TASKUPDATE']._serialized_end=1752
+  _globals['_TASKSERVICE']._serialized_start=1955
+  _globals['_TASKSERVICE']._serialized_end=2295
 # @@protoc_insertion_point(module_scope)
