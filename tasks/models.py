@@ -69,14 +69,18 @@ class Task(models.Model):
     # Retry policy (docs/tasks.md "Retries"): a failed attempt with attempts left goes back to
     # pending with run_at pushed out by retry_backoff * 2**(attempt-1) seconds, jittered and
     # capped. Resolved at create from the request or the kind's defaults, so stored whole.
+    # db_default as well: rows inserted by SQL (bench/, the search plan test) and by the
+    # previous release's code during a rolling deploy get the same values.
     max_attempts = models.PositiveSmallIntegerField(
-        default=1, help_text="Runs before a failure is final; 1: no automatic retry."
+        default=1, db_default=1, help_text="Runs before a failure is final; 1: no automatic retry."
     )
     retry_backoff = models.PositiveIntegerField(
-        default=10, help_text="Seconds before the first automatic retry; doubled each time."
+        default=10,
+        db_default=10,
+        help_text="Seconds before the first automatic retry; doubled each time.",
     )
     # Where a signed POST goes when the task reaches a terminal status (webhooks app).
-    callback_url = models.URLField(max_length=2000, blank=True, default="")
+    callback_url = models.URLField(max_length=2000, blank=True, default="", db_default="")
     run_at = models.DateTimeField(null=True, blank=True, help_text="Not before this time.")
     stop_requested = models.CharField(
         max_length=16, choices=StopRequest.choices, blank=True, default=StopRequest.NONE
