@@ -11,6 +11,12 @@ from django.db import models
 from django.utils import timezone
 
 
+class RoomKind(models.TextChoices):
+    ROOM = "room", "Room"
+    # Two users talking: private, exactly those two participants, never invited into.
+    DIRECT = "direct", "Direct messages"
+
+
 class ChatRoom(models.Model):
     name = models.CharField(max_length=100)
     # The room's public handle on the wire (`subscribe.chat {"room": "general"}`) and in URLs.
@@ -25,6 +31,11 @@ class ChatRoom(models.Model):
         related_name="+",
     )
     created_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=16, choices=RoomKind.choices, default=RoomKind.ROOM)
+    # For a direct room, "<smaller user id>:<larger user id>": unique, so two users have at
+    # most one direct room however many times (and from however many tabs) either starts
+    # it. NULL for every other room (NULLs do not collide under a unique constraint).
+    direct_key = models.CharField(max_length=41, null=True, blank=True, unique=True)
 
     class Meta:
         ordering = ["name", "id"]

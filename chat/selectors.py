@@ -13,6 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import (
     Case,
+    CharField,
     Count,
     Exists,
     IntegerField,
@@ -25,7 +26,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from chat.models import ChatParticipant, ChatRoom, Message
+from chat.models import ChatParticipant, ChatRoom, Message, RoomKind
 
 HISTORY_ON_SUBSCRIBE = 20
 DEFAULT_PAGE_LIMIT = 50
@@ -46,6 +47,7 @@ def chat_room_list_for(*, user: AbstractBaseUser) -> QuerySet[ChatRoom]:
     """Rooms the user may see, each annotated with the user's `role` (None: not a
     participant) and `unread_count` (None for non-participants: nothing to be behind on)."""
     participation = ChatParticipant.objects.filter(room=OuterRef("pk"), user=user)
+    peers = ChatParticipant.objects.filter(room=OuterRef("pk")).exclude(user=user).order_by("id")
     unread = (
         Message.objects.filter(room=OuterRef("pk"), id__gt=Coalesce(OuterRef("last_read_id"), 0))
         .exclude(author=user)
@@ -60,6 +62,17 @@ def chat_room_list_for(*, user: AbstractBaseUser) -> QuerySet[ChatRoom]:
         .annotate(
             role=Subquery(participation.values("role")[:1]),
             last_read_id=Subquery(participation.values("last_read_message_id")[:1]),
+            # A direct room's other participant (null elsewhere, and once they left).
+            peer_id=Case(
+                When(kind=RoomKind.DIRECT, then=Subquery(peers.values("user_id")[:1])),
+                default=None,
+                output_field=IntegerField(),
+            ),
+            peer_username=Case(
+                When(kind=RoomKind.DIRECT, then=Subquery(peers.values("user__username")[:1])),
+                default=None,
+                output_field=CharField(),
+            ),
         )
         .annotate(
             unread_count=Case(
@@ -123,6 +136,8 @@ def chat_room_id_is_readable_by(*, room_id: int, user: AbstractBaseUser) -> bool
 
 def chat_message_get_for(*, user: AbstractBaseUser, message_id: int) -> Message:
     """A message in a room the user may see, or Http404 (also for a private room's)."""
+    if not 0 < message_id < 2**63:  # a URL's <int:> has no bound; bigint has
+        raise Http404("No such message.")
     message = (
         Message.objects.select_related("room", "author")
         .filter(pk=message_id)

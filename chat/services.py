@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from chat import selectors
-from chat.models import ChatParticipant, ChatRoom, Message, ParticipantRole
+from chat.models import ChatParticipant, ChatRoom, Message, ParticipantRole, RoomKind
 from notifications import protocol, push
 
 logger = logging.getLogger("chat")
@@ -110,6 +110,18 @@ def _access_check_on_commit(*, group: str, room_id: int, slug: str, reason: str)
     )
 
 
+def _room_added_on_commit(*, user_ids: list[int], slug: str, reason: str) -> None:
+    """Tell each user's sockets, after commit, that they are in a room they did not ask to
+    join from this page (`chat.room.added` {room, reason}): the page re-reads its room list
+    and follows the room. Ephemeral: a page that missed it sees the room at its next read."""
+    frame = protocol.envelope(protocol.CHAT_ROOM_ADDED, {"room": slug, "reason": reason})
+    messages = [
+        (protocol.user_group(user_id), {"type": "event.push", "frame": frame})
+        for user_id in user_ids
+    ]
+    transaction.on_commit(lambda: push.group_send_now(messages, what=f"room {slug} added"))
+
+
 # --- Rooms and membership ------------------------------------------------------------------
 
 
@@ -123,6 +135,9 @@ def chat_room_create(
     slug = slugify(slug if slug else name)[:50].strip("-")
     if not slug:
         raise ValidationError({"slug": "Give a slug of letters, digits, - or _."})
+    if slug.startswith("dm-"):
+        # Direct rooms' slugs (chat_direct_open): a room taking one would block that pair.
+        raise ValidationError({"slug": "Slugs starting with 'dm-' are for direct messages."})
     try:
         with transaction.atomic():
             room = ChatRoom.objects.create(
@@ -150,6 +165,90 @@ def chat_room_join(*, room: ChatRoom, user: AbstractBaseUser) -> ChatParticipant
         ignore_conflicts=True,
     )
     return ChatParticipant.objects.get(room=room, user=user)
+
+
+def _user_by_username(username: Any) -> AbstractBaseUser:
+    if not isinstance(username, str) or not username.strip():
+        raise ValidationError({"username": "Give a username."})
+    user = (
+        get_user_model()
+        ._default_manager.filter(**{get_user_model().USERNAME_FIELD: username.strip()})
+        .filter(is_active=True)
+        .first()
+    )
+    if user is None:
+        raise ValidationError({"username": f"No user {username.strip()!r}."})
+    return user
+
+
+def chat_room_invite(
+    *, room: ChatRoom, by: AbstractBaseUser, username: Any
+) -> tuple[ChatParticipant, bool]:
+    """Add a user to a room as a member, on the word of one of its participants.
+
+    Rules (docs/chat.md, "Invites"): any participant, owner or member, may invite into a
+    room they are in, public or private; a direct room takes nobody else. Idempotent:
+    inviting a participant changes nothing (returns it with False). The invitee's sockets
+    hear `chat.room.added` after commit; nothing asks them to accept (a private room's
+    members vouch for whom they add, and anyone may leave again).
+    """
+    if room.kind == RoomKind.DIRECT:
+        raise PermissionDenied("Nobody can be invited into direct messages.")
+    if selectors.chat_participant_get(room=room, user=by) is None:
+        raise PermissionDenied("Only the room's participants can invite.")
+    invitee = _user_by_username(username)
+    existing = selectors.chat_participant_get(room=room, user=invitee)
+    if existing is not None:
+        return existing, False
+    # ON CONFLICT DO NOTHING: an invite racing with a join or another invite is a no-op.
+    ChatParticipant.objects.bulk_create(
+        [ChatParticipant(room=room, user=invitee, role=ParticipantRole.MEMBER)],
+        ignore_conflicts=True,
+    )
+    _room_added_on_commit(user_ids=[invitee.pk], slug=room.slug, reason="invited")
+    return ChatParticipant.objects.get(room=room, user=invitee), True
+
+
+def direct_key(user_a_id: int, user_b_id: int) -> str:
+    low, high = sorted((int(user_a_id), int(user_b_id)))
+    return f"{low}:{high}"
+
+
+def chat_direct_open(*, user: AbstractBaseUser, username: Any) -> tuple[ChatRoom, bool]:
+    """The direct room of `user` and the user named `username`: the existing one, or a new
+    one (True). Private, kind `direct`, both of them participants (a side that had left
+    is back). The unique direct_key makes concurrent starts, from either side, end in the
+    same room. Both users' sockets hear `chat.room.added` when anything changed."""
+    other = _user_by_username(username)
+    if other.pk == user.pk:
+        raise ValidationError({"username": "Direct messages need another user."})
+    key = direct_key(user.pk, other.pk)
+    created = False
+    room = ChatRoom.objects.filter(direct_key=key).first()
+    if room is None:
+        try:
+            with transaction.atomic():
+                room = ChatRoom.objects.create(
+                    name=f"{user.get_username()} and {other.get_username()}"[:100],
+                    slug=f"dm-{key.replace(':', '-')}",
+                    is_public=False,
+                    kind=RoomKind.DIRECT,
+                    direct_key=key,
+                    created_by=user,
+                )
+                created = True
+        except IntegrityError:
+            # The other side (or another tab) created it first.
+            room = ChatRoom.objects.get(direct_key=key)
+    present = set(ChatParticipant.objects.filter(room=room).values_list("user_id", flat=True))
+    missing = [member.pk for member in (user, other) if member.pk not in present]
+    ChatParticipant.objects.bulk_create(
+        [ChatParticipant(room=room, user_id=pk, role=ParticipantRole.MEMBER) for pk in missing],
+        ignore_conflicts=True,
+    )
+    if created or missing:
+        _room_added_on_commit(user_ids=[user.pk, other.pk], slug=room.slug, reason="direct")
+    return room, created
 
 
 def chat_room_leave(*, room: ChatRoom, user: AbstractBaseUser) -> None:
@@ -273,6 +372,21 @@ def chat_message_edit(
         )
         _broadcast_on_commit(room_id=room.id, frame=frame, reply_to=reply_to, ref=ref)
     return locked
+
+
+def chat_message_delete_own(*, message: Message, user: AbstractBaseUser) -> None:
+    """Delete a message as its author and tell the room (`chat.message.deleted` {id, room},
+    the moderator's frame) after commit. Someone else's message is PermissionDenied."""
+    if message.author_id is None or message.author_id != user.pk:
+        raise PermissionDenied("Only the author can delete a message.")
+    _require_active(user)
+    with transaction.atomic():
+        deleted, _ = Message.objects.filter(pk=message.pk).delete()
+        if deleted:
+            frame = protocol.envelope(
+                protocol.CHAT_MESSAGE_DELETED, {"id": message.pk, "room": message.room.slug}
+            )
+            _broadcast_on_commit(room_id=message.room_id, frame=frame, reply_to=None, ref=None)
 
 
 # --- Moderation (the admin, chat/admin.py) ---------------------------------------------------

@@ -35,6 +35,9 @@ CHAT_TYPING = "chat.typing"
 # The server ended this socket's subscription to a room its user may no longer read
 # (left it, removed from it, it turned private or was deleted): chat.ws.access_check.
 CHAT_UNSUBSCRIBED = "chat.unsubscribed"
+# The user became a participant of a room elsewhere (invited, a direct room started by the
+# other user, a room they created in another tab): {room, reason}; re-read the room list.
+CHAT_ROOM_ADDED = "chat.room.added"
 PONG = "pong"
 ERROR = "error"
 

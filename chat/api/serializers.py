@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from chat import selectors, services
-from chat.models import ChatRoom, Message, ParticipantRole
+from chat.models import ChatRoom, Message, ParticipantRole, RoomKind
 
 
 class UserRefSerializer(serializers.Serializer):
@@ -23,9 +24,32 @@ class RoomOutputSerializer(serializers.Serializer):
     unread_count = serializers.IntegerField(
         allow_null=True, help_text="Messages after your read mark; null if not a participant."
     )
+    kind = serializers.ChoiceField(choices=RoomKind.choices)
+    peer = serializers.SerializerMethodField(
+        help_text="A direct room's other participant; null for other rooms."
+    )
 
+    @extend_schema_field(UserRefSerializer(allow_null=True))
     def get_created_by(self, room: ChatRoom) -> dict[str, Any] | None:
         return services.chat_user_data(room.created_by)
+
+    @extend_schema_field(UserRefSerializer(allow_null=True))
+    def get_peer(self, room: ChatRoom) -> dict[str, Any] | None:
+        peer_id = getattr(room, "peer_id", None)
+        if peer_id is None:
+            return None
+        return {"id": peer_id, "username": room.peer_username}
+
+
+class UsernameInputSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+
+
+class InviteOutputSerializer(serializers.Serializer):
+    room = serializers.SlugField()
+    user = UserRefSerializer()
+    role = serializers.ChoiceField(choices=ParticipantRole.choices)
+    added = serializers.BooleanField(help_text="False: they were a participant already.")
 
 
 class JsonBooleanField(serializers.BooleanField):

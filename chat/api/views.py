@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from chat import selectors, services
 from chat.api.serializers import (
+    InviteOutputSerializer,
     MarkReadInputSerializer,
     MessageOutputSerializer,
     MessagePageInputSerializer,
@@ -24,6 +25,7 @@ from chat.api.serializers import (
     RoomCreateInputSerializer,
     RoomOutputSerializer,
     UnreadOutputSerializer,
+    UsernameInputSerializer,
 )
 from chat.models import ChatParticipant
 from taskhub.pagination import CappedPageNumberPagination
@@ -73,6 +75,50 @@ class RoomLeaveApi(APIView):
     def post(self, request: Request, slug: str) -> Response:
         room = selectors.chat_room_get_for(user=request.user, slug=slug)
         services.chat_room_leave(room=room, user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RoomInviteApi(APIView):
+    @extend_schema(
+        request=UsernameInputSerializer,
+        responses={201: InviteOutputSerializer, 200: InviteOutputSerializer},
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        room = selectors.chat_room_get_for(user=request.user, slug=slug)
+        payload = UsernameInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        participant, added = services.chat_room_invite(
+            room=room, by=request.user, username=payload.validated_data["username"]
+        )
+        data = {
+            "room": room.slug,
+            "user": services.chat_user_data(participant.user),
+            "role": participant.role,
+            "added": added,
+        }
+        return Response(data, status=status.HTTP_201_CREATED if added else status.HTTP_200_OK)
+
+
+class DirectRoomApi(APIView):
+    @extend_schema(
+        request=UsernameInputSerializer,
+        responses={201: RoomOutputSerializer, 200: RoomOutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        payload = UsernameInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        room, created = services.chat_direct_open(
+            user=request.user, username=payload.validated_data["username"]
+        )
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return _room_response(request, room.slug, code=code)
+
+
+class MessageDetailApi(APIView):
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request: Request, message_id: int) -> Response:
+        message = selectors.chat_message_get_for(user=request.user, message_id=message_id)
+        services.chat_message_delete_own(message=message, user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

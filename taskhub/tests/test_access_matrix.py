@@ -15,7 +15,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from chat import services as chat_services
-from chat.models import ChatParticipant, ChatRoom
+from chat.models import ChatParticipant, ChatRoom, Message
 from conftest import access_token_for
 from notifications import services as notification_services
 from notifications.models import Notification
@@ -40,6 +40,8 @@ PATH_MATRIX = {
     "chat-messages": [("get", "/api/chat/rooms/{room}/messages/", None)],
     "chat-room-unread": [("get", "/api/chat/rooms/{room}/unread/", None)],
     "chat-room-read": [("post", "/api/chat/rooms/{room}/read/", {"last_read_id": 1})],
+    "chat-room-invite": [("post", "/api/chat/rooms/{room}/invite/", {"username": "bob"})],
+    "chat-message-detail": [("delete", "/api/chat/messages/{message}/", None)],
 }
 # Path-parameter routes that take no user's object, with why: everything under admin/
 # (Django's admin and the operators' view) is staff only, a different trust level with its
@@ -92,6 +94,7 @@ def alices_objects(alice, bob):
     room = chat_services.chat_room_create(creator=alice, name="Alice secret", is_public=False)
     chat_services.chat_message_post(room=room, author=alice, text="secret message")
     return {
+        "message": message.pk,
         "task": task.pk,
         "failed_task": failed.pk,
         "notification": notification.pk,
@@ -105,6 +108,7 @@ def snapshot(alice):
         list(Notification.objects.filter(user=alice).order_by("pk").values()),
         list(ChatRoom.objects.order_by("pk").values()),
         list(ChatParticipant.objects.order_by("pk").values("room_id", "user_id", "role")),
+        list(Message.objects.order_by("pk").values("pk", "text")),
     )
 
 
