@@ -92,7 +92,7 @@ def alices_objects(alice, bob):
     failed = make_task(owner=alice, status=TaskStatus.FAILED, title="alice's secret failure")
     notification = notification_services.notify(user_id=alice.pk, title="alice's secret")
     room = chat_services.chat_room_create(creator=alice, name="Alice secret", is_public=False)
-    chat_services.chat_message_post(room=room, author=alice, text="secret message")
+    message = chat_services.chat_message_post(room=room, author=alice, text="secret message")
     return {
         "message": message.pk,
         "task": task.pk,
