@@ -8,6 +8,8 @@ formatting values into JavaScript.
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django import forms
 from django.conf import settings
 from django.contrib.auth import login
@@ -20,18 +22,20 @@ from django.views.decorators.http import require_http_methods
 
 from notifications import protocol
 from taskhub import accounts
+from tasks import selectors as task_selectors
 from tasks.models import ALLOWED_SOURCES, TaskStatus
 from tasks.processors import registry
 
 CHAT_ROOM = "general"
 
 
-@login_required
-@ensure_csrf_cookie  # the page's fetch() calls send it back as X-CSRFToken
-def dashboard(request: HttpRequest) -> HttpResponse:
-    config = {
+def _page_config(request: HttpRequest) -> dict:
+    """What every signed-in page's script needs: who, the kinds with their form help and
+    default params, the limits and the state machine's sets."""
+    return {
         "user": {"id": request.user.pk, "username": request.user.get_username()},
         "kinds": sorted(registry.available_kinds()),
+        "kindForms": registry.kind_forms(),
         "defaultTimeout": settings.TASKHUB_TASK_DEFAULT_TIMEOUT,
         "maxTimeout": settings.TASKHUB_TASK_MAX_TIMEOUT,
         "chatRoom": CHAT_ROOM,
@@ -44,7 +48,24 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "retryable": sorted(ALLOWED_SOURCES[TaskStatus.PENDING]),
         },
     }
+
+
+@login_required
+@ensure_csrf_cookie  # the page's fetch() calls send it back as X-CSRFToken
+def dashboard(request: HttpRequest) -> HttpResponse:
+    config = _page_config(request)
     return render(request, "dashboard.html", {"config": config, "chat_room": CHAT_ROOM})
+
+
+@login_required
+@ensure_csrf_cookie
+def task_page(request: HttpRequest, task_id: UUID) -> HttpResponse:
+    """A task's own page (docs/browser.md): its owner only; anybody else gets the 404 an
+    unknown id gets. The script reads the task and its events over REST once the socket
+    is live, as the dashboard does, so this view only checks access and names the task."""
+    task = task_selectors.task_get_for(user=request.user, task_id=task_id)
+    config = {**_page_config(request), "taskId": str(task.pk)}
+    return render(request, "task_detail.html", {"config": config, "task": task})
 
 
 class SignupForm(forms.Form):

@@ -45,6 +45,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("", pages.dashboard, name="dashboard"),
 ]
+    path("tasks/<uuid:task_id>/", pages.task_page, name="task-page"),
 
 handler400 = "taskhub.exceptions.json_bad_request"
 handler404 = "taskhub.exceptions.json_not_found"

@@ -36,11 +36,22 @@ def simulate(ctx: ProcessorContext) -> dict[str, Any]:
     return {"steps": steps, "seconds": seconds, "message": f"simulated {steps} steps"}
 
 
+# What the page's form says and prefills for each kind (registry.kind_forms).
+simulate.params_help = (
+    "seconds (default 3) and steps (default 10) of work; fail_at_step makes it fail there."
+)
+simulate.default_params = {"seconds": 3, "steps": 10}
+
+
 def echo(ctx: ProcessorContext) -> dict[str, Any]:
     """Return the task's params unchanged."""
     ctx.checkpoint()
     ctx.report_progress(100)
     return ctx.params
+
+
+echo.params_help = "Any JSON object: the result is the params, unchanged."
+echo.default_params = {"message": "hello"}
 
 
 def wordcount(ctx: ProcessorContext) -> dict[str, Any]:
@@ -55,3 +66,7 @@ def wordcount(ctx: ProcessorContext) -> dict[str, Any]:
         "characters": len(text),
         "top_words": [[word, count] for word, count in Counter(words).most_common(10)],
     }
+
+
+wordcount.params_help = "No params: it counts the words of the description."
+wordcount.default_params = {}

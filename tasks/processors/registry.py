@@ -24,6 +24,26 @@ def available_kinds() -> frozenset[str]:
     return frozenset(settings.TASKHUB_TASK_PROCESSORS)
 
 
+def kind_forms() -> dict[str, dict[str, Any]]:
+    """What the page's task form shows for each kind: `help` (one sentence about the
+    params) and `defaults` (the params it prefills). A processor declares them as the
+    attributes `params_help` and `default_params`; one that does not gets the first line
+    of its docstring and `{}`. A kind whose processor cannot be imported still gets an
+    entry (creating such a task fails with the API's own message)."""
+    forms = {}
+    for kind in sorted(available_kinds()):
+        try:
+            processor = get_processor(kind)
+        except ImportError:
+            processor = None
+        doc = (getattr(processor, "__doc__", None) or "").strip().splitlines()
+        forms[kind] = {
+            "help": getattr(processor, "params_help", None) or (doc[0] if doc else ""),
+            "defaults": dict(getattr(processor, "default_params", None) or {}),
+        }
+    return forms
+
+
 @cache
 def get_processor(kind: str) -> Processor:
     """Import the processor for `kind`; KeyError if no such kind is configured."""

@@ -1,0 +1,482 @@
+// One task's own page (/tasks/<id>/): its fields, its full result, the timeline of its
+// events, live over the socket; cancel, retry and edit-and-re-run.
+//
+// As on the dashboard, no framework and no build step, and every user string reaches the
+// DOM through textContent or an attribute value, never innerHTML.
+//
+// State flow: once the socket is live, the task is read over REST (GET /api/tasks/<id>/)
+// and its history over GET /api/tasks/<id>/events/ (every page, oldest first); from then
+// on the socket's task.updated / task.progress frames of this task keep both current. A
+// timeline entry is keyed by its event id, so an event both read over REST and received
+// live is shown once; a reconnect resumes the stream where it stopped (protocol-client.js),
+// and a "reset" or an events_pruned error reads everything again.
+
+import { CLOSE_SERVICE_UNAVAILABLE, ProtocolClient } from "./protocol-client.js";
+
+const config = JSON.parse(document.getElementById("taskhub-config").textContent);
+const TASK_ID = config.taskId;
+const TERMINAL = new Set(config.statuses.terminal);
+const CANCELLABLE = new Set(config.statuses.cancellable);
+const RETRYABLE = new Set(config.statuses.retryable);
+const STATUS_LABELS = {
+  pending: "pending",
+  queued: "queued",
+  in_progress: "in progress",
+  completed: "completed",
+  failed: "failed",
+  cancelled: "cancelled",
+};
+
+const $ = (id) => document.getElementById(id);
+
+// --- Small DOM and HTTP helpers (the dashboard's, kept to what this page uses) ------------
+
+function el(tag, { className, text, attrs } = {}, children = []) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value !== undefined && value !== null && value !== false) node.setAttribute(name, String(value));
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function cookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [key, ...rest] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(rest.join("="));
+  }
+  return "";
+}
+
+class ApiError extends Error {
+  constructor(status, data) {
+    super(describeError(data) || `Request failed (${status}).`);
+    this.status = status;
+    this.data = data;
+  }
+}
+
+function describeError(data) {
+  if (!data || typeof data !== "object") return "";
+  if (typeof data.detail === "string") return data.detail;
+  return Object.entries(data)
+    .map(([field, messages]) => `${field}: ${[].concat(messages).join(" ")}`)
+    .join(" ");
+}
+
+function signIn() {
+  window.location.assign(`${config.loginUrl}?next=${encodeURIComponent(window.location.pathname)}`);
+}
+
+async function api(method, url, body) {
+  const headers = { Accept: "application/json" };
+  if (method !== "GET") {
+    headers["X-CSRFToken"] = cookie("csrftoken");
+    headers["Content-Type"] = "application/json";
+  }
+  const response = await fetch(url, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) {
+    signIn();
+    throw new ApiError(401, { detail: "Please sign in again." });
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+const announcer = $("announcer");
+function announce(message) {
+  announcer.textContent = "";
+  setTimeout(() => {
+    announcer.textContent = message;
+  }, 50);
+}
+
+const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+
+function timeElement(iso) {
+  if (!iso) return el("span", { className: "muted", text: "—" });
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return el("span", { text: iso });
+  return el("time", { text: dateFormat.format(date), attrs: { datetime: iso } });
+}
+
+/** A comparable key for the API's ISO timestamps, to the microsecond. */
+function tsKey(iso) {
+  if (typeof iso !== "string") return "";
+  const match = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?(Z|[+-]00:00)$/.exec(iso);
+  if (!match) return new Date(iso).toISOString();
+  return `${match[1]}.${(match[2] || "").padEnd(6, "0")}`;
+}
+
+const pretty = (value) => JSON.stringify(value, null, 2);
+
+/** "retrying in 5 s (attempt 2 of 3)" from a task.updated's `retry` (the retry policy). */
+function retryText(retry) {
+  if (!retry || typeof retry !== "object") return "";
+  const parts = [];
+  if (Number.isFinite(Number(retry.in_seconds))) parts.push(`retrying in ${Number(retry.in_seconds)} s`);
+  else parts.push("retrying");
+  if (retry.attempt !== undefined && retry.of !== undefined) parts.push(`(attempt ${retry.attempt} of ${retry.of})`);
+  return parts.join(" ");
+}
+
+// --- Connection state ---------------------------------------------------------------------
+
+const connStatus = $("conn-status");
+const CONN_TEXT = { idle: "Connecting…", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Offline" };
+
+function showConnection(state, code) {
+  connStatus.dataset.state = state;
+  let text = CONN_TEXT[state] || state;
+  if (state === "closed" && code === 4401) text = "Signed out";
+  if (state === "reconnecting" && code === CLOSE_SERVICE_UNAVAILABLE) text = "Server busy, retrying…";
+  connStatus.textContent = text;
+  document.body.dataset.connection = state;
+}
+
+// --- The task -----------------------------------------------------------------------------
+
+let task = null; // the REST shape, kept current by events
+let deleted = false;
+let busy = false; // a cancel/retry request in flight
+let cancelRequested = false;
+let lastRetry = null; // the newest event's `retry`, while the task waits for it
+
+function renderTask() {
+  if (!task) return;
+  document.title = `${task.title} · TaskHub`;
+  $("task-heading").textContent = task.title;
+  const badge = $("task-status");
+  badge.className = `badge badge--${task.status}`;
+  badge.dataset.status = task.status;
+  badge.textContent = STATUS_LABELS[task.status] || task.status;
+  document.body.dataset.taskStatus = task.status;
+
+  $("task-description").textContent = task.description || "";
+  $("task-description").hidden = !task.description;
+  $("task-kind").textContent = task.kind || "";
+  const progress = Math.max(0, Math.min(100, Number(task.progress) || 0));
+  $("task-progress").value = progress;
+  $("task-percent").textContent = `${progress}%`;
+  const of = task.max_attempts ? ` of ${task.max_attempts}` : "";
+  $("task-attempts").textContent = `${task.attempts ?? ""}${of}`;
+  $("task-created").replaceChildren(timeElement(task.created_at));
+  $("task-started").replaceChildren(timeElement(task.started_at));
+  $("task-finished").replaceChildren(timeElement(TERMINAL.has(task.status) ? task.finished_at : null));
+  $("task-timeout").textContent = task.timeout ? `${task.timeout} s` : "—";
+
+  const note = $("task-retry-note");
+  const retrying = task.status === "pending" && lastRetry;
+  note.hidden = !retrying;
+  note.textContent = retrying ? `${retryText(lastRetry)}${lastRetry.error ? ` after: ${lastRetry.error}` : ""}` : "";
+
+  if (task.params !== undefined) $("task-params").textContent = pretty(task.params);
+  renderOutcome();
+
+  const cancel = $("task-cancel");
+  cancel.hidden = deleted || !CANCELLABLE.has(task.status);
+  cancel.disabled = busy || cancelRequested;
+  cancel.textContent = cancelRequested ? "Cancelling…" : "Cancel";
+  const canRetry = !deleted && RETRYABLE.has(task.status) && TERMINAL.has(task.status);
+  $("task-retry").hidden = !canRetry;
+  $("task-retry").disabled = busy;
+  $("rerun-form").hidden = !canRetry;
+  $("rerun-submit").disabled = busy;
+  prefillRerun();
+}
+
+function renderOutcome() {
+  const card = $("outcome-card");
+  const box = $("task-outcome");
+  box.replaceChildren();
+  if (task.status === "completed" && task.result !== undefined) {
+    $("outcome-heading").textContent = "Result";
+    const table = task.kind === "wordcount" ? wordcountTable(task.result) : null;
+    if (table) {
+      box.append(table);
+      const raw = el("details", { className: "raw" }, [el("summary", { text: "As JSON" })]);
+      raw.append(el("pre", { className: "json", text: pretty(task.result) }));
+      box.append(raw);
+    } else {
+      box.append(el("pre", { className: "json", attrs: { id: "task-result" }, text: pretty(task.result) }));
+    }
+    card.hidden = false;
+  } else if ((task.status === "failed" || task.status === "cancelled") && task.error) {
+    $("outcome-heading").textContent = "Error";
+    box.append(el("pre", { className: "error-text", attrs: { id: "task-error" }, text: task.error }));
+    card.hidden = false;
+  } else {
+    card.hidden = true;
+  }
+}
+
+/** A wordcount result ({words, lines, characters, top_words: [[word, n], ...]}) as tables. */
+function wordcountTable(result) {
+  if (!result || typeof result !== "object" || !Array.isArray(result.top_words)) return null;
+  const wrap = el("div", { className: "wordcount" });
+  const totals = el("table", { className: "small-table", attrs: { "aria-label": "Counts" } });
+  const body = el("tbody");
+  for (const key of ["words", "lines", "characters"]) {
+    if (result[key] === undefined) continue;
+    body.append(el("tr", {}, [el("th", { text: key, attrs: { scope: "row" } }), el("td", { className: "num", text: result[key] })]));
+  }
+  totals.append(body);
+  const top = el("table", { className: "small-table", attrs: { "aria-label": "Most common words" } });
+  top.append(el("thead", {}, [el("tr", {}, [el("th", { text: "word", attrs: { scope: "col" } }), el("th", { text: "count", attrs: { scope: "col" } })])]));
+  const topBody = el("tbody");
+  for (const pair of result.top_words) {
+    if (!Array.isArray(pair)) continue;
+    topBody.append(el("tr", {}, [el("td", { text: pair[0] }), el("td", { className: "num", text: pair[1] })]));
+  }
+  top.append(topBody);
+  wrap.append(totals, top);
+  return wrap;
+}
+
+/** Merge a newer state (REST task or task.updated data); an older one is ignored. */
+function mergeTask(incoming) {
+  if (task && tsKey(incoming.updated_at) < tsKey(task.updated_at)) return false;
+  const previous = task?.status;
+  task = { ...(task || {}), ...incoming, id: TASK_ID };
+  delete task.task_id;
+  if (task.status !== "completed") delete task.result;
+  if (task.status !== "failed" && task.status !== "cancelled") task.error = "";
+  if (previous !== task.status) cancelRequested = false;
+  if (previous && previous !== task.status && TERMINAL.has(task.status)) {
+    announce(`Task ${STATUS_LABELS[task.status]}.`);
+  }
+  renderTask();
+  return true;
+}
+
+// --- Timeline -----------------------------------------------------------------------------
+
+const timeline = $("timeline");
+const entries = new Map(); // event id -> {event, item}
+
+function describeEvent(event) {
+  const data = event.data || {};
+  if (event.type === "task.deleted") return { status: "deleted", text: "deleted by an operator" };
+  const status = data.status;
+  const parts = [];
+  if (data.previous_status === null || data.previous_status === undefined) parts.push("created");
+  if (data.retry) parts.push(retryText(data.retry));
+  else if (status === "pending" && data.previous_status && TERMINAL.has(data.previous_status)) {
+    parts.push(data.params_changed ? `re-run with edited params ${JSON.stringify(data.params)}` : "retry requested");
+  }
+  if (status === "in_progress") parts.push(`${Math.round(Number(data.progress) || 0)}%`);
+  if (status === "completed") parts.push("done");
+  return { status, text: parts.join(" · "), error: data.retry?.error || data.error || "" };
+}
+
+function timelineItem(event) {
+  const data = event.data || {};
+  const { status, text, error } = describeEvent(event);
+  const item = el("li", { className: `event event--${status}`, attrs: { "data-event-id": event.id, "data-status": status } });
+  const head = el("div", { className: "event-head" }, [
+    el("span", { className: `badge badge--${status}`, text: STATUS_LABELS[status] || status }),
+    timeElement(event.ts || data.updated_at),
+  ]);
+  if (data.attempts !== undefined) head.append(el("span", { className: "muted", text: `attempt ${data.attempts}` }));
+  item.append(head);
+  if (text) item.append(el("span", { className: "event-text", text }));
+  if (error) item.append(el("span", { className: "error-text event-error", text: error }));
+  return item;
+}
+
+function addEvent(event) {
+  if (!Number.isInteger(event.id) || entries.has(event.id)) return;
+  if (event.type !== "task.updated" && event.type !== "task.deleted") return;
+  const item = timelineItem(event);
+  // Keep id order: a REST page and live frames may interleave around the first read.
+  let before = null;
+  for (const [id, entry] of entries) {
+    if (id > event.id && (before === null || id < before.id)) before = { id, item: entry.item };
+  }
+  timeline.insertBefore(item, before ? before.item : null);
+  entries.set(event.id, { event, item });
+}
+
+/** The newest timeline entry shows the progress live while the task runs. */
+function showLiveProgress(progress) {
+  const newest = Math.max(...entries.keys());
+  const entry = entries.get(newest);
+  if (!entry || entry.event.data?.status !== "in_progress") return;
+  entry.event.data.progress = progress;
+  const text = entry.item.querySelector(".event-text");
+  if (text) text.textContent = describeEvent(entry.event).text;
+}
+
+async function loadTimeline() {
+  $("timeline-loading").hidden = false;
+  $("timeline-loading").textContent = "Loading the timeline…";
+  let url = `/api/tasks/${encodeURIComponent(TASK_ID)}/events/?page_size=100`;
+  try {
+    while (url) {
+      const page = await api("GET", url);
+      for (const event of page.results || []) addEvent(event);
+      // Follow the API's next link, on this origin only.
+      url = page.next ? (({ pathname, search }) => pathname + search)(new URL(page.next, window.location.href)) : null;
+    }
+    const newest = [...entries.values()].at(-1)?.event;
+    lastRetry = newest?.data?.retry || null;
+    $("timeline-loading").hidden = true;
+  } catch (error) {
+    $("timeline-loading").textContent = `Could not load the timeline: ${error.message}`;
+  }
+}
+
+async function loadTask() {
+  try {
+    mergeTask(await api("GET", `/api/tasks/${encodeURIComponent(TASK_ID)}/`));
+  } catch (error) {
+    if (error.status === 404) markDeleted();
+    else $("task-action-error").textContent = `Could not load the task: ${error.message}`;
+  }
+}
+
+async function loadAll() {
+  await Promise.allSettled([loadTask(), loadTimeline()]);
+  renderTask();
+  document.body.dataset.ready = "true";
+}
+
+function markDeleted() {
+  deleted = true;
+  $("task-action-error").textContent = "This task was deleted.";
+  renderTask();
+}
+
+// --- Live events --------------------------------------------------------------------------
+
+function onTaskUpdated(frame) {
+  const data = frame.data || {};
+  if (data.task_id !== TASK_ID) return;
+  addEvent(frame);
+  lastRetry = data.retry || null;
+  const previous = task?.status;
+  mergeTask({ ...data });
+  // A new attempt may run with edited params (edit and re-run), which events do not carry.
+  if (data.status === "pending" && previous && TERMINAL.has(previous)) loadTask();
+}
+
+function onTaskProgress(frame) {
+  const data = frame.data || {};
+  if (data.task_id !== TASK_ID || !task || TERMINAL.has(task.status)) return;
+  const progress = Number(data.progress);
+  if (!Number.isFinite(progress)) return;
+  task.progress = progress;
+  if (data.status) task.status = data.status;
+  renderTask();
+  showLiveProgress(progress);
+}
+
+function onTaskDeleted(frame) {
+  if (frame.data?.task_id !== TASK_ID) return;
+  addEvent(frame);
+  markDeleted();
+}
+
+// --- Actions ------------------------------------------------------------------------------
+
+async function act(action, body) {
+  busy = true;
+  renderTask();
+  $("task-action-error").textContent = "";
+  try {
+    const updated = await api("POST", `/api/tasks/${encodeURIComponent(TASK_ID)}/${action}/`, body);
+    if (action === "cancel" && updated.status === "in_progress") cancelRequested = true;
+    mergeTask(updated);
+    // The reply is the newest state even when an event with the same updated_at came first.
+    if (updated.params !== undefined) task.params = updated.params;
+    announce(action === "cancel" ? "Cancelling the task." : "The task will run again.");
+    return true;
+  } catch (error) {
+    $("task-action-error").textContent = `Could not ${action} the task: ${error.message}`;
+    announce(`Could not ${action} the task: ${error.message}`);
+    return false;
+  } finally {
+    busy = false;
+    renderTask();
+  }
+}
+
+$("task-cancel").addEventListener("click", () => act("cancel"));
+$("task-retry").addEventListener("click", () => act("retry"));
+
+let rerunPrefilledFor = null; // the text the editor was last prefilled with
+
+/** Prefill the editor with the current params, unless the user has typed in it. */
+function prefillRerun() {
+  const rerunParams = $("rerun-params");
+  if (!task || task.params === undefined) return;
+  const text = pretty(task.params);
+  if (rerunPrefilledFor === null || rerunParams.value === rerunPrefilledFor) {
+    rerunParams.value = text;
+    rerunPrefilledFor = text;
+  }
+  $("rerun-params-help").textContent = config.kindForms?.[task.kind]?.help || "";
+}
+
+$("rerun-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const error = $("rerun-error");
+  const rerunParams = $("rerun-params");
+  error.textContent = "";
+  rerunParams.removeAttribute("aria-invalid");
+  let params = null;
+  try {
+    params = JSON.parse(rerunParams.value || "{}");
+  } catch {
+    params = null;
+  }
+  if (params === null || typeof params !== "object" || Array.isArray(params)) {
+    error.textContent = 'Params must be a JSON object, like {"seconds": 3}.';
+    rerunParams.setAttribute("aria-invalid", "true");
+    rerunParams.focus();
+    return;
+  }
+  if (await act("retry", { params })) {
+    rerunPrefilledFor = null;
+    prefillRerun();
+  }
+});
+
+// --- Wiring -------------------------------------------------------------------------------
+
+const client = new ProtocolClient();
+window.taskhubClient = client; // for debugging and the browser tests
+let firstOpen = true;
+
+client.on("state", ({ state, code }) => {
+  showConnection(state, code);
+  if (state === "open" && firstOpen) {
+    // Read only once the socket is live: every later change arrives as an event.
+    firstOpen = false;
+    loadAll();
+  }
+});
+client.on("task.updated", onTaskUpdated);
+client.on("task.progress", onTaskProgress);
+client.on("task.deleted", onTaskDeleted);
+client.on("error", (frame) => {
+  if (frame.data?.code === "events_pruned") loadAll();
+});
+client.on("reset", () => loadAll());
+client.on("fatal", ({ code }) => {
+  if (code === 4401) signIn();
+});
+client.connect();
