@@ -67,6 +67,14 @@ def _schedule_periodic_work(sender: Celery, **kwargs: object) -> None:
             "schedule": settings.TASKHUB_REAPER_INTERVAL,
             "options": {"expires": settings.TASKHUB_REAPER_INTERVAL},
         },
+        # Webhooks owed and due whose Celery message was lost (Redis down, a worker
+        # killed mid-attempt) or whose retry was too far off for a countdown: the
+        # PostgreSQL outbox is the truth, this sends what it says is due.
+        "sweep-due-webhooks": {
+            "task": "webhooks.sweep_due_deliveries",
+            "schedule": settings.TASKHUB_WEBHOOK_SWEEP_INTERVAL,
+            "options": {"expires": settings.TASKHUB_WEBHOOK_SWEEP_INTERVAL},
+        },
         # Retention of the event log (older events can no longer be resumed from).
         "prune-old-events": {
             "task": "notifications.prune_old_events",

@@ -81,6 +81,9 @@ INSTALLED_APPS = [
     "search",
     # Its ready() plugs the chat commands into the /ws socket (notifications.protocol).
     "chat.apps.ChatConfig",
+    # Signed webhooks on a task's terminal status; its ready() plugs the outbox and the
+    # callback_url check into tasks (tasks.extensions).
+    "webhooks.apps.WebhooksConfig",
     # The project package itself, for the browser page's templates and static files.
     "taskhub",
 ]
@@ -369,6 +372,17 @@ TASKHUB_TASK_MAX_TIMEOUT = env_int("TASK_MAX_TIMEOUT", 3600, minimum=1)
 TASKHUB_WORKER_SHUTDOWN_GRACE = env_float("WORKER_SHUTDOWN_GRACE", 10.0, minimum=0.0)
 TASKHUB_PROGRESS_MIN_INTERVAL = env_float("PROGRESS_MIN_INTERVAL", 0.25, minimum=0.0)
 TASKHUB_TASK_MAX_PARAMS_BYTES = env_int("TASK_MAX_PARAMS_BYTES", 16 * 1024, minimum=256)
+# Webhooks (docs/webhooks.md). WEBHOOK_ALLOW_PRIVATE=1 lets callback URLs reach loopback,
+# private and link-local addresses: development and tests only, never a deployment (SSRF).
+TASKHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+TASKHUB_WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+# Retries: WEBHOOK_BACKOFF_BASE seconds doubled per attempt up to WEBHOOK_BACKOFF_MAX,
+# jittered, until WEBHOOK_RETRY_WINDOW seconds after the delivery was created.
+TASKHUB_WEBHOOK_BACKOFF_BASE = env_float("WEBHOOK_BACKOFF_BASE", 10.0, minimum=0.01)
+TASKHUB_WEBHOOK_BACKOFF_MAX = env_float("WEBHOOK_BACKOFF_MAX", 3600.0, minimum=0.01)
+TASKHUB_WEBHOOK_RETRY_WINDOW = env_int("WEBHOOK_RETRY_WINDOW", 24 * 3600, minimum=1)
+# How often beat's sweep sends the due deliveries whose message was lost.
+TASKHUB_WEBHOOK_SWEEP_INTERVAL = env_float("WEBHOOK_SWEEP_INTERVAL", 10.0, minimum=0.5)
 # A processor's result is stored in the task row and sent in its task.updated event (to
 # every socket of the owner, in the event log, in every cached read): a larger result
 # fails the task with a message saying so, instead of slowing all of those down.

@@ -14,6 +14,7 @@ api_urlpatterns = [
     path("auth/token/refresh/", TokenRefreshView.as_view(), name="auth-token-refresh"),
     path("", include("tasks.api.urls")),
     path("", include("notifications.api.urls")),
+    path("", include("webhooks.api.urls")),
     path("chat/", include("chat.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI and ReDoc from our own static files (drf_spectacular_sidecar), no CDN.

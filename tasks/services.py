@@ -26,7 +26,7 @@ from notifications import protocol
 from notifications.services import notify, publish, publish_ephemeral
 from taskhub.exceptions import ConflictError
 from taskhub.outages import DATABASE, is_database_outage
-from tasks import change_hooks, queue
+from tasks import change_hooks, extensions, queue
 from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
 from tasks.nudge import clear_nudges, nudge_dispatcher
 from tasks.processors import registry
@@ -77,6 +77,9 @@ def _record_change(task: Task, *, previous_status: str | None) -> None:
     )
     # After commit: cached reads of the task die, the change is counted (docs/metrics.md).
     change_hooks.task_changed(task, previous_status=previous_status)
+    # Apps built on tasks write what the change owes in this same transaction (webhooks:
+    # the outbox row of a terminal status, docs/webhooks.md).
+    extensions.task_status_changed(task, previous_status=previous_status)
     if task.owner_id is None:
         return
     publish(
@@ -126,11 +129,15 @@ def task_create(
     params: dict[str, Any] | None = None,
     timeout: int | None = None,
     run_at: datetime | None = None,
+    callback_url: str = "",
 ) -> Task:
-    """Insert a pending task; the dispatcher queues it (nudged right after commit)."""
+    """Insert a pending task; the dispatcher queues it (nudged right after commit).
+    `callback_url`: POSTed to, signed, when the task ends (docs/webhooks.md); "" for the
+    owner's default, if any.
     params = {} if params is None else params
     timeout = settings.TASKHUB_TASK_DEFAULT_TIMEOUT if timeout is None else timeout
     task_validate_run(kind=kind, params=params, timeout=timeout)
+    extensions.callback_url_validate(callback_url)
     with transaction.atomic():
         task = Task.objects.create(
             owner=owner,
@@ -140,6 +147,7 @@ def task_create(
             params=params,
             timeout=timeout,
             run_at=run_at,
+            callback_url=callback_url,
         )
         _record_change(task, previous_status=None)
         transaction.on_commit(nudge_dispatcher, robust=True)

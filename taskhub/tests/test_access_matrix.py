@@ -24,6 +24,8 @@ from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc
 from tasks.grpc.server import create_server
 from tasks.models import Task, TaskStatus
 from tasks.tests.factories import make_task
+from webhooks import services as webhook_services
+from webhooks.models import WebhookDelivery
 
 # Routes with an object in the path: route name -> the requests Bob makes for Alice's.
 # {task}, {notification}, {room} are filled with Alice's objects.
@@ -42,6 +44,10 @@ PATH_MATRIX = {
     "chat-room-read": [("post", "/api/chat/rooms/{room}/read/", {"last_read_id": 1})],
     "chat-room-invite": [("post", "/api/chat/rooms/{room}/invite/", {"username": "bob"})],
     "chat-message-detail": [("delete", "/api/chat/messages/{message}/", None)],
+    "task-webhooks": [("get", "/api/tasks/{task}/webhooks/", None)],
+    "task-webhook-redeliver": [
+        ("post", "/api/tasks/{failed_task}/webhooks/{delivery}/redeliver/", None)
+    ],
 }
 # Path-parameter routes that take no user's object, with why: everything under admin/
 # (Django's admin and the operators' view) is staff only, a different trust level with its
@@ -93,7 +99,9 @@ def alices_objects(alice, bob):
     notification = notification_services.notify(user_id=alice.pk, title="alice's secret")
     room = chat_services.chat_room_create(creator=alice, name="Alice secret", is_public=False)
     message = chat_services.chat_message_post(room=room, author=alice, text="secret message")
+    delivery = webhook_services.delivery_create(task=failed, url="https://hooks.example.com/a")
     return {
+        "delivery": delivery.pk,
         "message": message.pk,
         "task": task.pk,
         "failed_task": failed.pk,
@@ -109,6 +117,7 @@ def snapshot(alice):
         list(ChatRoom.objects.order_by("pk").values()),
         list(ChatParticipant.objects.order_by("pk").values("room_id", "user_id", "role")),
         list(Message.objects.order_by("pk").values("pk", "text")),
+        list(WebhookDelivery.objects.order_by("pk").values("pk", "state", "attempts")),
     )
 
 

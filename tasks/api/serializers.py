@@ -11,7 +11,7 @@ from rest_framework import ISO_8601, serializers
 from rest_framework.fields import SkipField, empty
 from rest_framework.settings import api_settings
 
-from tasks import services
+from tasks import extensions, services
 from tasks.models import Task, TaskStatus
 
 TASK_FIELDS = (
@@ -32,6 +32,7 @@ TASK_FIELDS = (
     "queued_at",
     "started_at",
     "finished_at",
+    "callback_url",
 )
 
 
@@ -83,6 +84,7 @@ class TaskOutputSerializer(serializers.ModelSerializer):
             "queued_at": _iso(task.queued_at),
             "started_at": _iso(task.started_at),
             "finished_at": _iso(task.finished_at),
+            "callback_url": _text(task.callback_url),
         }
 
 
@@ -97,6 +99,10 @@ class TaskCreateInputSerializer(serializers.Serializer):
     kind = serializers.CharField(max_length=64, required=False, default="simulate")
     params = serializers.JSONField(required=False, default=dict)
     timeout = serializers.IntegerField(required=False)
+    # POSTed to, signed, when the task ends (docs/webhooks.md); "": the owner's default.
+    callback_url = serializers.URLField(
+        max_length=2000, required=False, allow_blank=True, default=""
+    )
     run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
     RUN_FIELDS = ("kind", "params", "timeout")
@@ -131,6 +137,15 @@ class TaskCreateInputSerializer(serializers.Serializer):
         if errors:
             raise serializers.ValidationError(errors)
         return values
+
+    def validate_callback_url(self, value: str) -> str:
+        # Whether TaskHub may call it (the SSRF rule) is the webhooks app's to say, through
+        # tasks.extensions, as for every surface (services.task_create checks it again).
+        try:
+            extensions.callback_url_validate(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["callback_url"]) from None
+        return value
 
 
 class TaskListFilterSerializer(serializers.Serializer):

@@ -85,6 +85,7 @@ def task_to_proto(task: Task) -> pb.Task:
         progress=task.progress,
         error=task.error,
         timeout=task.timeout,
+        callback_url=task.callback_url,
         attempts=task.attempts,
     )
     message.params.CopyFrom(json_format.ParseDict(task.params or {}, struct_pb2.Struct()))

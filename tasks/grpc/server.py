@@ -134,6 +134,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         data: dict[str, Any] = {"title": request.title, "description": request.description}
         if request.kind:
             data["kind"] = request.kind
+        if request.callback_url:
+            data["callback_url"] = request.callback_url
         if request.HasField("params"):
             data["params"] = messages.struct_to_dict(request.params)
         if request.HasField("timeout"):

@@ -1,0 +1,53 @@
+"""Where apps built on tasks plug into a task's life without tasks importing them.
+
+An app registers its functions in its AppConfig.ready() (webhooks does:
+webhooks/apps.py), the same way chat plugs its commands into notifications' socket
+(docs/architecture.md, "Apps and layers"). tasks.services calls the hooks; with none
+registered they do nothing.
+
+- status listeners run inside the transaction that changed a task's status (after the
+  row and its event are written), so whatever they write commits or rolls back with the
+  change itself: an outbox row, not a side effect. They must not do I/O.
+- callback URL validators refuse a task's callback_url with a ValidationError
+  ({"callback_url": [...]}) at create, on every surface alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.models import Task
+
+StatusListener = Callable[["Task", "str | None"], None]
+CallbackUrlValidator = Callable[[str], None]
+
+_status_listeners: list[StatusListener] = []
+_callback_url_validators: list[CallbackUrlValidator] = []
+
+
+def register_status_listener(listener: StatusListener) -> None:
+    """`listener(task, previous_status)` in the transaction of every create and status
+    change (previous_status None for a create). Registering twice registers once."""
+    if listener not in _status_listeners:
+        _status_listeners.append(listener)
+
+
+def register_callback_url_validator(validator: CallbackUrlValidator) -> None:
+    if validator not in _callback_url_validators:
+        _callback_url_validators.append(validator)
+
+
+def task_status_changed(task: Task, *, previous_status: str | None) -> None:
+    for listener in _status_listeners:
+        listener(task, previous_status)
+
+
+def callback_url_validate(url: str) -> None:
+    """Raises django.core.exceptions.ValidationError({"callback_url": [...]}) when an app
+    refuses `url`; an empty URL is "none" and never refused."""
+    if not url:
+        return
+    for validator in _callback_url_validators:
+        validator(url)
