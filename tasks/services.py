@@ -133,7 +133,7 @@ def task_create(
 ) -> Task:
     """Insert a pending task; the dispatcher queues it (nudged right after commit).
     `callback_url`: POSTed to, signed, when the task ends (docs/webhooks.md); "" for the
-    owner's default, if any.
+    owner's default, if any."""
     params = {} if params is None else params
     timeout = settings.TASKHUB_TASK_DEFAULT_TIMEOUT if timeout is None else timeout
     task_validate_run(kind=kind, params=params, timeout=timeout)
