@@ -83,6 +83,16 @@ def declare_error_responses(result: dict[str, Any], **_: Any) -> dict[str, Any]:
     room["slug"]["pattern"] = "^([-A-Za-z0-9_]*[A-Za-z0-9_][-A-Za-z0-9_]*)?$"
     timeout = schemas["TaskCreateInputRequest"]["properties"]["timeout"]
     timeout.update(minimum=1, maximum=settings.TASKHUB_TASK_MAX_TIMEOUT)
+    # The retry policy's ranges (tasks.services.task_validate_run).
+    create = schemas["TaskCreateInputRequest"]["properties"]
+    create["max_attempts"].update(minimum=1, maximum=settings.TASKHUB_TASK_MAX_ATTEMPTS)
+    create["retry_backoff"].update(minimum=0, maximum=settings.TASKHUB_TASK_MAX_RETRY_BACKOFF)
+    # A retry's new params: an object, like a create's.
+    schemas["TaskRetryInputRequest"]["properties"]["params"] = {
+        "type": "object",
+        "additionalProperties": True,
+        "description": "New params for the new attempt; absent: the task's own.",
+    }
     return result
 
 

@@ -368,6 +368,13 @@ TASKHUB_REAPER_INTERVAL = env_float("REAPER_INTERVAL", 30.0, minimum=1.0)
 TASKHUB_REAPER_GRACE = env_int("REAPER_GRACE", 60, minimum=1)
 TASKHUB_TASK_DEFAULT_TIMEOUT = env_int("TASK_DEFAULT_TIMEOUT", 240, minimum=1)
 TASKHUB_TASK_MAX_TIMEOUT = env_int("TASK_MAX_TIMEOUT", 3600, minimum=1)
+# Retry policy (docs/tasks.md, "Retries"): a task's max_attempts and retry_backoff come
+# from its create, else its kind's processor, else these defaults. TASK_MAX_RETRY_BACKOFF
+# bounds both a retry_backoff and any one wait between attempts (the exponential's cap).
+TASKHUB_TASK_DEFAULT_MAX_ATTEMPTS = env_int("TASK_DEFAULT_MAX_ATTEMPTS", 1, minimum=1)
+TASKHUB_TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 10, minimum=1)
+TASKHUB_TASK_DEFAULT_RETRY_BACKOFF = env_int("TASK_DEFAULT_RETRY_BACKOFF", 10, minimum=0)
+TASKHUB_TASK_MAX_RETRY_BACKOFF = env_int("TASK_MAX_RETRY_BACKOFF", 3600, minimum=0)
 # On SIGTERM a worker gives running processors this long to stop before it ends them.
 TASKHUB_WORKER_SHUTDOWN_GRACE = env_float("WORKER_SHUTDOWN_GRACE", 10.0, minimum=0.0)
 TASKHUB_PROGRESS_MIN_INTERVAL = env_float("PROGRESS_MIN_INTERVAL", 0.25, minimum=0.0)
@@ -393,6 +400,7 @@ TASKHUB_TASK_PROCESSORS = {
     "simulate": "tasks.processors.builtin.simulate",
     "echo": "tasks.processors.builtin.echo",
     "wordcount": "tasks.processors.builtin.wordcount",
+    "flaky": "tasks.processors.builtin.flaky",
 }
 for _entry in env_list("TASK_PROCESSORS", []):
     _kind, _sep, _path = _entry.partition("=")

@@ -28,8 +28,13 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
     TaskStatus.CANCELLED: frozenset(
         {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.IN_PROGRESS}
     ),
-    # Retry.
-    TaskStatus.PENDING: frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED}),
+    # Retry: a manual one from failed/cancelled (services.task_retry), an automatic one
+    # straight from in_progress when a failed attempt has attempts left (services.task_fail
+    # decides, under the row's lock; docs/tasks.md "Retries"). Never a running task by hand:
+    # task_retry narrows its sources to failed/cancelled.
+    TaskStatus.PENDING: frozenset(
+        {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.IN_PROGRESS}
+    ),
 }
 
 # The statuses a task only leaves by a retry. The wire protocol names them (clients, the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -56,6 +57,7 @@ def task_event_data(task: Task, *, previous_status: str | None) -> dict[str, Any
         "kind": task.kind,
         "progress": task.progress,
         "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
         "updated_at": protocol.format_ts(task.updated_at),
     }
     if task.status == TaskStatus.COMPLETED:
@@ -65,9 +67,12 @@ def task_event_data(task: Task, *, previous_status: str | None) -> dict[str, Any
     return data
 
 
-def _record_change(task: Task, *, previous_status: str | None) -> None:
+def _record_change(
+    task: Task, *, previous_status: str | None, event_extra: dict[str, Any] | None = None
+) -> None:
     """Write the task.updated event in the caller's transaction (owned tasks only: a legacy
-    anonymous task has nobody to tell)."""
+    anonymous task has nobody to tell). `event_extra` joins the event's data (an automatic
+    retry's `retry`, a manual retry's `params_changed`: docs/protocol.md, "Retries")."""
     logger.info(
         "task %s status %s -> %s (attempt %s)",
         task.id,
@@ -82,12 +87,10 @@ def _record_change(task: Task, *, previous_status: str | None) -> None:
     extensions.task_status_changed(task, previous_status=previous_status)
     if task.owner_id is None:
         return
-    publish(
-        user_id=task.owner_id,
-        type=protocol.TASK_UPDATED,
-        data=task_event_data(task, previous_status=previous_status),
-        task_id=task.id,
-    )
+    data = task_event_data(task, previous_status=previous_status)
+    if event_extra:
+        data.update(event_extra)
+    publish(user_id=task.owner_id, type=protocol.TASK_UPDATED, data=data, task_id=task.id)
     if task.status in TERMINAL_STATUSES:
         # The inbox entry, in the same transaction as the change it reports.
         notify(
@@ -101,9 +104,17 @@ def _record_change(task: Task, *, previous_status: str | None) -> None:
 # --- Create ------------------------------------------------------------------------------
 
 
-def task_validate_run(*, kind: str, params: Any, timeout: int) -> None:
+def task_validate_run(
+    *,
+    kind: str,
+    params: Any,
+    timeout: int,
+    max_attempts: int | None = None,
+    retry_backoff: int | None = None,
+) -> None:
     """ValidationError({field: [message]}) unless a task may run with these (every surface
-    that creates or edits a task calls this, so all refuse the same input the same way)."""
+    that creates or edits a task calls this, so all refuse the same input the same way).
+    The retry policy is checked when given (None: the kind's or the settings' default)."""
     errors: dict[str, list[str]] = {}
     if kind not in registry.available_kinds():
         known = ", ".join(sorted(registry.available_kinds()))
@@ -116,8 +127,36 @@ def task_validate_run(*, kind: str, params: Any, timeout: int) -> None:
         ]
     if not 1 <= timeout <= settings.TASKHUB_TASK_MAX_TIMEOUT:
         errors["timeout"] = [f"Must be between 1 and {settings.TASKHUB_TASK_MAX_TIMEOUT} seconds."]
+    if max_attempts is not None and not 1 <= max_attempts <= settings.TASKHUB_TASK_MAX_ATTEMPTS:
+        errors["max_attempts"] = [
+            f"Must be between 1 and {settings.TASKHUB_TASK_MAX_ATTEMPTS} "
+            "(runs before a failure is final; 1: no automatic retry)."
+        ]
+    cap = settings.TASKHUB_TASK_MAX_RETRY_BACKOFF
+    if retry_backoff is not None and not 0 <= retry_backoff <= cap:
+        errors["retry_backoff"] = [f"Must be between 0 and {cap} seconds."]
     if errors:
         raise ValidationError(errors)
+
+
+def task_retry_policy(
+    *, kind: str, max_attempts: int | None, retry_backoff: int | None
+) -> tuple[int, int]:
+    """(max_attempts, retry_backoff) of a new task: the request's, else what the kind's
+    processor declares (registry.kind_retry_defaults, brought within the limits so an
+    operator's lower TASK_MAX_ATTEMPTS never makes a kind uncreatable), else the settings'."""
+    kind_attempts, kind_backoff = registry.kind_retry_defaults(kind)
+    if max_attempts is None:
+        max_attempts = (
+            settings.TASKHUB_TASK_DEFAULT_MAX_ATTEMPTS if kind_attempts is None else kind_attempts
+        )
+        max_attempts = max(1, min(max_attempts, settings.TASKHUB_TASK_MAX_ATTEMPTS))
+    if retry_backoff is None:
+        retry_backoff = (
+            settings.TASKHUB_TASK_DEFAULT_RETRY_BACKOFF if kind_backoff is None else kind_backoff
+        )
+        retry_backoff = max(0, min(retry_backoff, settings.TASKHUB_TASK_MAX_RETRY_BACKOFF))
+    return max_attempts, retry_backoff
 
 
 def task_create(
@@ -129,15 +168,27 @@ def task_create(
     params: dict[str, Any] | None = None,
     timeout: int | None = None,
     run_at: datetime | None = None,
+    max_attempts: int | None = None,
+    retry_backoff: int | None = None,
     callback_url: str = "",
 ) -> Task:
     """Insert a pending task; the dispatcher queues it (nudged right after commit).
     `callback_url`: POSTed to, signed, when the task ends (docs/webhooks.md); "" for the
-    owner's default, if any."""
+    owner's default, if any.
+    `max_attempts`/`retry_backoff` None: the kind's default, else the settings'."""
     params = {} if params is None else params
     timeout = settings.TASKHUB_TASK_DEFAULT_TIMEOUT if timeout is None else timeout
-    task_validate_run(kind=kind, params=params, timeout=timeout)
+    task_validate_run(
+        kind=kind,
+        params=params,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+    )
     extensions.callback_url_validate(callback_url)
+    max_attempts, retry_backoff = task_retry_policy(
+        kind=kind, max_attempts=max_attempts, retry_backoff=retry_backoff
+    )
     with transaction.atomic():
         task = Task.objects.create(
             owner=owner,
@@ -147,6 +198,8 @@ def task_create(
             params=params,
             timeout=timeout,
             run_at=run_at,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
             callback_url=callback_url,
         )
         _record_change(task, previous_status=None)
@@ -242,13 +295,16 @@ def task_transition(
 
 
 def task_start(*, task_id: UUID | str, worker: str) -> Task | None:
-    """queued -> in_progress, claimed by `worker`. None if someone else got there first."""
+    """queued -> in_progress, claimed by `worker`. None if someone else got there first.
+    The previous attempt's error (kept while an automatic retry waits) is cleared: this
+    attempt's outcome, or a cancel of it, says its own."""
     return task_transition(
         task_id=task_id,
         to=TaskStatus.IN_PROGRESS,
         started_at=timezone.now(),
         worker=worker,
         progress=0,
+        error="",
         stop_requested=StopRequest.NONE,
     )
 
@@ -267,14 +323,108 @@ def task_complete(*, task_id: UUID | str, result: Any, attempt: int | None = Non
     )
 
 
+# The automatic retry's jitter: each wait is the exponential's value times a factor drawn
+# uniformly from [1 - RETRY_JITTER, 1 + RETRY_JITTER] (so tasks that failed together do not
+# all come back in the same second), never past TASK_MAX_RETRY_BACKOFF.
+RETRY_JITTER = 0.2
+_retry_random = random.Random()  # noqa: S311 (jitter, not a secret)
+
+
+def task_retry_delay(
+    *, retry_backoff: int, failed_attempt: int, rand: random.Random | None = None
+) -> float:
+    """Seconds to wait after attempt `failed_attempt` (1, 2, ...) failed:
+    min(cap, retry_backoff * 2**(failed_attempt - 1)) * uniform(0.8, 1.2), at most the cap
+    (settings.TASKHUB_TASK_MAX_RETRY_BACKOFF). `rand` is for tests."""
+    cap = settings.TASKHUB_TASK_MAX_RETRY_BACKOFF
+    exponential = min(cap, retry_backoff * 2 ** max(0, failed_attempt - 1))
+    factor = (rand or _retry_random).uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+    return min(cap, exponential * factor)
+
+
 def task_fail(*, task_id: UUID | str, error: str, attempt: int | None = None) -> Task | None:
-    return task_transition(
-        task_id=task_id,
-        to=TaskStatus.FAILED,
-        attempt=attempt,
-        error=error[:5000],
-        finished_at=timezone.now(),
+    """A run failed (its processor's error, its timeout, its process or worker lost or
+    stopped: every failure ends here). With attempts left (attempts < max_attempts) and no
+    cancel asked, the task goes straight back to pending for its next attempt, not before
+    run_at = now + task_retry_delay(); otherwise -> failed, final. One locked step, so a
+    cancel that lands meanwhile is seen (docs/tasks.md, "Retries"). Only from in_progress
+    and, if `attempt` is given, only that attempt; None otherwise."""
+    error = error[:5000]
+    with transaction.atomic():
+        rows = Task.objects.select_for_update().filter(
+            pk=task_id, status__in=ALLOWED_SOURCES[TaskStatus.FAILED]
+        )
+        if attempt is not None:
+            rows = rows.filter(attempts=attempt)
+        task = rows.first()
+        if task is None:
+            return None
+        if task.attempts < task.max_attempts and task.stop_requested != StopRequest.CANCEL:
+            return _task_retry_automatically(task, error=error)
+        return task_transition(
+            task_id=task_id,
+            to=TaskStatus.FAILED,
+            attempt=task.attempts,
+            error=error,
+            finished_at=timezone.now(),
+        )
+
+
+def _task_retry_automatically(task: Task, *, error: str) -> Task:
+    """in_progress -> pending, attempts + 1, run_at pushed out by the backoff, the failed
+    attempt's error kept as the task's last error. Call while holding the row's lock (from
+    task_fail). Not terminal: no inbox entry, no webhook; the dispatcher leaves the row
+    alone until run_at (it honours run_at; no nudge is sent: nothing is due yet)."""
+    now = timezone.now()
+    delay = task_retry_delay(retry_backoff=task.retry_backoff, failed_attempt=task.attempts)
+    previous_status = task.status
+    task.status = TaskStatus.PENDING
+    task.attempts += 1
+    task.run_at = now + timedelta(seconds=delay)
+    task.error = error
+    task.progress = 0
+    task.result = None
+    task.stop_requested = StopRequest.NONE
+    task.worker = ""
+    task.queued_at = task.started_at = task.finished_at = None
+    task.save(
+        update_fields=[
+            "status",
+            "attempts",
+            "run_at",
+            "error",
+            "progress",
+            "result",
+            "stop_requested",
+            "worker",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "updated_at",
+        ]
     )
+    logger.info(
+        "task %s failed attempt %s of %s (%s); retrying in %.1f s",
+        task.pk,
+        task.attempts - 1,
+        task.max_attempts,
+        error,
+        delay,
+    )
+    _record_change(
+        task,
+        previous_status=previous_status,
+        event_extra={
+            "retry": {
+                "in_seconds": round(delay, 1),
+                "attempt": task.attempts,
+                "of": task.max_attempts,
+                "error": error,
+                "run_at": protocol.format_ts(task.run_at),
+            }
+        },
+    )
+    return task
 
 
 def task_mark_cancelled(
@@ -291,7 +441,13 @@ def task_mark_cancelled(
         to=TaskStatus.CANCELLED,
         only_from=only_from,
         attempt=attempt,
-        error=lambda locked: reason or locked.error or CANCELLED_ON_REQUEST,
+        # The row's error is a reason only under a cancel request (task_revoke leaves one
+        # there); otherwise it is a failed attempt's, kept while its retry waited.
+        error=lambda locked: (
+            reason
+            or (locked.error if locked.stop_requested == StopRequest.CANCEL else "")
+            or CANCELLED_ON_REQUEST
+        ),
         finished_at=timezone.now(),
     )
 
@@ -567,29 +723,75 @@ def task_revoke(
         return task, f"already {task.status}"
 
 
-def task_retry(*, task: Task) -> Task:
-    """failed/cancelled -> pending with attempts + 1 and the previous outcome cleared."""
-    retried = task_transition(
-        task_id=task.pk,
-        to=TaskStatus.PENDING,
-        attempts=lambda locked: locked.attempts + 1,
-        progress=0,
-        result=None,
-        error="",
-        stop_requested=StopRequest.NONE,
-        worker="",
-        queued_at=None,
-        started_at=None,
-        finished_at=None,
-    )
-    if retried is None:
-        task.refresh_from_db()
-        raise ConflictError(
-            f"Task is {task.status}; only a failed or cancelled task can be retried."
+# What a manual retry may start from (the automatic one's in_progress is task_fail's).
+MANUALLY_RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def task_retry(*, task: Task, params: dict[str, Any] | None = None) -> Task:
+    """failed/cancelled -> pending with attempts + 1 and the previous outcome cleared: one
+    more attempt, now (a run_at still ahead, an automatic retry's that a cancel stopped,
+    is dropped). `params`, if given, replace the task's ("edit and re-run"), checked like a
+    create's (ValidationError); the event says so (`params_changed`, and with a change the
+    new `params` and `previous_params`), so the task's history shows what each attempt ran
+    with. A retry is one attempt more, not a new max_attempts budget: automatic retries
+    apply only while attempts < max_attempts."""
+    if params is not None:
+        task_validate_run(kind=task.kind, params=params, timeout=task.timeout)
+    with transaction.atomic():
+        locked = (
+            Task.objects.select_for_update()
+            .filter(pk=task.pk, status__in=ALLOWED_SOURCES[TaskStatus.PENDING] & MANUALLY_RETRYABLE)
+            .first()
         )
-    logger.info("task %s retried, attempt %s", task.pk, retried.attempts)
+        if locked is None:
+            task.refresh_from_db()
+            raise ConflictError(
+                f"Task is {task.status}; only a failed or cancelled task can be retried."
+            )
+        now = timezone.now()
+        previous_status, previous_params = locked.status, locked.params
+        params_changed = params is not None and params != previous_params
+        locked.status = TaskStatus.PENDING
+        locked.attempts += 1
+        if params_changed:
+            locked.params = params
+        if locked.run_at is not None and locked.run_at > now:
+            locked.run_at = None
+        locked.progress = 0
+        locked.result = None
+        locked.error = ""
+        locked.stop_requested = StopRequest.NONE
+        locked.worker = ""
+        locked.queued_at = locked.started_at = locked.finished_at = None
+        locked.save(
+            update_fields=[
+                "status",
+                "attempts",
+                "params",
+                "run_at",
+                "progress",
+                "result",
+                "error",
+                "stop_requested",
+                "worker",
+                "queued_at",
+                "started_at",
+                "finished_at",
+                "updated_at",
+            ]
+        )
+        extra: dict[str, Any] = {"params_changed": params_changed}
+        if params_changed:
+            extra.update(params=locked.params, previous_params=previous_params)
+        _record_change(locked, previous_status=previous_status, event_extra=extra)
+    logger.info(
+        "task %s retried, attempt %s%s",
+        task.pk,
+        locked.attempts,
+        " with new params" if params_changed else "",
+    )
     transaction.on_commit(nudge_dispatcher, robust=True)
-    return retried
+    return locked
 
 
 # --- Delete ------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ TASK_FIELDS = (
     "error",
     "timeout",
     "attempts",
+    "max_attempts",
+    "retry_backoff",
     "run_at",
     "created_at",
     "updated_at",
@@ -78,6 +80,8 @@ class TaskOutputSerializer(serializers.ModelSerializer):
             "error": _text(task.error),
             "timeout": None if task.timeout is None else int(task.timeout),
             "attempts": None if task.attempts is None else int(task.attempts),
+            "max_attempts": None if task.max_attempts is None else int(task.max_attempts),
+            "retry_backoff": None if task.retry_backoff is None else int(task.retry_backoff),
             "run_at": _iso(task.run_at),
             "created_at": _iso(task.created_at),
             "updated_at": _iso(task.updated_at),
@@ -104,8 +108,12 @@ class TaskCreateInputSerializer(serializers.Serializer):
         max_length=2000, required=False, allow_blank=True, default=""
     )
     run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    # The retry policy (docs/tasks.md, "Retries"); absent: the kind's default, else the
+    # settings'. The ranges are task_validate_run's.
+    max_attempts = serializers.IntegerField(required=False)
+    retry_backoff = serializers.IntegerField(required=False)
 
-    RUN_FIELDS = ("kind", "params", "timeout")
+    RUN_FIELDS = ("kind", "params", "timeout", "max_attempts", "retry_backoff")
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         """Shape errors, plus the service's run rules for the run fields that did parse:
@@ -129,6 +137,8 @@ class TaskCreateInputSerializer(serializers.Serializer):
                 kind=run.get("kind", "simulate"),
                 params=run.get("params", {}),
                 timeout=run.get("timeout") or settings.TASKHUB_TASK_DEFAULT_TIMEOUT,
+                max_attempts=run.get("max_attempts"),
+                retry_backoff=run.get("retry_backoff"),
             )
         except DjangoValidationError as exc:
             for name, messages in exc.message_dict.items():
@@ -146,6 +156,13 @@ class TaskCreateInputSerializer(serializers.Serializer):
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict["callback_url"]) from None
         return value
+
+
+class TaskRetryInputSerializer(serializers.Serializer):
+    """A retry's optional body: `params` replace the task's for the new attempt ("edit and
+    re-run"; services.task_retry checks them like a create's). No body: the same params."""
+
+    params = serializers.JSONField(required=False)
 
 
 class TaskListFilterSerializer(serializers.Serializer):

@@ -15,6 +15,7 @@ from tasks.api.serializers import (
     TaskCreateInputSerializer,
     TaskListFilterSerializer,
     TaskOutputSerializer,
+    TaskRetryInputSerializer,
 )
 from tasks.selectors import DEFAULT_ORDERING
 
@@ -98,7 +99,10 @@ class TaskCancelApi(APIView):
 
 
 class TaskRetryApi(APIView):
-    @extend_schema(request=None, responses=TaskOutputSerializer)
+    @extend_schema(request=TaskRetryInputSerializer, responses=TaskOutputSerializer)
     def post(self, request: Request, task_id: str) -> Response:
         task = selectors.task_get_for(user=request.user, task_id=task_id)
-        return Response(TaskOutputSerializer(services.task_retry(task=task)).data)
+        payload = TaskRetryInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        retried = services.task_retry(task=task, params=payload.validated_data.get("params"))
+        return Response(TaskOutputSerializer(retried).data)

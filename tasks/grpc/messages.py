@@ -87,6 +87,8 @@ def task_to_proto(task: Task) -> pb.Task:
         timeout=task.timeout,
         callback_url=task.callback_url,
         attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        retry_backoff=task.retry_backoff,
     )
     message.params.CopyFrom(json_format.ParseDict(task.params or {}, struct_pb2.Struct()))
     if task.result is not None:

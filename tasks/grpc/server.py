@@ -142,6 +142,10 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             data["timeout"] = request.timeout
         if request.HasField("run_at"):
             data["run_at"] = messages.timestamp_to_datetime(request.run_at)
+        if request.HasField("max_attempts"):
+            data["max_attempts"] = request.max_attempts
+        if request.HasField("retry_backoff"):
+            data["retry_backoff"] = request.retry_backoff
         payload = TaskCreateInputSerializer(data=data)
         if not payload.is_valid():
             raise invalid_argument(payload.errors)

@@ -70,3 +70,21 @@ def wordcount(ctx: ProcessorContext) -> dict[str, Any]:
 
 wordcount.params_help = "No params: it counts the words of the description."
 wordcount.default_params = {}
+
+
+def flaky(ctx: ProcessorContext) -> dict[str, Any]:
+    """Fail the first `failures` attempts (default 2), then succeed: the retry policy at
+    work (docs/tasks.md, "Retries"). Its kind retries by default."""
+    failures = int(_number(ctx.params, "failures", 2, low=0, high=100))
+    ctx.sleep(_number(ctx.params, "seconds", 1, low=0, high=3600))
+    if ctx.attempt <= failures:
+        raise ProcessorError(f"flaky failure on attempt {ctx.attempt} (fails {failures})")
+    ctx.report_progress(100)
+    return {"attempt": ctx.attempt, "message": f"succeeded on attempt {ctx.attempt}"}
+
+
+# The kind's retry policy (registry.kind_retry_defaults): a create that names none gets it.
+flaky.max_attempts = 3
+flaky.retry_backoff = 2
+flaky.params_help = "Fails its first `failures` attempts (default 2), then succeeds."
+flaky.default_params = {"failures": 2, "seconds": 1}

@@ -34,6 +34,8 @@ class ProcessorContext:
         self.description = task.description
         self.params: dict[str, Any] = dict(task.params or {})
         self.timeout = task.timeout
+        # Which run of the task this is (1 first; more after a retry, automatic or manual).
+        self.attempt = task.attempts
         self._last_progress_at = 0.0
         self._last_progress = -1
         self._last_checkpoint_at = 0.0

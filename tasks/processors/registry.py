@@ -48,3 +48,17 @@ def kind_forms() -> dict[str, dict[str, Any]]:
 def get_processor(kind: str) -> Processor:
     """Import the processor for `kind`; KeyError if no such kind is configured."""
     return import_string(settings.TASKHUB_TASK_PROCESSORS[kind])
+
+
+def kind_retry_defaults(kind: str) -> tuple[int | None, int | None]:
+    """(max_attempts, retry_backoff) that `kind`'s processor declares as the attributes
+    `max_attempts` and `retry_backoff` (docs/tasks.md, "Retries"); None for what it does not
+    declare, for an unknown kind and for one whose processor cannot be imported (creating
+    such a task fails with the API's own message, or its run fails saying why)."""
+    if kind not in available_kinds():
+        return None, None
+    try:
+        processor = get_processor(kind)
+    except ImportError:
+        return None, None
+    return getattr(processor, "max_attempts", None), getattr(processor, "retry_backoff", None)

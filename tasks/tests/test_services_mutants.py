@@ -59,7 +59,13 @@ def test_failing_keeps_the_error_and_the_finish_time(alice):
 def test_a_cancel_says_why_its_reason_then_a_stop_requests_then_on_request(alice):
     plain = make_task(owner=alice)
     with_reason = make_task(owner=alice)
-    revoked = make_task(owner=alice, status=TaskStatus.IN_PROGRESS, error="revoked from the cli")
+    # What task_revoke leaves on a running task: a cancel request and its reason.
+    revoked = make_task(
+        owner=alice,
+        status=TaskStatus.IN_PROGRESS,
+        error="revoked from the cli",
+        stop_requested=StopRequest.CANCEL,
+    )
 
     services.task_mark_cancelled(task_id=plain.pk)
     services.task_mark_cancelled(task_id=with_reason.pk, reason="operator said so")

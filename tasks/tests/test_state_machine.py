@@ -23,6 +23,8 @@ ALLOWED = {
     (TaskStatus.IN_PROGRESS, TaskStatus.CANCELLED),
     (TaskStatus.FAILED, TaskStatus.PENDING),
     (TaskStatus.CANCELLED, TaskStatus.PENDING),
+    # An automatic retry (services.task_fail with attempts left).
+    (TaskStatus.IN_PROGRESS, TaskStatus.PENDING),
 }
 ALL_PAIRS = list(itertools.product(TaskStatus.values, repeat=2))
 
