@@ -81,4 +81,11 @@ def _schedule_periodic_work(sender: Celery, **kwargs: object) -> None:
             "schedule": 3600.0,
             "options": {"expires": 3600},
         },
+        # Retention of Idempotency-Keys: a key older than IDEMPOTENCY_KEY_HOURS already
+        # counts as unused (tasks.services.task_create_idempotent); this deletes its row.
+        "prune-idempotency-keys": {
+            "task": "tasks.prune_idempotency_keys",
+            "schedule": 3600.0,
+            "options": {"expires": 3600},
+        },
     }

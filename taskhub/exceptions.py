@@ -16,12 +16,19 @@ class ConflictError(Exception):
     """A request that is well-formed but not allowed in the object's current state."""
 
 
+class UnprocessableError(Exception):
+    """A well-formed request the server will not carry out as sent (422): an Idempotency-Key
+    reused with another body (docs/api.md, "Idempotent creates")."""
+
+
 def json_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     # Services raise Django's ValidationError and ConflictError; views stay free of try/except.
     if isinstance(exc, DjangoValidationError):
         return Response(as_serializer_error(exc), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ConflictError):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, UnprocessableError):
+        return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
     return exception_handler(exc, context)
 
 

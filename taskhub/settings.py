@@ -352,6 +352,7 @@ CELERY_TASK_ROUTES = {
     "tasks.dispatch_pending_tasks": {"queue": "dispatch"},
     "tasks.reap_stalled_tasks": {"queue": "dispatch"},
     "notifications.prune_old_events": {"queue": "dispatch"},
+    "tasks.prune_idempotency_keys": {"queue": "dispatch"},
 }
 # A bound for housekeeping tasks; the runner sets its own limits from each task's timeout.
 CELERY_TASK_SOFT_TIME_LIMIT = 60
@@ -379,6 +380,9 @@ TASKHUB_TASK_MAX_RETRY_BACKOFF = env_int("TASK_MAX_RETRY_BACKOFF", 3600, minimum
 TASKHUB_WORKER_SHUTDOWN_GRACE = env_float("WORKER_SHUTDOWN_GRACE", 10.0, minimum=0.0)
 TASKHUB_PROGRESS_MIN_INTERVAL = env_float("PROGRESS_MIN_INTERVAL", 0.25, minimum=0.0)
 TASKHUB_TASK_MAX_PARAMS_BYTES = env_int("TASK_MAX_PARAMS_BYTES", 16 * 1024, minimum=256)
+# An Idempotency-Key on a create returns the first task for this long; an older key counts
+# as unused, and the retention job deletes it (docs/api.md, "Idempotent creates").
+TASKHUB_IDEMPOTENCY_KEY_HOURS = env_int("IDEMPOTENCY_KEY_HOURS", 24, minimum=1)
 # Webhooks (docs/webhooks.md). WEBHOOK_ALLOW_PRIVATE=1 lets callback URLs reach loopback,
 # private and link-local addresses: development and tests only, never a deployment (SSRF).
 TASKHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)

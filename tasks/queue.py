@@ -33,6 +33,7 @@ RUN_TASK = "tasks.run_task"
 DISPATCH_PENDING_TASKS = "tasks.dispatch_pending_tasks"
 REAP_STALLED_TASKS = "tasks.reap_stalled_tasks"
 PRUNE_OLD_EVENTS = "notifications.prune_old_events"
+PRUNE_IDEMPOTENCY_KEYS = "tasks.prune_idempotency_keys"
 
 # Seconds past a run's soft limit (the task's own timeout, which raises inside the
 # processor so the runner records a clean "timed out") before Celery's hard limit kills a

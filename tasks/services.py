@@ -7,28 +7,36 @@ writes its event in the same transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications import protocol
 from notifications.services import notify, publish, publish_ephemeral
-from taskhub.exceptions import ConflictError
+from taskhub.exceptions import ConflictError, UnprocessableError
 from taskhub.outages import DATABASE, is_database_outage
 from tasks import change_hooks, extensions, queue
-from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, StopRequest, Task, TaskStatus
+from tasks.models import (
+    ALLOWED_SOURCES,
+    TERMINAL_STATUSES,
+    IdempotencyKey,
+    StopRequest,
+    Task,
+    TaskStatus,
+)
 from tasks.nudge import clear_nudges, nudge_dispatcher
 from tasks.processors import registry
 from tasks.processors.context import ProcessorContext, StopRequested
@@ -945,3 +953,130 @@ def reap_stalled_tasks() -> int:
             reaped += 1
             logger.warning("reaper ended stalled task %s as %s", task_id, done.status)
     return reaped
+
+
+# --- Idempotent create (docs/api.md, "Idempotent creates") -----------------------------
+
+IDEMPOTENCY_KEY_MAX_LENGTH = IdempotencyKey._meta.get_field("key").max_length
+# The UniqueConstraint on (owner, key): the one thing that keeps two racing requests with
+# the same key (on two web processes, or REST and gRPC) from making two tasks.
+IDEMPOTENCY_KEY_CONSTRAINT = "idempotency_key_per_owner"
+# The status code a first create answered; a replay answers it again.
+CREATED = 201
+
+
+class IdempotentCreate(NamedTuple):
+    task: Task
+    created: bool  # False: the key's earlier task, made by an earlier request
+    response_status: int  # what the first request was answered with
+
+
+def idempotency_key_problem(key: str) -> str | None:
+    """Why `key` cannot be an Idempotency-Key, or None if it can: 1 to 255 printable ASCII
+    characters, no space at either end (HTTP drops those, so REST and gRPC would disagree
+    on which key "k " is)."""
+    if not key:
+        return "Must not be empty."
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        return f"Must be at most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
+    if not all(" " <= char <= "~" for char in key):
+        return "Must be printable ASCII characters (letters, digits, punctuation, spaces)."
+    if key != key.strip(" "):
+        return "Must not start or end with a space."
+    return None
+
+
+def _canonical(value: Any) -> Any:
+    # Datetimes as one instant whatever the zone they came in; everything else as JSON.
+    if isinstance(value, datetime):
+        return protocol.format_ts(value)
+    if isinstance(value, Mapping):
+        return {str(name): _canonical(item) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def idempotency_request_hash(data: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a create's validated input as canonical JSON (sorted keys, no
+    spaces, datetimes in UTC). Over the whole dict, not a list of fields: a field added to
+    the create later is covered the day it is added."""
+    text = json.dumps(
+        _canonical(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _idempotency_key_window() -> timedelta:
+    return timedelta(hours=settings.TASKHUB_IDEMPOTENCY_KEY_HOURS)
+
+
+def _is_idempotency_key_taken(exc: IntegrityError) -> bool:
+    diag = getattr(exc.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None) == IDEMPOTENCY_KEY_CONSTRAINT
+
+
+def task_create_idempotent(
+    *, owner: AbstractBaseUser, key: str, **create_kwargs: Any
+) -> IdempotentCreate:
+    """task_create(owner=owner, **create_kwargs) at most once per (owner, key) within
+    TASKHUB_IDEMPOTENCY_KEY_HOURS: a repeat with the same input gets the first task back
+    (created False, the first answer's status code); with other input, UnprocessableError
+    (422, FAILED_PRECONDITION). A key older than the window counts as unused: it is
+    replaced and a new task made. ValidationError for a malformed key.
+
+    Two requests racing with one key both find no key and both insert a task, but the
+    unique (owner, key) lets only one insert its key: the other blocks on it until the
+    first commits, gets the IntegrityError, rolls back its own task (its event and its
+    after-commit work with it) and answers with the first one's."""
+    problem = idempotency_key_problem(key)
+    if problem is not None:
+        raise ValidationError({"idempotency_key": [problem]})
+    request_hash = idempotency_request_hash(create_kwargs)
+    # Twice at most: a lost race leaves the winner's key committed for the second pass
+    # (unless the retention job deleted it in between, hence a third).
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                earlier = (
+                    IdempotencyKey.objects.select_related("task")
+                    .filter(owner=owner, key=key)
+                    .first()
+                )
+                if earlier is not None and earlier.created_at < timezone.now() - (
+                    _idempotency_key_window()
+                ):
+                    # Expired: as if unused. A racer deleting it too blocks on this row and
+                    # then finds it gone; its insert then meets ours.
+                    IdempotencyKey.objects.filter(pk=earlier.pk).delete()
+                    earlier = None
+                if earlier is not None:
+                    if earlier.request_hash != request_hash:
+                        raise UnprocessableError(
+                            f"Idempotency-Key {key!r} was used with a different request body "
+                            f"in the last {settings.TASKHUB_IDEMPOTENCY_KEY_HOURS} hours; send "
+                            "that request unchanged to get its task, or use a new key."
+                        )
+                    return IdempotentCreate(earlier.task, False, earlier.response_status)
+                task = task_create(owner=owner, **create_kwargs)
+                IdempotencyKey.objects.create(
+                    owner=owner,
+                    key=key,
+                    request_hash=request_hash,
+                    task=task,
+                    response_status=CREATED,
+                )
+                return IdempotentCreate(task, True, CREATED)
+        except IntegrityError as exc:
+            if not _is_idempotency_key_taken(exc):
+                raise
+            logger.info("idempotency key of user %s lost a race; answering the first", owner.pk)
+    raise ConflictError("The Idempotency-Key was taken by a concurrent request; try again.")
+
+
+def idempotency_keys_prune(*, older_than: timedelta | None = None) -> int:
+    """Delete Idempotency-Keys older than the window (they already count as unused);
+    the retention job (tasks.prune_idempotency_keys) runs it hourly."""
+    cutoff = timezone.now() - (older_than or _idempotency_key_window())
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -37,6 +37,15 @@ def reap_stalled_tasks() -> int:
         return _skipped_while_database_is_away(exc, "reaper ticks are")
 
 
+@shared_task(name=queue.PRUNE_IDEMPOTENCY_KEYS, ignore_result=True)
+def prune_idempotency_keys() -> int:
+    """Idempotency-Key retention (IDEMPOTENCY_KEY_HOURS), scheduled by beat."""
+    try:
+        return services.idempotency_keys_prune()
+    except Exception as exc:
+        return _skipped_while_database_is_away(exc, "idempotency key pruning is")
+
+
 @shared_task(name=queue.RUN_TASK, bind=True, ignore_result=True)
 def run_task(self, task_id: str, **labels: object) -> None:
     """Run one task (services.task_run). A duplicate message (a re-send, a redelivery)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
@@ -30,6 +32,26 @@ def _is_popular_first_page(request: Request) -> bool:
         and params.get("page", "1") == "1"
         and params.get("ordering", DEFAULT_ORDERING) == DEFAULT_ORDERING
     )
+
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    name=IDEMPOTENCY_KEY_HEADER,
+    location=OpenApiParameter.HEADER,
+    required=False,
+    type={
+        "type": "string",
+        "minLength": 1,
+        "maxLength": services.IDEMPOTENCY_KEY_MAX_LENGTH,
+        # printable ASCII, no space at either end (services.idempotency_key_problem)
+        "pattern": "^[!-~]([ -~]*[!-~])?$",
+    },
+    description=(
+        "Any unique string, e.g. a UUID. The same key from the same user within "
+        "IDEMPOTENCY_KEY_HOURS (24) answers with the first task, status and body, instead "
+        "of making a second one; with another body, 422 (docs/api.md)."
+    ),
+)
 
 
 class TaskListCreateApi(APIView):
@@ -73,12 +95,35 @@ class TaskListCreateApi(APIView):
             }
         )
 
-    @extend_schema(request=TaskCreateInputSerializer, responses={201: TaskOutputSerializer})
+    @extend_schema(
+        request=TaskCreateInputSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+        responses={
+            201: TaskOutputSerializer,
+            422: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="The Idempotency-Key was used with a different request body.",
+            ),
+        },
+    )
     def post(self, request: Request) -> Response:
+        key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+        if key is not None and (problem := services.idempotency_key_problem(key)):
+            raise ValidationError({IDEMPOTENCY_KEY_HEADER: [problem]})
         payload = TaskCreateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        task = services.task_create(owner=request.user, **payload.validated_data)
-        return Response(TaskOutputSerializer(task).data, status=status.HTTP_201_CREATED)
+        if key is None:
+            task = services.task_create(owner=request.user, **payload.validated_data)
+            return Response(TaskOutputSerializer(task).data, status=status.HTTP_201_CREATED)
+        # A replay answers the first request's status code with the task as it is now
+        # (docs/api.md, "Idempotent creates": its status may have moved on since).
+        outcome = services.task_create_idempotent(
+            owner=request.user, key=key, **payload.validated_data
+        )
+        response = Response(TaskOutputSerializer(outcome.task).data, status=outcome.response_status)
+        if not outcome.created:
+            response["Idempotent-Replayed"] = "true"
+        return response
 
 
 class TaskDetailApi(APIView):

@@ -6,6 +6,8 @@ to HTTP statuses for REST, so the servicer's methods hold no try/except of their
 | django ValidationError / serializer errors      | INVALID_ARGUMENT    | 400  |
 | Http404 (selectors), malformed id               | NOT_FOUND           | 404  |
 | taskhub.exceptions.ConflictError                | FAILED_PRECONDITION | 409  |
+| taskhub.exceptions.UnprocessableError (an       | FAILED_PRECONDITION | 422  |
+|   idempotency key reused with another request)  |                     |      |
 | database unreachable, or a transaction that     | UNAVAILABLE         | 503  |
 |   lost a race (taskhub/api_errors.py)           |                     |      |
 | anything else, other database errors included   | INTERNAL            | 500  |
@@ -32,7 +34,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from taskhub.exceptions import ConflictError
+from taskhub.exceptions import ConflictError, UnprocessableError
 from taskhub.outages import DATABASE, describe, is_database_outage, is_database_retry_later
 
 logger = logging.getLogger("tasks.grpc")
@@ -76,7 +78,7 @@ def to_rpc_abort(exc: BaseException) -> RpcAbort:
         return invalid_argument({NON_FIELD: exc.messages})
     if isinstance(exc, Http404):
         return RpcAbort(grpc.StatusCode.NOT_FOUND, "No such task.")
-    if isinstance(exc, ConflictError):
+    if isinstance(exc, ConflictError | UnprocessableError):
         return RpcAbort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if is_database_outage(exc):
         DATABASE.failed(exc, "gRPC calls that need it answer UNAVAILABLE")

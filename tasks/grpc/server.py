@@ -40,6 +40,8 @@ logger = logging.getLogger("tasks.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name  # taskhub.v1.TaskService
 LAST_EVENT_ID_METADATA = "taskhub-last-event-id"
+# Trailing metadata of a CreateTask answered with an earlier call's task (idempotency_key).
+IDEMPOTENT_REPLAYED_METADATA = "idempotent-replayed"
 # WatchTasks polls the event log this often for events after the last one it sent. See
 # TaskServicer.WatchTasks for why polling rather than the Channels group.
 WATCH_POLL_SECONDS = 0.2
@@ -149,8 +151,17 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         payload = TaskCreateInputSerializer(data=data)
         if not payload.is_valid():
             raise invalid_argument(payload.errors)
-        task = services.task_create(owner=user, **payload.validated_data)
-        return messages.task_to_proto(task)
+        if not request.idempotency_key:  # proto3: unset and "" are one; both mean no key
+            task = services.task_create(owner=user, **payload.validated_data)
+            return messages.task_to_proto(task)
+        if problem := services.idempotency_key_problem(request.idempotency_key):
+            raise invalid_argument({"idempotency_key": [problem]})
+        outcome = services.task_create_idempotent(
+            owner=user, key=request.idempotency_key, **payload.validated_data
+        )
+        if not outcome.created:
+            context.set_trailing_metadata(((IDEMPOTENT_REPLAYED_METADATA, "true"),))
+        return messages.task_to_proto(outcome.task)
 
     @unary_call
     def GetTask(self, request: pb.GetTaskRequest, context, *, user) -> pb.Task:
