@@ -84,6 +84,8 @@ INSTALLED_APPS = [
     # Signed webhooks on a task's terminal status; its ready() plugs the outbox and the
     # callback_url check into tasks (tasks.extensions).
     "webhooks.apps.WebhooksConfig",
+    # Recurring tasks; its ready() registers the firing with the dispatcher's tick.
+    "schedules.apps.SchedulesConfig",
     # The project package itself, for the browser page's templates and static files.
     "taskhub",
 ]
@@ -398,6 +400,10 @@ TASKHUB_WEBHOOK_SWEEP_INTERVAL = env_float("WEBHOOK_SWEEP_INTERVAL", 10.0, minim
 # every socket of the owner, in the event log, in every cached read): a larger result
 # fails the task with a message saying so, instead of slowing all of those down.
 TASKHUB_TASK_MAX_RESULT_BYTES = env_int("TASK_MAX_RESULT_BYTES", 1024 * 1024, minimum=1024)
+# Recurring tasks (docs/schedules.md): the shortest every_seconds, and how many schedules
+# one user may have.
+TASKHUB_SCHEDULE_MIN_INTERVAL_SECONDS = env_int("SCHEDULE_MIN_INTERVAL_SECONDS", 10, minimum=1)
+TASKHUB_SCHEDULE_MAX_PER_USER = env_int("SCHEDULE_MAX_PER_USER", 100, minimum=1)
 # kind -> dotted path of a processor; a deployment adds its own with TASK_PROCESSORS
 # ("kind=package.module.function,kind2=...") without touching TaskHub's code.
 TASKHUB_TASK_PROCESSORS = {

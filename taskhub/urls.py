@@ -16,6 +16,7 @@ api_urlpatterns = [
     path("", include("notifications.api.urls")),
     path("", include("webhooks.api.urls")),
     path("chat/", include("chat.api.urls")),
+    path("schedules/", include("schedules.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI and ReDoc from our own static files (drf_spectacular_sidecar), no CDN.
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

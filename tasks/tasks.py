@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 
 from taskhub.outages import DATABASE, is_database_outage
-from tasks import queue, services
+from tasks import dispatch_hooks, queue, services
 
 logger = logging.getLogger("tasks")
 
@@ -23,6 +23,16 @@ def _skipped_while_database_is_away(exc: Exception, what: str) -> int:
 
 @shared_task(name=queue.DISPATCH_PENDING_TASKS, ignore_result=True)
 def dispatch_pending_tasks() -> int:
+    # Other apps' tick work first (schedules create their due tasks), so what it creates is
+    # queued by this very dispatch. A failing hook is logged and the dispatch goes on.
+    for name, hook in dispatch_hooks.registered():
+        try:
+            hook()
+        except Exception as exc:
+            if is_database_outage(exc):
+                DATABASE.failed(exc, f"{name} ticks are skipped until it is back")
+            else:
+                logger.exception("dispatcher tick hook %s failed", name)
     try:
         return len(services.dispatch_pending_tasks())
     except Exception as exc:

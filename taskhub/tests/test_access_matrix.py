@@ -19,6 +19,8 @@ from chat.models import ChatParticipant, ChatRoom, Message
 from conftest import access_token_for
 from notifications import services as notification_services
 from notifications.models import Notification
+from schedules import services as schedule_services
+from schedules.models import Schedule
 from tasks.grpc.gen import taskhub_pb2 as pb
 from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc
 from tasks.grpc.server import create_server
@@ -42,6 +44,12 @@ PATH_MATRIX = {
     "chat-messages": [("get", "/api/chat/rooms/{room}/messages/", None)],
     "chat-room-unread": [("get", "/api/chat/rooms/{room}/unread/", None)],
     "chat-room-read": [("post", "/api/chat/rooms/{room}/read/", {"last_read_id": 1})],
+    "schedule-detail": [
+        ("get", "/api/schedules/{schedule}/", None),
+        ("patch", "/api/schedules/{schedule}/", {"enabled": False}),
+        ("put", "/api/schedules/{schedule}/", {"cron": "* * * * *", "task": {"title": "b"}}),
+        ("delete", "/api/schedules/{schedule}/", None),
+    ],
     "chat-room-invite": [("post", "/api/chat/rooms/{room}/invite/", {"username": "bob"})],
     "chat-message-detail": [("delete", "/api/chat/messages/{message}/", None)],
     "task-webhooks": [("get", "/api/tasks/{task}/webhooks/", None)],
@@ -63,6 +71,7 @@ QUERY_MATRIX = {
     "notification-list": ("/api/notifications/", 200),
     "task-list": ("/api/tasks/", 200),
     "chat-room-list": ("/api/chat/rooms/", 200),
+    "schedule-list": ("/api/schedules/", 200),
 }
 GRPC_METHODS = {"CreateTask", "GetTask", "ListTasks", "CancelTask", "WatchTasks"}
 
@@ -97,6 +106,9 @@ def alices_objects(alice, bob):
     task = make_task(owner=alice, title="alice's secret", description="secret plans")
     failed = make_task(owner=alice, status=TaskStatus.FAILED, title="alice's secret failure")
     notification = notification_services.notify(user_id=alice.pk, title="alice's secret")
+    schedule = schedule_services.schedule_create(
+        owner=alice, cron="0 9 * * *", kind="echo", title="alice's secret schedule"
+    )
     room = chat_services.chat_room_create(creator=alice, name="Alice secret", is_public=False)
     message = chat_services.chat_message_post(room=room, author=alice, text="secret message")
     delivery = webhook_services.delivery_create(task=failed, url="https://hooks.example.com/a")
@@ -107,6 +119,7 @@ def alices_objects(alice, bob):
         "failed_task": failed.pk,
         "notification": notification.pk,
         "room": room.slug,
+        "schedule": schedule.pk,
     }
 
 
@@ -118,6 +131,7 @@ def snapshot(alice):
         list(ChatParticipant.objects.order_by("pk").values("room_id", "user_id", "role")),
         list(Message.objects.order_by("pk").values("pk", "text")),
         list(WebhookDelivery.objects.order_by("pk").values("pk", "state", "attempts")),
+        list(Schedule.objects.filter(owner=alice).order_by("pk").values()),
     )
 
 
