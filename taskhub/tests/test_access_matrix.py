@@ -6,18 +6,29 @@ events, notifications), and every TaskService RPC. Bob's request for Alice's obj
 404 (gRPC NOT_FOUND), never 403 and never her data, and her object is unchanged after.
 The test enumerates the URLconf and the service descriptor and fails on a route or RPC
 the matrix does not name: a new endpoint has to join it.
+
+The WebSocket surface has a matrix of its own (SOCKET_MATRIX): every client command of
+/ws, enumerated from the consumer's own handlers and notifications.protocol's command
+registry, sent by Bob's socket naming Alice's object, answered with the documented
+`error` code (docs/protocol.md) and nothing of hers, live or resumed.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import grpc
 import pytest
+from asgiref.sync import sync_to_async
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from chat import services as chat_services
 from chat.models import ChatParticipant, ChatRoom, Message
 from conftest import access_token_for
+from notifications import protocol
 from notifications import services as notification_services
+from notifications.consumers import HANDLERS as SOCKET_OWN_COMMANDS
 from notifications.models import Notification
 from schedules import services as schedule_services
 from schedules.models import Schedule
@@ -199,3 +210,148 @@ def test_bob_gets_not_found_for_alices_task_over_grpc(alice, bob, alices_objects
     )
     assert Task.objects.get(pk=created.id).owner == bob
     assert snapshot(alice) == before
+
+
+# --- The WebSocket surface ----------------------------------------------------------------
+
+# Every client command of /ws -> what Bob's socket sends naming Alice's object, and the
+# `error` code it gets back (the socket stays open; docs/protocol.md, "Error codes"), or
+# None for a command that cannot name another user's object: then only Bob's own events
+# may come back. "{room}" is Alice's private room, "{message}" her message in it,
+# "{public_message}" her message in a public room (readable by Bob, not his to edit).
+# There is no socket command to read or mark notifications, or to delete a message (REST
+# only, in PATH_MATRIX); her notifications reaching his socket is checked live below.
+SOCKET_MATRIX: dict[str, list[tuple[dict[str, Any], str | None]]] = {
+    # The stream a socket follows is its token's user's: resume names only a position, and
+    # from 0 it replays Bob's log, none of Alice's (a task.updated and a notification.new).
+    protocol.RESUME: [({"type": "resume", "last_event_id": 0}, None)],
+    protocol.CHAT_SUBSCRIBE: [({"type": "subscribe.chat", "room": "{room}"}, "not_found")],
+    protocol.CHAT_UNSUBSCRIBE: [({"type": "unsubscribe.chat", "room": "{room}"}, "not_found")],
+    protocol.CHAT_MESSAGE_POST: [
+        ({"type": "chat.message.post", "room": "{room}", "text": "bob was here"}, "not_found")
+    ],
+    protocol.CHAT_MESSAGE_EDIT: [
+        ({"type": "chat.message.edit", "message_id": "{message}", "text": "bob"}, "not_found"),
+        (
+            {"type": "chat.message.edit", "message_id": "{public_message}", "text": "bob"},
+            "forbidden",
+        ),
+    ],
+    protocol.CHAT_TYPING: [({"type": "chat.typing", "room": "{room}"}, "not_found")],
+}
+# Client commands that take no object at all, with why.
+SOCKET_NOT_OBJECT_COMMANDS = {protocol.PING: "answers pong, names nothing"}
+
+
+def socket_commands() -> set[str]:
+    """Every client command type /ws handles: the consumer's own and every one an app
+    registered, or may register, in notifications.protocol's command registry."""
+    return (
+        set(SOCKET_OWN_COMMANDS)
+        | set(protocol.PLUGGABLE_COMMANDS)
+        | set(protocol.client_command_handlers)
+    )
+
+
+def test_the_socket_matrix_names_every_client_command():
+    commands = socket_commands()
+    unlisted = commands - set(SOCKET_MATRIX) - set(SOCKET_NOT_OBJECT_COMMANDS)
+    assert not unlisted, f"add these socket commands to SOCKET_MATRIX (or say why not): {unlisted}"
+    assert set(SOCKET_MATRIX) <= commands, "SOCKET_MATRIX names a command /ws does not have"
+
+
+def fill(template: dict[str, Any], objects: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The frame with "{name}" values replaced by Alice's objects (ints stay ints)."""
+    frame = {
+        key: objects[value[1:-1]] if isinstance(value, str) and value[:1] == "{" else value
+        for key, value in template.items()
+    }
+    return {**frame, "ref": ref}
+
+
+def socket_objects(alice, bob, alices_objects) -> dict[str, Any]:
+    """Alice's objects of the REST matrix, her message in a public room, a task.updated in
+    her event log; one event in Bob's own log (a resume that returns nothing proves
+    nothing)."""
+    from tasks import services as task_services
+
+    lobby = chat_services.chat_room_create(creator=alice, name="Lobby", is_public=True)
+    public_message = chat_services.chat_message_post(room=lobby, author=alice, text="secret hi")
+    task_services.task_create(owner=alice, title="alice's secret run", kind="echo")
+    notification_services.notify(user_id=bob.pk, title="bob's own")
+    return {**alices_objects, "public_message": public_message.pk}
+
+
+def assert_nothing_of_alices(frames: list[dict[str, Any]], alice, objects) -> None:
+    text = json.dumps(frames)
+    assert "secret" not in text, frames
+    assert str(objects["task"]) not in text, frames
+    assert '"username":"alice"' not in text.replace(" ", ""), frames
+    assert not any(f.get("data", {}).get("user_id") == alice.pk for f in frames), frames
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_bobs_socket_is_refused_each_of_alices_objects_and_hears_nothing_of_hers(
+    alice, bob, alices_objects, connect, settings
+):
+    settings.TASKHUB_WS_MAX_MESSAGES_PER_SECOND = 1000  # the matrix, not the rate limit
+    objects = await sync_to_async(socket_objects)(alice, bob, alices_objects)
+    before = await sync_to_async(snapshot)(alice)
+    alice_tab = await connect(alice)
+    await alice_tab.subscribe(objects["room"])
+
+    # Connecting with last_event_id=0 replays Bob's own log: his one event, none of hers.
+    bob_tab = await connect(bob, query="last_event_id=0")
+    replayed = await bob_tab.ping()
+    assert [(f["type"], f["data"]["title"]) for f in replayed] == [
+        ("notification.new", "bob's own")
+    ]
+    heard = list(replayed)
+
+    answers = {}
+    for command, rows in SOCKET_MATRIX.items():
+        for number, (template, code) in enumerate(rows):
+            ref = f"{command}#{number}"
+            await bob_tab.send(fill(template, objects, ref))
+            got = await bob_tab.ping()  # everything the command caused, then the pong
+            heard += got
+            if code is None:
+                assert all(f["type"] in protocol.PERSISTED_TYPES for f in got), got
+                assert [f["data"].get("title") for f in got] == ["bob's own"], got
+                answers[ref] = None
+            else:
+                assert [f["type"] for f in got] == ["error"], got
+                assert got[0]["ref"] == ref, got
+                answers[ref] = got[0]["data"]["code"]
+    assert answers == {
+        f"{command}#{number}": code
+        for command, rows in SOCKET_MATRIX.items()
+        for number, (_, code) in enumerate(rows)
+    }
+
+    # Alice's live stream while Bob's socket is open: a task, a notification, a message in
+    # her room reach her socket, never his (and his typing attempt never reached hers).
+    def alice_acts() -> None:
+        from tasks import services as task_services
+
+        task_services.task_create(owner=alice, title="alice's secret later", kind="echo")
+        notification_services.notify(user_id=alice.pk, title="alice's secret later")
+        room = ChatRoom.objects.get(slug=objects["room"])
+        chat_services.chat_message_post(room=room, author=alice, text="secret later")
+
+    await sync_to_async(alice_acts)()
+    got_by_alice = await alice_tab.receive_until(
+        lambda f: f["type"] == "chat.message.posted" and f["data"]["text"] == "secret later"
+    )
+    assert {"task.updated", "notification.new"} <= {f["type"] for f in got_by_alice}
+    assert "chat.typing" not in {f["type"] for f in got_by_alice}
+    heard += await bob_tab.ping()
+    assert_nothing_of_alices(heard, alice, objects)
+    await bob_tab.assert_nothing_more()
+    after = await sync_to_async(snapshot)(alice)
+    # Her rows are as they were, but for what she did herself above.
+    assert after[2:4] == before[2:4]  # rooms and participants: Bob joined nothing
+    assert [m for m in after[4] if m["pk"] in {objects["message"], objects["public_message"]}] == [
+        m for m in before[4] if m["pk"] in {objects["message"], objects["public_message"]}
+    ]
+    assert len(after[4]) == len(before[4]) + 1  # her "secret later"; nothing of Bob's
