@@ -16,7 +16,8 @@ is the remedy. Every other database error (a full disk, a statement too big, a c
 statement, a lock not available) is not the client's to retry: it is raised on, a 500 with
 its traceback in the log. A request whose transaction met the error rolled back; only a
 COMMIT whose answer was lost on the way (the connection dropped right after it) can have
-landed, so a retry of a create could in that one case make a second task.
+landed, so a retry of a create could in that one case make a second task, unless the
+create carries an Idempotency-Key (docs/api.md, "Idempotent creates").
 docs/running.md, "When Redis or PostgreSQL is down".
 
 Two hooks, one answer: `api_exception_handler` for DRF views (REST_FRAMEWORK's
