@@ -4,6 +4,8 @@
 #                               /usr/bin/chromium; no browser is downloaded from elsewhere)
 #   nginx                       the scale-out tests (WEB_INSTANCES=2 puts it in front)
 #   pgbouncer                   the test of TaskHub behind PgBouncer in transaction mode
+#   fonts-noto-color-emoji      emoji in the page drawn in colour, not as boxes (the chat's
+#                               browser test checks it)
 # Without them those tests skip themselves, saying so.
 set -euo pipefail
 
@@ -12,6 +14,7 @@ missing=()
   missing+=(chromium chromium-driver fonts-dejavu-core)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+fc-list 2>/dev/null | grep -q "Noto Color Emoji" || missing+=(fonts-noto-color-emoji)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "== present: $(/usr/bin/chromium --version 2>/dev/null | head -1), $(/usr/sbin/nginx -v 2>&1)"

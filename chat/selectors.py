@@ -62,6 +62,11 @@ def chat_room_list_for(*, user: AbstractBaseUser) -> QuerySet[ChatRoom]:
         .annotate(
             role=Subquery(participation.values("role")[:1]),
             last_read_id=Subquery(participation.values("last_read_message_id")[:1]),
+            # The newest message id as read: a client counts what arrives after it on top
+            # of unread_count, each message once (the page's live unread counts).
+            last_message_id=Subquery(
+                Message.objects.filter(room=OuterRef("pk")).order_by("-id").values("id")[:1]
+            ),
             # A direct room's other participant (null elsewhere, and once they left).
             peer_id=Case(
                 When(kind=RoomKind.DIRECT, then=Subquery(peers.values("user_id")[:1])),

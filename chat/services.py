@@ -21,6 +21,7 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.http import Http404
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -168,16 +169,18 @@ def chat_room_join(*, room: ChatRoom, user: AbstractBaseUser) -> ChatParticipant
 
 
 def _user_by_username(username: Any) -> AbstractBaseUser:
-    if not isinstance(username, str) or not username.strip():
-        raise ValidationError({"username": "Give a username."})
-    user = (
-        get_user_model()
-        ._default_manager.filter(**{get_user_model().USERNAME_FIELD: username.strip()})
-        .filter(is_active=True)
-        .first()
-    )
+    """An active user by exact username, or Http404 (a 404 like every other name that
+    points at nothing, e.g. a room slug)."""
+    user_model = get_user_model()
+    user = None
+    if isinstance(username, str) and username:
+        user = (
+            user_model._default_manager.filter(**{user_model.USERNAME_FIELD: username})
+            .filter(is_active=True)
+            .first()
+        )
     if user is None:
-        raise ValidationError({"username": f"No user {username.strip()!r}."})
+        raise Http404(f"No user {username!r}.")
     return user
 
 

@@ -24,6 +24,11 @@ class RoomOutputSerializer(serializers.Serializer):
     unread_count = serializers.IntegerField(
         allow_null=True, help_text="Messages after your read mark; null if not a participant."
     )
+    last_message_id = serializers.IntegerField(
+        allow_null=True,
+        help_text="The room's newest message id as this list was read (null: no messages); "
+        "unread_count counts up to it.",
+    )
     kind = serializers.ChoiceField(choices=RoomKind.choices)
     peer = serializers.SerializerMethodField(
         help_text="A direct room's other participant; null for other rooms."
@@ -42,7 +47,8 @@ class RoomOutputSerializer(serializers.Serializer):
 
 
 class UsernameInputSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
+    # Exact, as typed: no trimming (a username never starts or ends with a space).
+    username = serializers.CharField(max_length=150, trim_whitespace=False)
 
 
 class InviteOutputSerializer(serializers.Serializer):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
@@ -102,7 +103,11 @@ class RoomInviteApi(APIView):
 class DirectRoomApi(APIView):
     @extend_schema(
         request=UsernameInputSerializer,
-        responses={201: RoomOutputSerializer, 200: RoomOutputSerializer},
+        responses={
+            201: RoomOutputSerializer,
+            200: RoomOutputSerializer,
+            404: OpenApiResponse(OpenApiTypes.OBJECT, description="No active user of that name."),
+        },
     )
     def post(self, request: Request) -> Response:
         payload = UsernameInputSerializer(data=request.data)

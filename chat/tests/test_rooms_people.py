@@ -60,11 +60,11 @@ def test_an_invited_member_may_invite_too_but_an_outsider_sees_no_room(
     assert by_carol.status_code == 404
 
 
-def test_inviting_nobody_is_a_400_naming_the_username(client_for, alice, private_room):
+def test_inviting_nobody_is_a_404_naming_the_username(client_for, alice, private_room):
     response = client_for(alice).post(
         f"/api/chat/rooms/{private_room.slug}/invite/", {"username": "nobody"}, format="json"
     )
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert "nobody" in str(response.json())
 
 
@@ -124,7 +124,7 @@ def test_a_third_user_never_sees_nor_joins_a_direct_room(client_for, alice, bob,
 
 def test_direct_messages_with_yourself_or_nobody_are_refused(client_for, alice):
     assert client_for(alice).post("/api/chat/direct/", {"username": "alice"}).status_code == 400
-    assert client_for(alice).post("/api/chat/direct/", {"username": "zed"}).status_code == 400
+    assert client_for(alice).post("/api/chat/direct/", {"username": "zed"}).status_code == 404
 
 
 def test_a_side_that_left_is_back_when_either_starts_again(alice, bob):

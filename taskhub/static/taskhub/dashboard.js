@@ -1,4 +1,4 @@
-// The TaskHub dashboard: tasks, live status, search, notifications and chat.
+// The TaskHub dashboard: tasks, live status, search, notifications; the chat is chat.js.
 //
 // No framework and no build step. Every piece of user data reaches the DOM through
 // textContent or an attribute value, never innerHTML: a task titled
@@ -8,6 +8,7 @@
 // keeps it current. Each task keeps the newest `updated_at` it was shown with, so an older
 // event arriving after a newer REST read (or the other way round) never moves a row back.
 
+import { startChat } from "./chat.js";
 import { CLOSE_SERVICE_UNAVAILABLE, ProtocolClient } from "./protocol-client.js";
 
 const config = JSON.parse(document.getElementById("taskhub-config").textContent);
@@ -641,142 +642,11 @@ $("notifications-read-all").addEventListener("click", async () => {
   }
 });
 
-// --- Chat ---------------------------------------------------------------------------------
-
-const chatLog = $("chat-log");
-const chatForm = $("chat-form");
-const chatInput = $("chat-input");
-const chatError = $("chat-error");
-const chatTyping = $("chat-typing");
-const chatMessages = new Map(); // id -> {message, item}
-const typers = new Map(); // username -> timer
-const MAX_CHAT_ITEMS = 200;
-let lastTypingSentAt = 0;
-
-function authorName(message) {
-  return message.author?.username ?? "deleted user";
-}
-
-function chatItem(message) {
-  const mine = message.author?.id === config.user.id;
-  const item = el("li", { className: mine ? "msg msg--mine" : "msg", attrs: { "data-message-id": message.id } });
-  const meta = el("div", { className: "msg-meta" }, [
-    el("span", { className: "msg-author", text: authorName(message) }),
-    timeElement(message.created_at),
-  ]);
-  if (message.edited_at) meta.append(el("span", { className: "muted", text: "(edited)" }));
-  item.append(meta, el("p", { className: "msg-text", text: message.text }));
-  return item;
-}
-
-// Messages a moderator deleted: a chat.history read before the delete may still hold one.
-const deletedChatMessages = new Set();
-
-function removeChatMessage(data) {
-  if (!data || data.room !== config.chatRoom || data.id === undefined) return;
-  deletedChatMessages.add(data.id);
-  const known = chatMessages.get(data.id);
-  if (!known) return;
-  known.item.remove();
-  chatMessages.delete(data.id);
-}
-
-function addChatMessage(message) {
-  if (!message || message.room !== config.chatRoom || message.id === undefined) return;
-  if (deletedChatMessages.has(message.id)) return;
-  const known = chatMessages.get(message.id);
-  const item = chatItem(message);
-  if (known) {
-    known.item.replaceWith(item);
-    chatMessages.set(message.id, { message, item });
-    return;
-  }
-  const stick = chatLog.scrollHeight - chatLog.scrollTop - chatLog.clientHeight < 40;
-  // Keep id order (history and live messages may interleave around a reconnect).
-  let before = null;
-  for (const [id, entry] of chatMessages) {
-    if (id > message.id && (before === null || id < before.id)) before = { id, item: entry.item };
-  }
-  chatLog.insertBefore(item, before ? before.item : null);
-  chatMessages.set(message.id, { message, item });
-  while (chatMessages.size > MAX_CHAT_ITEMS) {
-    const oldest = Math.min(...chatMessages.keys());
-    chatMessages.get(oldest).item.remove();
-    chatMessages.delete(oldest);
-  }
-  if (stick) chatLog.scrollTop = chatLog.scrollHeight;
-  const typingTimer = typers.get(authorName(message));
-  if (typingTimer) {
-    clearTimeout(typingTimer);
-    typers.delete(authorName(message));
-    showTypers();
-  }
-}
-
-function showTypers() {
-  const names = [...typers.keys()];
-  if (names.length === 0) chatTyping.textContent = "";
-  else if (names.length === 1) chatTyping.textContent = `${names[0]} is typing…`;
-  else chatTyping.textContent = `${names.slice(0, 3).join(", ")} are typing…`;
-}
-
-function onTyping(frame) {
-  const data = frame.data || {};
-  if (data.room !== config.chatRoom || !data.user || data.user.id === config.user.id) return;
-  const name = data.user.username;
-  clearTimeout(typers.get(name));
-  typers.set(name, setTimeout(() => {
-    typers.delete(name);
-    showTypers();
-  }, 4000));
-  showTypers();
-}
-
-async function subscribeChat() {
-  try {
-    const reply = await client.request("subscribe.chat", { room: config.chatRoom });
-    chatError.textContent = "";
-    for (const message of reply.data?.messages || []) addChatMessage(message);
-    chatLog.scrollTop = chatLog.scrollHeight;
-  } catch (error) {
-    if (error.code === "connection_lost") return; // resubscribed on the next "open"
-    chatError.textContent = `Chat unavailable: ${error.message}`;
-  }
-}
-
-chatForm.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = chatInput.value.trim();
-  if (!text) return;
-  const ref = client.send("chat.message.post", { room: config.chatRoom, text });
-  if (ref === null) {
-    chatError.textContent = "Not connected; your message was not sent. Try again in a moment.";
-    return;
-  }
-  chatError.textContent = "";
-  chatInput.value = "";
-  sentChatRefs.set(ref, text);
-  setTimeout(() => sentChatRefs.delete(ref), 30000);
-});
-const sentChatRefs = new Map(); // ref -> text, to give the text back if the server refuses it
-
-chatInput.addEventListener("input", () => {
-  // The server keeps one hint per user per 2 s anyway; not sending more spares the socket.
-  const now = Date.now();
-  if (chatInput.value.trim() && now - lastTypingSentAt > 1500) {
-    lastTypingSentAt = now;
-    client.send("chat.typing", { room: config.chatRoom });
-  }
-});
+// --- Chat: taskhub/static/taskhub/chat.js (started below with this page's socket) ---------
 
 function onError(frame) {
   const data = frame.data || {};
-  const ref = frame.ref ?? data.ref;
-  if (ref !== undefined && sentChatRefs.has(ref)) {
-    chatError.textContent = `Message not sent: ${data.detail || data.code}`;
-    if (!chatInput.value) chatInput.value = sentChatRefs.get(ref);
-    sentChatRefs.delete(ref);
-  } else if (data.code === "events_pruned") {
+  if (data.code === "events_pruned") {
     // Retention dropped events we never saw: the table may be stale. Read it again.
     reloadTasks();
   }
@@ -799,7 +669,6 @@ client.on("state", ({ state, code }) => {
       document.body.dataset.ready = "true"; // the first state is on screen
     });
   }
-  subscribeChat();
 });
 client.on("*", (frame) => {
   if (Number.isInteger(frame.id)) document.body.dataset.lastEventId = String(frame.id);
@@ -811,10 +680,6 @@ client.on("task.updated", onTaskUpdated);
 client.on("task.deleted", onTaskDeleted);
 client.on("task.progress", onTaskProgress);
 client.on("notification.new", onNotification);
-client.on("chat.message.posted", (frame) => addChatMessage(frame.data));
-client.on("chat.message.edited", (frame) => addChatMessage(frame.data));
-client.on("chat.message.deleted", (frame) => removeChatMessage(frame.data));
-client.on("chat.typing", onTyping);
 client.on("error", onError);
 client.on("reset", () => reloadTasks());
 client.on("fatal", ({ code }) => {
@@ -825,3 +690,4 @@ client.on("fatal", ({ code }) => {
 
 showUnread(0);
 client.connect();
+startChat({ client, config, api, el, timeElement, announce });
