@@ -218,3 +218,43 @@ def test_150_clients_in_one_room_all_receive_a_broadcast(daphne_server, general_
         await asyncio.gather(*(tab.close() for tab in [*tabs, poster]))
 
     asyncio.run(scenario())
+
+
+def test_leaving_a_private_room_over_rest_cuts_off_the_users_open_sockets_at_once(
+    daphne_server, alice, bob
+):
+    """Bob has the room open in two tabs and leaves it over REST: both sockets get
+    `chat.unsubscribed` (left) before anything else of the room, and alice's next message
+    there reaches alice only. A real Daphne and real sockets on the real Redis layer."""
+    from chat import services
+
+    room = services.chat_room_create(creator=alice, name="Crew", is_public=False)
+    services.chat_room_invite(room=room, by=alice, username="bob")
+    alice_token, bob_token = access_token_for(alice), access_token_for(bob)
+
+    async def scenario() -> None:
+        alice_tab = await open_tab(daphne_server, alice_token)
+        bob_tabs = [await open_tab(daphne_server, bob_token) for _ in range(2)]
+        for tab in (alice_tab, *bob_tabs):
+            await tab.subscribe(room.slug)
+
+        async with httpx.AsyncClient(base_url=daphne_server) as http:
+            left = await http.post(
+                f"/api/chat/rooms/{room.slug}/leave/",
+                headers={"Authorization": f"Bearer {bob_token}"},
+            )
+        assert left.status_code == 204
+
+        for tab in bob_tabs:
+            frame = await tab.receive_type("chat.unsubscribed", timeout=TIMEOUT)
+            assert frame["data"] == {"room": room.slug, "reason": "left"}
+        await alice_tab.post(room.slug, "still here?", ref="a-1")
+        for tab in bob_tabs:
+            await tab.assert_nothing_more()
+            refused = await tab.request({"type": "subscribe.chat", "room": room.slug})
+            assert (refused["type"], refused["data"]["code"]) == ("error", "not_found")
+        await alice_tab.assert_nothing_more()
+        for tab in (alice_tab, *bob_tabs):
+            await tab.close()
+
+    asyncio.run(scenario())
