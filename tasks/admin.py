@@ -78,6 +78,7 @@ class TaskAdmin(admin.ModelAdmin):
         "owner",
         "progress",
         "attempts",
+        "max_attempts",
         "created_at",
         "started_at",
         "finished_at",
@@ -93,6 +94,9 @@ class TaskAdmin(admin.ModelAdmin):
         "result",
         "error",
         "attempts",
+        # The retry policy, resolved at create (docs/tasks.md, "Retries"): shown, not edited.
+        "max_attempts",
+        "retry_backoff",
         "stop_requested",
         "worker",
         "created_at",

@@ -5,13 +5,18 @@ wait, only the final failure terminal, cancel stops retries, manual retry with n
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from conftest import access_token_for
+from devserver import testing
+from devserver.wsclient import open_network
 from notifications.models import Event, Notification
 from taskhub.exceptions import ConflictError
 from tasks import services
@@ -468,3 +473,97 @@ def test_rest_retry_of_bobs_task_is_404_whatever_the_body(alice, bob, client_for
     )
 
     assert response.status_code == 404
+
+
+# --- End to end: a real worker, beat and Daphne, a client on the socket ------------------
+
+
+@pytest.fixture
+def beat_process(celery_worker_process, tmp_path):
+    """Beat's dispatcher tick: a retry waits for its run_at, and only the tick (not a
+    create's nudge) picks it up then."""
+    beat = testing.start_beat(schedule_dir=tmp_path)
+    yield beat
+    beat.stop()
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_a_client_sees_each_retry_then_the_final_failure_then_an_edited_rerun(
+    alice, daphne_server, beat_process
+):
+    token = await sync_to_async(access_token_for)(alice)
+    socket = await open_network(daphne_server, token=token)
+    assert (await socket.receive())["type"] == "welcome"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=daphne_server, headers=headers) as http:
+        response = await http.post(
+            "/api/tasks/",
+            json={
+                "title": "flaky e2e",
+                "params": {"seconds": 0.1, "steps": 1, "fail_at_step": 1},
+                "max_attempts": 3,
+                "retry_backoff": 1,
+            },
+        )
+        assert response.status_code == 201, response.text
+        task_id = response.json()["id"]
+
+        def ended(status: str):
+            return lambda f: (
+                f["type"] == "task.updated"
+                and f["data"]["task_id"] == task_id
+                and f["data"]["status"] == status
+            )
+
+        frames = await socket.receive_until(ended("failed"), timeout=60)
+        updates = [f for f in frames if f["type"] == "task.updated"]
+        assert [u["data"]["status"] for u in updates] == [
+            "pending", "queued", "in_progress",
+            "pending", "queued", "in_progress",
+            "pending", "queued", "in_progress",
+            "failed",
+        ]  # fmt: skip
+        retries = [(i, u["data"]["retry"]) for i, u in enumerate(updates) if "retry" in u["data"]]
+        assert [(r["attempt"], r["of"]) for _, r in retries] == [(2, 3), (3, 3)]
+        assert 0.8 <= retries[0][1]["in_seconds"] <= 1.2
+        assert 1.6 <= retries[1][1]["in_seconds"] <= 2.4
+        assert all("simulated failure at step 1" in r["error"] for _, r in retries)
+        for index, retry in retries:
+            # The dispatcher queued the next attempt only once its run_at had come.
+            assert _at(updates[index + 1]["ts"]) >= _at(retry["run_at"])
+        assert updates[-1]["data"]["attempts"] == 3
+        # The retries are not terminal: the only inbox entry follows the final failure.
+        assert not [f for f in frames if f["type"] == "notification.new"]
+        notification = (await socket.receive_until(lambda f: f["type"] == "notification.new"))[-1]
+        assert notification["data"]["title"] == "Task “flaky e2e” failed"
+
+        # Edit and re-run: a fourth attempt with params that work.
+        response = await http.post(
+            f"/api/tasks/{task_id}/retry/", json={"params": {"seconds": 0.1, "steps": 1}}
+        )
+        assert response.status_code == 200, response.text
+        frames = await socket.receive_until(ended("completed"), timeout=60)
+    rerun = [f["data"] for f in frames if f["type"] == "task.updated"]
+    assert (rerun[0]["status"], rerun[0]["previous_status"]) == ("pending", "failed")
+    assert rerun[0]["params_changed"] is True
+    assert rerun[0]["params"] == {"seconds": 0.1, "steps": 1}
+    assert rerun[-1]["attempts"] == 4
+    await socket.close()
+
+
+def test_the_admin_shows_the_policy(operator, alice):
+    task = services.task_create(
+        owner=alice, title="t", kind="echo", max_attempts=4, retry_backoff=30
+    )
+
+    page = operator.get(f"/admin/tasks/task/{task.pk}/change/").content.decode()
+    listing = operator.get("/admin/tasks/task/").content.decode()
+
+    assert "Max attempts" in page and "Retry backoff" in page
+    assert ">30<" in page.replace("\n", "").replace(" ", "") or "30</div>" in page
+    assert "column-max_attempts" in listing
