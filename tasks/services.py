@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -1017,13 +1017,21 @@ def _is_idempotency_key_taken(exc: IntegrityError) -> bool:
 
 
 def task_create_idempotent(
-    *, owner: AbstractBaseUser, key: str, **create_kwargs: Any
+    *,
+    owner: AbstractBaseUser,
+    key: str,
+    sent_fields: Collection[str] | None = None,
+    **create_kwargs: Any,
 ) -> IdempotentCreate:
     """task_create(owner=owner, **create_kwargs) at most once per (owner, key) within
     TASKHUB_IDEMPOTENCY_KEY_HOURS: a repeat with the same input gets the first task back
     (created False, the first answer's status code); with other input, UnprocessableError
     (422, FAILED_PRECONDITION). A key older than the window counts as unused: it is
     replaced and a new task made. ValidationError for a malformed key.
+
+    "The input" is the validated values of `sent_fields`, the fields the client sent
+    (None: all of create_kwargs). Not the defaults a surface filled in: a field added to
+    the create with a default would otherwise turn a retry that spans the deploy into a 422.
 
     Two requests racing with one key both find no key and both insert a task, but the
     unique (owner, key) lets only one insert its key: the other blocks on it until the
@@ -1032,7 +1040,13 @@ def task_create_idempotent(
     problem = idempotency_key_problem(key)
     if problem is not None:
         raise ValidationError({"idempotency_key": [problem]})
-    request_hash = idempotency_request_hash(create_kwargs)
+    request_hash = idempotency_request_hash(
+        {
+            name: value
+            for name, value in create_kwargs.items()
+            if sent_fields is None or name in sent_fields
+        }
+    )
     # Twice at most: a lost race leaves the winner's key committed for the second pass
     # (unless the retention job deleted it in between, hence a third).
     for _ in range(3):

@@ -118,7 +118,10 @@ class TaskListCreateApi(APIView):
         # A replay answers the first request's status code with the task as it is now
         # (docs/api.md, "Idempotent creates": its status may have moved on since).
         outcome = services.task_create_idempotent(
-            owner=request.user, key=key, **payload.validated_data
+            owner=request.user,
+            key=key,
+            sent_fields=set(request.data),
+            **payload.validated_data,
         )
         response = Response(TaskOutputSerializer(outcome.task).data, status=outcome.response_status)
         if not outcome.created:

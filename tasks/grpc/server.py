@@ -157,7 +157,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         if problem := services.idempotency_key_problem(request.idempotency_key):
             raise invalid_argument({"idempotency_key": [problem]})
         outcome = services.task_create_idempotent(
-            owner=user, key=request.idempotency_key, **payload.validated_data
+            owner=user, key=request.idempotency_key, sent_fields=set(data), **payload.validated_data
         )
         if not outcome.created:
             context.set_trailing_metadata(((IDEMPOTENT_REPLAYED_METADATA, "true"),))

@@ -116,6 +116,20 @@ def test_every_field_of_the_request_counts_even_ones_added_later(alice):
         create(alice, "k1", params={"n": 1})
 
 
+@pytest.mark.django_db
+def test_a_default_the_server_fills_in_is_not_part_of_the_request(alice):
+    """A retry that spans a deploy adding a create field with a default (callback_url's
+    "" did) still finds its task: only the fields the client sent are compared."""
+    sent = set(REQUEST)
+    before = create(alice, "order-42", sent_fields=sent)
+
+    after = create(alice, "order-42", sent_fields=sent, callback_url="")
+
+    assert (after.created, after.task.pk) == (False, before.task.pk)
+    with pytest.raises(UnprocessableError):
+        create(alice, "order-42", sent_fields={*sent, "callback_url"}, callback_url="")
+
+
 def test_the_hash_is_of_the_content_not_of_its_spelling():
     moment = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     same_moment_elsewhere = moment.astimezone(timezone.get_fixed_timezone(180))
