@@ -14,7 +14,11 @@ Every `daphne` option works as documented; this adds (docs/protocol.md, "Limits"
   failByDrop, which drops the TCP connection instead, so a client saw a reset and no
   reason; Daphne exposes no option for it. It is set on Daphne's WebSocket factory through
   the Server's `ready_callable`, which Daphne calls once the factory exists and before the
-  reactor accepts a connection.
+  reactor accepts a connection. A close frame that is itself invalid (a reserved code,
+  a one-byte payload, a reason that is not UTF-8) is answered the same way: autobahn
+  queues its 1002/1007 close, then takes the bad close for the reply to it and aborts the
+  TCP connection in the same call, discarding the frame it just queued; the protocol here
+  (ClosingWebSocketProtocol) lets that close go out first (issue 13, R6).
 * A request line (or a header line) over Twisted's 16 KiB line limit gets an answer,
   414 URI Too Long (431 for a header), instead of a dropped connection with none:
   LineReceiver's lineLengthExceeded, which HTTPChannel does not override, only closes the
@@ -46,6 +50,8 @@ from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
 from daphne.http_protocol import WebRequest
 from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import reactor
 from twisted.web import http
 
 from taskhub import body_limit
@@ -54,6 +60,8 @@ from taskhub.redaction import redact
 # How long a connection answered 413 may go on sending the body it declared (discarded)
 # before it is cut: long enough for an ordinary client to read the answer.
 LINGER_SECONDS = 10
+# How long a WebSocket whose closing handshake is over may take to read our close frame.
+CLOSE_LINGER_SECONDS = 5
 
 
 class RedactingAccessLog(AccessLogGenerator):
@@ -61,6 +69,35 @@ class RedactingAccessLog(AccessLogGenerator):
 
     def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None):
         super().write_entry(host, date, redact(request), status, length, ident, user)
+
+
+class ClosingWebSocketProtocol(WebSocketProtocol):
+    """Daphne's WebSocket protocol, except that the TCP abort which ends a closing
+    handshake started by the peer's close frame first sends what is queued.
+
+    A server ends the handshake with an abort (RST) once the peer's close has arrived.
+    When that close was invalid, autobahn answers it with a 1002/1007 close *in the same
+    call*, then sees a close "in reply" and aborts, dropping the answer unsent. Here the
+    transport is closed gracefully instead (loseConnection flushes the answer), and
+    aborted after CLOSE_LINGER_SECONDS if the peer leaves it unread.
+    """
+
+    _in_peer_close = False
+
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        self._in_peer_close = True
+        try:
+            return super().onCloseFrame(code, reasonRaw)
+        finally:
+            self._in_peer_close = False
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        if abort and self._in_peer_close:
+            transport = self.transport
+            transport.loseConnection()
+            reactor.callLater(CLOSE_LINGER_SECONDS, transport.abortConnection)
+            return
+        super()._closeConnection(abort)
 
 
 class TaskHubServer(Server):
@@ -85,6 +122,7 @@ class TaskHubServer(Server):
     def _configure(self) -> None:
         # Called by Server.run() right after it built self.ws_factory, before reactor.run().
         self.ws_factory.setProtocolOptions(failByDrop=False)
+        self.ws_factory.protocol = ClosingWebSocketProtocol
         build = self.http_factory.buildProtocol
         _check_twisted_private_names(build(None))
 

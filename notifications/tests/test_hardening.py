@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,6 +91,41 @@ def test_invalid_utf8_in_a_text_frame_is_refused_with_1007(alice, bob, web):
     other = open_raw(base_url, bob)
     assert ping(other)["type"] == "pong"
     assert "Traceback" not in process.output
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (struct.pack("!H", 1005), 1002),  # a code no endpoint may send (RFC 6455 §7.4.1)
+        (struct.pack("!H", 999), 1002),
+        (b"\x03", 1002),  # one byte: no room for a code
+        (struct.pack("!H", 1000) + b"\xff\xfe", 1007),  # a reason that is not UTF-8
+    ],
+    ids=["code 1005", "code 999", "one byte", "reason not UTF-8"],
+)
+def test_an_invalid_close_frame_is_answered_with_a_close_frame_not_a_reset(
+    alice, bob, web, payload, code
+):
+    # autobahn queues its 1002/1007 close and, taking the bad close for the reply to it,
+    # aborted the TCP connection in the same call: the client saw a reset (issue 13, R6).
+    process, base_url = web
+    socket = open_raw(base_url, alice)
+    socket.send_frame(OP_CLOSE, payload)
+
+    close = socket.receive_close()
+    assert (close.opcode, close.close_code) == (OP_CLOSE, code)
+    socket.close()
+
+    other = open_raw(base_url, bob)
+    assert ping(other)["type"] == "pong"
+    assert "Traceback" not in process.output
+
+
+def test_a_valid_close_is_echoed(alice, web):
+    _, base_url = web
+    socket = open_raw(base_url, alice)
+    socket.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+    assert socket.receive_close().close_code == 1000
 
 
 def test_a_connect_whose_registration_fails_is_closed_with_4503(alice, own_redis):  # noqa: F811
