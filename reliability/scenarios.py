@@ -510,9 +510,17 @@ def s1_abuse(*, burst: int = 120) -> Result:
     return Result("S1", measured, failures, rows, misses)
 
 
+def r6_malformed_frames(*, frames: int) -> Result:
+    """R6, in reliability/malformed_frames.py (imported here on use: it imports this)."""
+    from reliability.malformed_frames import r6_malformed_frames
+
+    return r6_malformed_frames(frames=frames)
+
+
 QUICK = {
     "R1": lambda: r1_worker_kills(tasks=60, kills=4, interval=(3, 6)),
     "R4": lambda: r4_resume(users=10, clients_per_user=2, events=300, drop=0.05),
+    "R6": lambda: r6_malformed_frames(frames=300),
     "R7": lambda: r7_connect_close(cycles=1000),
     "S1": lambda: s1_abuse(),
 }
@@ -520,6 +528,7 @@ QUICK = {
 FULL = {
     "R1": lambda: r1_worker_kills(tasks=1000, kills=30, interval=(5, 20)),
     "R4": lambda: r4_resume(users=50, clients_per_user=4, events=5000, drop=0.01),
+    "R6": lambda: r6_malformed_frames(frames=10_000),
     "R7": lambda: r7_connect_close(cycles=10_000),
     "S1": lambda: s1_abuse(),
 }
