@@ -11,7 +11,7 @@ from django.utils.translation import gettext_lazy
 
 from taskhub.exceptions import ConflictError
 from tasks import services
-from tasks.models import Task, TaskStatus
+from tasks.models import IdempotencyKey, Task, TaskStatus
 from tasks.processors import registry
 
 # Set on the request when the service refused the change form's edit (save_model).
@@ -302,3 +302,27 @@ class TaskAdmin(admin.ModelAdmin):
         if more > 0:
             shown += f" and {more} more"
         self.message_user(request, f"{len(refused)} task(s) {why}: {shown}.", messages.WARNING)
+
+
+@admin.register(IdempotencyKey)
+class IdempotencyKeyAdmin(admin.ModelAdmin):
+    """Read-only: a key is written by services.task_create_idempotent only and deleted by
+    age (services.idempotency_keys_prune); a hand-edited hash or task would answer a
+    client's retry with the wrong task (docs/api.md, "Idempotent creates")."""
+
+    list_display = ("key", "owner", "task", "response_status", "created_at")
+    search_fields = ("key", "owner__username")
+    list_select_related = ("owner", "task")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: IdempotencyKey | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: IdempotencyKey | None = None
+    ) -> bool:
+        return False

@@ -349,6 +349,23 @@ def test_the_schema_declares_the_header_and_the_422(client_for, alice):
     assert "422" in operation["responses"]
 
 
+@pytest.mark.django_db
+def test_operators_see_the_keys_in_the_admin_but_cannot_add_edit_or_delete_them(alice, operator):
+    made = create(alice, "order-42")
+    key = IdempotencyKey.objects.get()
+
+    listing = operator.get("/admin/tasks/idempotencykey/")
+    assert listing.status_code == 200
+    assert "order-42" in listing.content.decode()
+    assert operator.get("/admin/tasks/idempotencykey/add/").status_code == 403
+    assert (
+        operator.post(f"/admin/tasks/idempotencykey/{key.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    assert operator.post(f"/admin/tasks/idempotencykey/{key.pk}/change/", {}).status_code == 403
+    assert IdempotencyKey.objects.get().task == made.task
+
+
 # --- gRPC --------------------------------------------------------------------------------
 
 
