@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import ISO_8601, serializers
 from rest_framework.fields import SkipField, empty
 from rest_framework.settings import api_settings
@@ -38,6 +39,32 @@ TASK_FIELDS = (
 )
 
 
+# A callback URL as the schema describes it: http(s), a host name of at most four labels
+# (each 1-63 characters, a TLD of letters), a port, printable ASCII after. A subset of what
+# the field takes (Django's URLValidator, then the webhooks app's SSRF rule), spelled out
+# because JSON Schema's "uri" also allows what URLValidator refuses (a host over 253
+# characters), so a client that trusted it would be refused.
+_LABEL = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+CALLBACK_URL_SCHEMA = {
+    "type": "string",
+    "maxLength": 2000,
+    "pattern": f"^(https?://{_LABEL}(\\.{_LABEL}){{0,2}}\\.[a-z]{{2,24}}(:[1-9][0-9]{{0,3}})?"
+    "([/?#][!-~]*)?)?$",
+    "description": "Signed POST of the task when it ends (docs/webhooks.md); empty: none. "
+    "Refused if the host resolves to a loopback, private or link-local address.",
+}
+
+
+@extend_schema_field(CALLBACK_URL_SCHEMA)
+class CallbackUrlField(serializers.URLField):
+    """An http(s) URL webhooks may call (the SSRF rule is checked by the serializer that
+    uses it, through tasks.extensions)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 2000)
+        super().__init__(**kwargs)
+
+
 def _iso(value: datetime | None) -> str | None:
     # DRF's DateTimeField with ISO_8601: the current time zone, "+00:00" written "Z".
     if value is None:
@@ -59,6 +86,9 @@ class TaskOutputSerializer(serializers.ModelSerializer):
     create and in a page of search hits. test_serializers.py holds it equal to the generic
     one for tasks in every state.
     """
+
+    # Text, not the model's URLField: "" (no callback URL) is not a "uri" in the schema.
+    callback_url = serializers.CharField(read_only=True)
 
     class Meta:
         model = Task
@@ -104,9 +134,7 @@ class TaskCreateInputSerializer(serializers.Serializer):
     params = serializers.JSONField(required=False, default=dict)
     timeout = serializers.IntegerField(required=False)
     # POSTed to, signed, when the task ends (docs/webhooks.md); "": the owner's default.
-    callback_url = serializers.URLField(
-        max_length=2000, required=False, allow_blank=True, default=""
-    )
+    callback_url = CallbackUrlField(required=False, allow_blank=True, default="")
     run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
     # The retry policy (docs/tasks.md, "Retries"); absent: the kind's default, else the
     # settings'. The ranges are task_validate_run's.

@@ -2,11 +2,15 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from tasks.api.serializers import CallbackUrlField
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSettings
 
 
 class WebhookSettingsOutputSerializer(serializers.ModelSerializer):
     """Shown to its owner only: the secret is theirs to verify signatures with."""
+
+    # Text, not the model's URLField: "" (none) is not a "uri" in the schema.
+    default_url = serializers.CharField(read_only=True)
 
     class Meta:
         model = WebhookSettings
@@ -16,7 +20,7 @@ class WebhookSettingsOutputSerializer(serializers.ModelSerializer):
 
 class WebhookSettingsInputSerializer(serializers.Serializer):
     # Whether TaskHub may call it (the SSRF rule) is webhooks.services' to say.
-    default_url = serializers.URLField(max_length=2000, allow_blank=True)
+    default_url = CallbackUrlField(allow_blank=True)
 
 
 class WebhookAttemptOutputSerializer(serializers.ModelSerializer):
