@@ -567,3 +567,40 @@ def test_the_admin_shows_the_policy(operator, alice):
     assert "Max attempts" in page and "Retry backoff" in page
     assert ">30<" in page.replace("\n", "").replace(" ", "") or "30</div>" in page
     assert "column-max_attempts" in listing
+
+
+# --- gRPC --------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_grpc_create_takes_the_policy_and_refuses_a_bad_one(alice):
+    import grpc
+
+    from tasks.grpc.gen import taskhub_pb2 as pb
+    from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc
+    from tasks.tests.test_grpc import bearer, field_violations, start_grpcserver
+
+    server, address = start_grpcserver()
+    try:
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            stub = pb_grpc.TaskServiceStub(channel)
+
+            def create(**fields):
+                request = pb.CreateTaskRequest(title="t", kind="flaky", **fields)
+                return stub.CreateTask(request, metadata=bearer(alice), timeout=10)
+
+            asked = create(max_attempts=4, retry_backoff=0)
+            of_kind = create()
+            with pytest.raises(grpc.RpcError) as refused:
+                create(max_attempts=0, retry_backoff=4000)
+    finally:
+        server.stop()
+
+    assert (asked.max_attempts, asked.retry_backoff) == (4, 0)
+    assert (of_kind.max_attempts, of_kind.retry_backoff) == (3, 2)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = field_violations(refused.value)
+    assert "Must be between 1 and 10" in violations["max_attempts"]
+    assert "Must be between 0 and 3600 seconds." in violations["retry_backoff"]
