@@ -573,6 +573,10 @@ LOGGING = {
         "push_response": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # httpx logs each webhook POST's URL at INFO, as connected: the address, the path
+        # and any query (a receiver's token, often). webhooks.services logs each attempt
+        # itself, by delivery id.
+        "httpx": {"level": "WARNING"},
         # The dispatcher ticks every second: see DropRoutineTicks.
         "celery.app.trace": {"filters": ["drop_routine_ticks"]},
         "celery.worker.strategy": {"filters": ["drop_routine_ticks"]},
