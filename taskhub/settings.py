@@ -326,6 +326,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "taskhub.openapi.declare_error_responses",
+        "schedules.api.openapi.describe_schedule_bodies",
     ],
 }
 
