@@ -25,7 +25,9 @@ from taskhub.tests.test_browser import (  # noqa: F401 (fixtures)
     expect,
     on_server,
     open_page,
-    sign_in,
+)
+from taskhub.tests.test_browser import (
+    sign_in as sign_in_page,
 )
 
 pytestmark = [
@@ -52,6 +54,13 @@ def chat_server(django_db_setup, django_db_blocker) -> Iterator[str]:
 @pytest.fixture
 def web_url(chat_server, general_room) -> str:
     return chat_server
+
+
+def sign_in(page: Any, base_url: str, user: Any, password: str) -> None:
+    """test_browser.py's sign-in, then until the chat follows the user's rooms (a message
+    posted before would come in a history, not live)."""
+    sign_in_page(page, base_url, user, password)
+    expect(page.locator("body")).to_have_attribute("data-chat-ready", "true")
 
 
 def room_participant(*, slug: str, username: str) -> ChatParticipant:
@@ -237,12 +246,22 @@ def test_a_phone_switches_between_tasks_and_chat(web_url, open_page, alice, bob,
     page = open_page(viewport={"width": 375, "height": 740})
     sign_in(page, web_url, alice, "alice-pass-123")
     tasks_tab = page.get_by_role("button", name="Tasks", exact=True)
-    chat_tab = page.get_by_role("button", name="Chat", exact=True)
+    chat_tab = page.locator('[data-view-tab="chat"]')  # its name carries the unread count
     expect(tasks_tab).to_have_attribute("aria-pressed", "true")
     expect(page.get_by_role("heading", name="Your tasks")).to_be_visible()
     expect(page.get_by_role("heading", name="Chat", exact=True)).to_be_hidden()
 
+    # While the tasks are shown, the Chat button counts what arrives in the open room.
+    def bob_says_hi() -> None:
+        chat_services.chat_room_join(room=general_room, user=bob)
+        chat_services.chat_message_post(room=general_room, author=bob, text="hi from bob")
+
+    on_server(bob_says_hi)
+    expect(page.get_by_role("button", name="Chat, 1 unread")).to_be_visible()
+
     chat_tab.click()
+    expect(message_item(page, "hi from bob")).to_be_visible()
+    expect(chat_tab).to_have_attribute("aria-label", "Chat")
     expect(page.get_by_role("heading", name="Chat", exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name="Your tasks")).to_be_hidden()
     expect(page.locator("#chat-input")).to_be_in_viewport()

@@ -37,6 +37,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
   const inviteButton = $("chat-invite");
   const leaveButton = $("chat-leave");
   const tabCount = $("chat-tab-count");
+  const viewTabs = document.querySelector(".view-tabs");
 
   /** slug -> {data (REST room), messages: Map id->message, counted: Set, unread, hasMore, loadingOlder} */
   const rooms = new Map();
@@ -86,7 +87,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
       state.counted = new Set();
       for (const message of state.messages.values()) countUnread(state, message);
     }
-    if (data.slug === active) state.unread = 0; // on screen: read (markRead tells the server)
+    if (data.slug === active && chatOnScreen()) state.unread = 0; // read (markRead tells the server)
     return state;
   }
 
@@ -103,6 +104,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
       }
       renderRooms();
       await followRooms();
+      document.body.dataset.chatReady = "true"; // the rooms are followed (tests wait on it)
     } catch (err) {
       error.textContent = `Could not load chat rooms: ${err.message}`;
     }
@@ -134,7 +136,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
       if (slug === active) {
         renderLog();
         log.scrollTop = log.scrollHeight;
-        markRead();
+        if (chatOnScreen()) markRead();
       }
     } catch (err) {
       if (err.code === "connection_lost" || err.code === "not_connected") return; // again on "open"
@@ -166,7 +168,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
       return el("li", {}, [button]);
     });
     roomList.replaceChildren(...items);
-    const total = [...rooms.values()].reduce((sum, state) => sum + (state.data.slug === active ? 0 : state.unread), 0);
+    const total = [...rooms.values()].reduce((sum, state) => sum + state.unread, 0);
     tabCount.textContent = total > 99 ? "99+" : String(total);
     tabCount.hidden = total === 0;
     tabCount.closest("button")?.setAttribute("aria-label", total > 0 ? `Chat, ${total} unread` : "Chat");
@@ -235,9 +237,14 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
 
   // --- Messages -------------------------------------------------------------------------
 
+  /** Whether the chat is on screen: always on a wide screen, behind its tab on a phone. */
+  function chatOnScreen() {
+    return document.body.dataset.view === "chat" || getComputedStyle(viewTabs).display === "none";
+  }
+
   function countUnread(state, message) {
     if (message.author?.id === me || message.id <= (state.restLastId ?? 0)) return;
-    if (state.counted.has(message.id) || state.data.slug === active) return;
+    if (state.counted.has(message.id) || (state.data.slug === active && chatOnScreen())) return;
     state.counted.add(message.id);
     state.unread += 1;
   }
@@ -260,10 +267,9 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
         typers.delete(message.author.username);
         showTypers();
       }
-      if (!known) markRead();
-    } else if (!known) {
-      renderRooms();
+      if (!known && chatOnScreen()) markRead();
     }
+    if (!known) renderRooms();
   }
 
   function removeMessage(data) {
@@ -587,6 +593,10 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
   for (const tab of document.querySelectorAll("[data-view-tab]")) {
     tab.addEventListener("click", () => {
       document.body.dataset.view = tab.dataset.viewTab;
+      if (tab.dataset.viewTab === "chat") {
+        markRead(); // what was counted while the tasks were shown is read now
+        log.scrollTop = log.scrollHeight;
+      }
     });
   }
   new MutationObserver(() => {
