@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -219,6 +220,11 @@ def delivery_attempt(
         error = f"refused: {exc}"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:2000] or type(exc).__name__
+    except SoftTimeLimitExceeded:
+        # httpx's timeouts are per read: a receiver that trickles its answer could hold the
+        # worker past them. Celery's soft limit (CELERY_TASK_SOFT_TIME_LIMIT) ends it; the
+        # attempt is still recorded, and retried like any failure.
+        error = "no complete answer within the delivery task's time limit"
     latency_ms = round((time.monotonic() - started) * 1000)
     return delivery_record_attempt(
         delivery_id=delivery.pk,

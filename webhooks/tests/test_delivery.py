@@ -176,3 +176,22 @@ def test_the_sweep_sends_what_is_due_and_only_that(completed_delivery, sent_mess
         next_attempt_at=timezone.now() + timedelta(minutes=5)
     )
     assert sweep_due_deliveries() == 0
+
+
+def test_an_attempt_cut_by_the_task_time_limit_is_recorded_and_retried(
+    completed_delivery, monkeypatch
+):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from webhooks import client
+
+    def trickling(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(client, "post", trickling)
+
+    delivery = services.delivery_attempt(delivery_id=completed_delivery.pk)
+
+    attempt = delivery.attempt_log.get()
+    assert attempt.status_code is None and "time limit" in attempt.error
+    assert delivery.state == DeliveryState.PENDING and delivery.next_attempt_at is not None
