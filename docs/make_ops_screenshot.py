@@ -54,10 +54,10 @@ def main() -> None:
         # failure, and two long runs that keep the workers busy while the picture is taken.
         for n in range(6):
             create_task(user, f"Resize photo batch {n + 1}", {"seconds": 1 + n % 3, "steps": 4})
-        user.get_by_label("Kind").select_option("wordcount")
+        user.get_by_label("Kind", exact=True).select_option("wordcount")
         for n in range(4):
             create_task(user, f"Count words, chapter {n + 1}", {}, description="word " * (n + 3))
-        user.get_by_label("Kind").select_option("simulate")
+        user.get_by_label("Kind", exact=True).select_option("simulate")
         create_task(user, "Import customer CSV", {"seconds": 2, "steps": 4, "fail_at_step": 3})
         for title in LONG_RUNNING:
             create_task(user, title, {"seconds": 600, "steps": 600})

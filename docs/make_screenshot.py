@@ -68,14 +68,14 @@ def main() -> None:
         sign_up(friend, base_url, f"tom-{suffix}")
 
         create_task(page, "Resize holiday photos", {"seconds": 2, "steps": 8})
-        page.get_by_label("Kind").select_option("wordcount")
+        page.get_by_label("Kind", exact=True).select_option("wordcount")
         create_task(
             page,
             "Count words in the report",
             {},
             description="The quarterly report: revenue up, costs down, the team grew.",
         )
-        page.get_by_label("Kind").select_option("simulate")
+        page.get_by_label("Kind", exact=True).select_option("simulate")
         create_task(page, "Import customer CSV", {"seconds": 2, "steps": 4, "fail_at_step": 3})
         create_task(page, "Nightly backup", {"seconds": 600, "steps": 600})
         create_task(page, "Re-index search", {"seconds": 600, "steps": 600})

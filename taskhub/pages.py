@@ -23,7 +23,7 @@ from django.views.decorators.http import require_http_methods
 from notifications import protocol
 from taskhub import accounts
 from tasks import selectors as task_selectors
-from tasks.models import ALLOWED_SOURCES, TaskStatus
+from tasks.models import ALLOWED_SOURCES, TERMINAL_STATUSES, TaskStatus
 from tasks.processors import registry
 
 CHAT_ROOM = "general"
@@ -43,9 +43,12 @@ def _page_config(request: HttpRequest) -> dict:
         # The state machine's sets, so dashboard.js keeps no copy that could drift:
         # which statuses are final, and which ones the Cancel and Retry buttons apply to.
         "statuses": {
+            "all": list(TaskStatus.values),  # in the state machine's order, for filters
             "terminal": sorted(protocol.TASK_TERMINAL_STATUSES),
             "cancellable": sorted(ALLOWED_SOURCES[TaskStatus.CANCELLED]),
-            "retryable": sorted(ALLOWED_SOURCES[TaskStatus.PENDING]),
+            # A retry by hand starts from a final status only (pending is also reached
+            # from in_progress, by an automatic retry: no button for that).
+            "retryable": sorted(ALLOWED_SOURCES[TaskStatus.PENDING] & TERMINAL_STATUSES),
         },
     }
 

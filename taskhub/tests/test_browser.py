@@ -158,7 +158,7 @@ def task_row(page: Any, title: str) -> Any:
 
 def create_task_from_form(page: Any, *, title: str, params: dict[str, Any], timeout: int) -> None:
     page.get_by_label("Title").fill(title)
-    page.get_by_label("Kind").select_option("simulate")
+    page.get_by_label("Kind", exact=True).select_option("simulate")
     page.get_by_label("Params (JSON object)").fill(json.dumps(params))
     page.get_by_label("Timeout (seconds)").fill(str(timeout))
     page.get_by_role("button", name="Create task").click()

@@ -94,6 +94,7 @@ def test_the_dashboard_gets_the_state_machine_s_status_sets_from_the_server(clie
         ).group(1)
     )
     assert config["statuses"] == {
+        "all": ["pending", "queued", "in_progress", "completed", "failed", "cancelled"],
         "terminal": ["cancelled", "completed", "failed"],
         "cancellable": ["in_progress", "pending", "queued"],
         "retryable": ["cancelled", "failed"],

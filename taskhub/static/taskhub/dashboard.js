@@ -179,6 +179,7 @@ function buildRow(id) {
     kind: el("td", { attrs: { "data-label": "Kind" } }),
     status: el("td", { attrs: { "data-label": "Status" } }),
     progress: el("td", { className: "cell-progress", attrs: { "data-label": "Progress" } }),
+    attempts: el("td", { className: "cell-attempts", attrs: { "data-label": "Attempts" } }),
     created: el("td", { attrs: { "data-label": "Created" } }),
     updated: el("td", { attrs: { "data-label": "Updated" } }),
     outcome: el("td", { className: "cell-outcome", attrs: { "data-label": "Result or error" } }),
@@ -192,7 +193,7 @@ function buildRow(id) {
   const cancel = el("button", { className: "button button--small button--danger", text: "Cancel", attrs: { type: "button", "data-action": "cancel" } });
   const retry = el("button", { className: "button button--small", text: "Retry", attrs: { type: "button", "data-action": "retry" } });
   cells.actions.append(cancel, retry);
-  row.append(cells.title, cells.kind, cells.status, cells.progress, cells.created, cells.updated, cells.outcome, cells.actions);
+  row.append(cells.title, cells.kind, cells.status, cells.progress, cells.attempts, cells.created, cells.updated, cells.outcome, cells.actions);
   const entry = { row, cells, badge, bar, percent, cancel, retry };
   rows.set(id, entry);
   return entry;
@@ -203,13 +204,19 @@ function renderTask(task) {
   const { row, cells, badge, bar, percent, cancel, retry } = entry;
   row.dataset.status = task.status;
 
-  cells.title.replaceChildren(el("span", { className: "title-text", text: task.title }));
+  // The title opens the task's own page (taskhub/static/taskhub/task_page.js).
+  const link = el("a", { className: "title-text", text: task.title, attrs: { href: `/tasks/${encodeURIComponent(task.id)}/` } });
+  cells.title.replaceChildren(link);
   if (task.description) cells.title.append(el("span", { className: "desc", text: shorten(task.description, 90) }));
   cells.kind.textContent = task.kind || "";
 
   badge.className = `badge badge--${task.status}`;
   badge.dataset.status = task.status;
   badge.textContent = STATUS_LABELS[task.status] || task.status;
+  cells.status.querySelector(".retry-note")?.remove();
+  if (task.retry) cells.status.append(el("span", { className: "retry-note", text: retryText(task.retry) }));
+  cells.attempts.textContent = task.max_attempts ? `${task.attempts ?? ""} of ${task.max_attempts}` : String(task.attempts ?? "");
+  row.hidden = !matchesFilters(task);
 
   const progress = Math.max(0, Math.min(100, Number(task.progress) || 0));
   bar.value = progress;
@@ -272,6 +279,12 @@ function mergeTask(incoming, { atTop = true } = {}) {
   // A task that moved on no longer has a cancel in flight; result/error belong to one status.
   if (known && known.status !== merged.status) merged.cancelRequested = false;
   if (merged.status !== "completed") delete merged.result;
+  // An automatic retry's wait: the event's `retry`; a REST read of a task waiting for its
+  // next attempt has only its error and attempts (docs/protocol.md, "Retries").
+  if (incoming.retry) merged.retry = incoming.retry;
+  else if (merged.status === "pending" && !incoming.task_id && incoming.error && merged.attempts > 1) {
+    merged.retry = { attempt: merged.attempts, of: merged.max_attempts, error: incoming.error };
+  } else delete merged.retry;
   if (merged.status !== "failed" && merged.status !== "cancelled") merged.error = "";
   tasks.set(id, merged);
   const entry = renderTask(merged);
@@ -317,14 +330,42 @@ function onTaskProgress(frame) {
   renderTask(task);
 }
 
-async function loadTasks(url = "/api/tasks/?ordering=-created_at&page_size=50") {
+// --- Filters: the list's status and kind (the API's ?status= and ?kind=) ------------------
+
+const filterStatus = $("filter-status");
+const filterKind = $("filter-kind");
+
+function matchesFilters(task) {
+  return (!filterStatus.value || task.status === filterStatus.value) && (!filterKind.value || task.kind === filterKind.value);
+}
+
+function listUrl() {
+  const query = new URLSearchParams({ ordering: "-created_at", page_size: "50" });
+  if (filterStatus.value) query.set("status", filterStatus.value);
+  if (filterKind.value) query.set("kind", filterKind.value);
+  return `/api/tasks/?${query}`;
+}
+
+// A changed filter reads the list again; events keep arriving for every task, and a row
+// whose task no longer matches (or a new one that does not) is hidden, not dropped.
+filterStatus.addEventListener("change", () => reloadTasks());
+filterKind.addEventListener("change", () => reloadTasks());
+
+/** "retrying in 5 s (attempt 2 of 3)" from an automatic retry's `retry`. */
+function retryText(retry) {
+  const when = Number.isFinite(Number(retry.in_seconds)) ? `retrying in ${Number(retry.in_seconds)} s` : "retrying";
+  return retry.attempt !== undefined && retry.of !== undefined ? `${when} (attempt ${retry.attempt} of ${retry.of})` : when;
+}
+
+async function loadTasks(url = listUrl()) {
   tasksLoading.hidden = false;
   try {
     const page = await api("GET", url);
     for (const task of page.results || []) mergeTask(task, { atTop: false });
     nextPageUrl = page.next || null;
     tasksMore.hidden = !nextPageUrl;
-    tasksEmpty.hidden = tasks.size > 0;
+    tasksEmpty.hidden = [...rows.values()].some((entry) => !entry.row.hidden);
+    tasksEmpty.textContent = filterStatus.value || filterKind.value ? "No tasks match these filters." : "No tasks yet. Create one above.";
   } catch (error) {
     announce(`Could not load your tasks: ${error.message}`);
     showTaskListError(error.message);
@@ -395,6 +436,24 @@ function markInvalid(field, invalid) {
   if (invalid) field.setAttribute("aria-invalid", "true");
   else field.removeAttribute("aria-invalid");
 }
+
+// The params help and the prefilled params follow the chosen kind (each processor declares
+// them: tasks/processors/registry.py kind_forms). Params the user typed are kept.
+const kindSelect = $("task-kind");
+const paramsField = $("task-params");
+let paramsPrefill = "";
+
+function showKindForm() {
+  const form = config.kindForms?.[kindSelect.value] || { help: "", defaults: {} };
+  const help = $("task-params-help");
+  help.replaceChildren(el("span", { text: `For ${kindSelect.value}: ` }), el("span", { text: form.help }));
+  const text = Object.keys(form.defaults || {}).length ? JSON.stringify(form.defaults) : "{}";
+  if (!paramsField.value.trim() || paramsField.value === paramsPrefill) paramsField.value = text;
+  paramsPrefill = text;
+}
+
+kindSelect.addEventListener("change", showKindForm);
+showKindForm();
 
 taskForm.addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -581,7 +640,11 @@ function notificationItem(notification) {
     className: notification.read_at ? "notification" : "notification notification--unread",
     attrs: { "data-notification-id": notification.id },
   });
-  item.append(el("span", { className: "notification-title", text: notification.title }));
+  // A task's notification opens that task's page.
+  const title = notification.task_id
+    ? el("a", { className: "notification-title", text: notification.title, attrs: { href: `/tasks/${encodeURIComponent(notification.task_id)}/` } })
+    : el("span", { className: "notification-title", text: notification.title });
+  item.append(title);
   if (notification.body) item.append(el("span", { className: "notification-body", text: shorten(notification.body, 200) }));
   item.append(timeElement(notification.created_at));
   return item;
