@@ -123,3 +123,17 @@ def test_what_is_not_a_five_field_cron_that_can_run_is_refused(expression):
 def test_an_unknown_time_zone_is_refused(name):
     with pytest.raises(ValueError, match="Unknown time zone"):
         timing.time_zone(name)
+
+
+def test_the_latest_run_before_a_moment_follows_the_same_dst_rules():
+    # 02:45 CET, the second pass through 02:xx on 2026-10-25.
+    second_pass = datetime(2026, 10, 25, 2, 45, tzinfo=BERLIN, fold=1)
+    fixed = timing.cron_latest_at_or_before("30 2 * * *", BERLIN, second_pass)
+    hourly = timing.cron_latest_at_or_before("0 * * * *", BERLIN, second_pass)
+    spring = timing.cron_latest_at_or_before(
+        "30 2 * * *", BERLIN, datetime(2026, 3, 29, 3, 10, tzinfo=BERLIN)
+    )
+
+    assert fixed.isoformat() == "2026-10-25T02:30:00+02:00"  # the first pass, not again
+    assert hourly.isoformat() == "2026-10-25T02:00:00+01:00"
+    assert spring.isoformat() == "2026-03-29T03:00:00+02:00"
