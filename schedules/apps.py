@@ -6,10 +6,10 @@ class SchedulesConfig(AppConfig):
     verbose_name = "Schedules"
 
     def ready(self) -> None:
-        # Schedules fire from the dispatcher's own tick (no second beat entry): tasks/
-        # dispatch_hooks.py runs what apps register here, so tasks never imports schedules
-        # (docs/architecture.md, "Apps and layers").
+        # Schedules fire from the dispatcher's own tick (no second beat entry): a tick hook
+        # (tasks/extensions.py), so tasks never imports schedules (docs/architecture.md,
+        # "Apps and layers").
         from schedules import services
-        from tasks import dispatch_hooks
+        from tasks import extensions
 
-        dispatch_hooks.register("schedules", services.schedules_fire_due)
+        extensions.register_tick_hook("schedules", services.schedules_fire_due)

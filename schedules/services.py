@@ -1,5 +1,5 @@
 """Every write to a Schedule, and the firing of due ones (called from the dispatcher's tick
-through tasks/dispatch_hooks.py, registered in SchedulesConfig.ready())."""
+as a tick hook of tasks/extensions.py, registered in SchedulesConfig.ready())."""
 
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ registered they do nothing.
   change itself: an outbox row, not a side effect. They must not do I/O.
 - callback URL validators refuse a task's callback_url with a ValidationError
   ({"callback_url": [...]}) at create, on every surface alike.
+- tick hooks run on every dispatcher tick (tasks.tasks.dispatch_pending_tasks, beat's one
+  clock), before the dispatch, so the tasks they create are queued in the same tick
+  (schedules fire due schedules there). A hook takes no arguments and runs its own
+  transaction; one that fails is logged and the dispatch goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ CallbackUrlValidator = Callable[[str], None]
 
 _status_listeners: list[StatusListener] = []
 _callback_url_validators: list[CallbackUrlValidator] = []
+_tick_hooks: dict[str, Callable[[], object]] = {}
 
 
 def register_status_listener(listener: StatusListener) -> None:
@@ -51,3 +56,13 @@ def callback_url_validate(url: str) -> None:
         return
     for validator in _callback_url_validators:
         validator(url)
+
+
+def register_tick_hook(name: str, hook: Callable[[], object]) -> None:
+    """Run `hook()` on every dispatcher tick (`name` is for the logs; registering a name
+    again replaces its hook)."""
+    _tick_hooks[name] = hook
+
+
+def tick_hooks() -> list[tuple[str, Callable[[], object]]]:
+    return list(_tick_hooks.items())

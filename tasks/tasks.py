@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 
 from taskhub.outages import DATABASE, is_database_outage
-from tasks import dispatch_hooks, queue, services
+from tasks import extensions, queue, services
 
 logger = logging.getLogger("tasks")
 
@@ -25,7 +25,7 @@ def _skipped_while_database_is_away(exc: Exception, what: str) -> int:
 def dispatch_pending_tasks() -> int:
     # Other apps' tick work first (schedules create their due tasks), so what it creates is
     # queued by this very dispatch. A failing hook is logged and the dispatch goes on.
-    for name, hook in dispatch_hooks.registered():
+    for name, hook in extensions.tick_hooks():
         try:
             hook()
         except Exception as exc:

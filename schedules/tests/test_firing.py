@@ -154,9 +154,9 @@ def test_a_failing_hook_does_not_stop_the_dispatch(alice, sent, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(services, "schedules_fire_due", broken)
-    from tasks import dispatch_hooks
+    from tasks import extensions
 
-    monkeypatch.setitem(dispatch_hooks._hooks, "schedules", broken)
+    monkeypatch.setitem(extensions._tick_hooks, "schedules", broken)
     pending = Task.objects.create(owner=alice, title="waiting", timeout=10)
 
     celery_tasks.dispatch_pending_tasks()

@@ -109,7 +109,7 @@ def test_the_cycle_finder_finds_a_cycle():
 # importing either would turn "plugs into" into a knot (docs/architecture.md).
 BASE_APPS = {
     "notifications": ("tasks", "chat", "search", "schedules"),
-    # schedules fire through the dispatcher's tick hooks (tasks/dispatch_hooks.py).
+    # schedules fire through the dispatcher's tick hooks (tasks/extensions.py).
     "tasks": ("schedules",),
 }
 
