@@ -195,7 +195,8 @@ def schedules_fire_due(*, now: datetime | None = None, limit: int | None = None)
         due = list(
             Schedule.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("owner")
-            .filter(enabled=True, next_run_at__lte=now)
+            # A deactivated user's schedules wait (and fire once if reactivated).
+            .filter(enabled=True, next_run_at__lte=now, owner__is_active=True)
             .order_by("next_run_at")[:limit]
         )
         # task_create locks the owner's event counter: a fixed order keeps two dispatchers

@@ -89,6 +89,16 @@ def test_a_disabled_schedule_fires_nothing(alice, sent):
 
 
 @pytest.mark.django_db
+def test_a_deactivated_users_schedule_fires_nothing(alice, sent):
+    make_schedule(owner=alice, due_at=NOW - timedelta(minutes=1))
+    alice.is_active = False
+    alice.save()
+
+    assert services.schedules_fire_due(now=NOW) == 0
+    assert Task.objects.count() == 0
+
+
+@pytest.mark.django_db
 def test_occurrences_missed_while_everything_was_down_run_once(alice, sent):
     # Due every minute; the dispatcher comes back after three hours away.
     cron = make_schedule(owner=alice, cron="* * * * *", due_at=datetime(2026, 6, 1, 9, tzinfo=UTC))
