@@ -117,7 +117,7 @@ def test_a_private_room_is_created_an_invitee_sees_it_counts_unread_and_talks(
     invite = alice_page.get_by_role("dialog", name="Invite to")
     invite.get_by_label("Username").fill("bob")
     invite.get_by_role("button", name="Invite").click()
-    expect(alice_page.get_by_text("bob was invited.")).to_be_visible()
+    expect(alice_page.locator("#chat-notice")).to_have_text("bob was invited.")
 
     # Bob's list gains the room live, and counts what alice says there while he reads #general.
     expect(room_button(bob_page, "🔒 Project X")).to_be_visible()
@@ -160,7 +160,7 @@ def test_leaving_a_private_room_cuts_off_the_users_other_tabs_at_once(
     bob_tab.get_by_role("button", name="Leave 🔒 Team").click()
 
     # The other tab is told by the server (chat.unsubscribed), not by a reload.
-    expect(bob_other_tab.get_by_text("You left 🔒 Team.")).to_be_visible()
+    expect(bob_other_tab.locator("#chat-notice")).to_have_text("You left 🔒 Team.")
     expect(room_button(bob_other_tab, "🔒 Team")).to_have_count(0)
     expect(bob_other_tab.get_by_role("heading", name="# General")).to_be_visible()
     expect(room_button(bob_tab, "🔒 Team")).to_have_count(0)

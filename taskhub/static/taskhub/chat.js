@@ -103,6 +103,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
         if (!listed.has(slug) && slug !== config.chatRoom) rooms.delete(slug);
       }
       renderRooms();
+      showRoomHeader(); // the active room's real name and role are known now
       await followRooms();
       document.body.dataset.chatReady = "true"; // the rooms are followed (tests wait on it)
     } catch (err) {
