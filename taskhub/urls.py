@@ -45,9 +45,9 @@ urlpatterns = [
     # The browser page (docs/browser.md): session login, sign-up and the live dashboard.
     path("accounts/signup/", pages.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("tasks/<uuid:task_id>/", pages.task_page, name="task-page"),
     path("", pages.dashboard, name="dashboard"),
 ]
-    path("tasks/<uuid:task_id>/", pages.task_page, name="task-page"),
 
 handler400 = "taskhub.exceptions.json_bad_request"
 handler404 = "taskhub.exceptions.json_not_found"
