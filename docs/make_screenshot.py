@@ -1,11 +1,12 @@
-"""Make docs/dashboard.png: the dashboard of a running TaskHub with a little going on.
+"""Make docs/dashboard.png and docs/task_page.png: a running TaskHub with a little going on.
 
     make run                                   # in one terminal (web + worker + beat)
     .venv/bin/python docs/make_screenshot.py   # in another; --url if not :8000
 
 It signs up two fresh demo users through the page, gives one of them tasks that end in
 every way (completed, failed, cancelled, one still running), lets them chat, and saves
-a screenshot. It drives Debian's /usr/bin/chromium with Playwright (no browser download).
+the dashboard; then it edits and re-runs the failed task from the task's own page and
+saves that. It drives Debian's /usr/bin/chromium with Playwright (no browser download).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="TaskHub's base URL")
     parser.add_argument("--out", default=str(Path(__file__).with_name("dashboard.png")))
+    parser.add_argument("--task-out", default=str(Path(__file__).with_name("task_page.png")))
     parser.add_argument("--chromium", default=str(CHROMIUM))
     args = parser.parse_args()
     base_url = args.url.rstrip("/")
@@ -113,6 +115,19 @@ def main() -> None:
         page.locator("#tasks-body tr", has_text="Render video preview").get_by_role(
             "button", name="Cancel task Render video preview"
         ).click()
+
+        # The failed import's own page, after an edit and re-run: params, result, timeline.
+        page.locator("#tasks-body tr", has_text="Import customer CSV").get_by_role(
+            "link", name="Import customer CSV"
+        ).click()
+        expect(page.locator("#task-status")).to_have_text("failed")
+        page.get_by_label("Edit params and re-run (JSON object)").fill(
+            json.dumps({"seconds": 2, "steps": 4})
+        )
+        page.get_by_role("button", name="Edit & re-run").click()
+        expect(page.locator("#task-status")).to_have_text("completed")
+        page.screenshot(path=args.task_out, full_page=True)
+        print(f"saved {args.task_out}")
         browser.close()
 
 

@@ -215,7 +215,7 @@ function renderTask(task) {
   badge.textContent = STATUS_LABELS[task.status] || task.status;
   cells.status.querySelector(".retry-note")?.remove();
   if (task.retry) cells.status.append(el("span", { className: "retry-note", text: retryText(task.retry) }));
-  cells.attempts.textContent = task.max_attempts ? `${task.attempts ?? ""} of ${task.max_attempts}` : String(task.attempts ?? "");
+  cells.attempts.textContent = attemptsText(task);
   row.hidden = !matchesFilters(task);
 
   const progress = Math.max(0, Math.min(100, Number(task.progress) || 0));
@@ -350,6 +350,13 @@ function listUrl() {
 // whose task no longer matches (or a new one that does not) is hidden, not dropped.
 filterStatus.addEventListener("change", () => reloadTasks());
 filterKind.addEventListener("change", () => reloadTasks());
+
+/** "2 of 3" under a retry policy; just the count without one, or past it (manual retries). */
+function attemptsText(task) {
+  const { attempts, max_attempts: max } = task;
+  if (attempts === undefined || attempts === null) return "";
+  return max > 1 && attempts <= max ? `${attempts} of ${max}` : String(attempts);
+}
 
 /** "retrying in 5 s (attempt 2 of 3)" from an automatic retry's `retry`. */
 function retryText(retry) {

@@ -171,8 +171,9 @@ function renderTask() {
   const progress = Math.max(0, Math.min(100, Number(task.progress) || 0));
   $("task-progress").value = progress;
   $("task-percent").textContent = `${progress}%`;
-  const of = task.max_attempts ? ` of ${task.max_attempts}` : "";
-  $("task-attempts").textContent = `${task.attempts ?? ""}${of}`;
+  // "2 of 3" under a retry policy; just the count without one, or past it (manual retries).
+  const max = task.max_attempts;
+  $("task-attempts").textContent = max > 1 && task.attempts <= max ? `${task.attempts} of ${max}` : String(task.attempts ?? "");
   $("task-created").replaceChildren(timeElement(task.created_at));
   $("task-started").replaceChildren(timeElement(task.started_at));
   $("task-finished").replaceChildren(timeElement(TERMINAL.has(task.status) ? task.finished_at : null));
@@ -369,8 +370,11 @@ function onTaskUpdated(frame) {
   lastRetry = data.retry || null;
   const previous = task?.status;
   mergeTask({ ...data });
-  // A new attempt may run with edited params (edit and re-run), which events do not carry.
-  if (data.status === "pending" && previous && TERMINAL.has(previous)) loadTask();
+  // Events carry no params, start or finish times: a new attempt (maybe with edited
+  // params), a start and an end are read again over REST.
+  if (previous !== data.status && (data.status === "in_progress" || TERMINAL.has(data.status) || (data.status === "pending" && previous && TERMINAL.has(previous)))) {
+    loadTask();
+  }
 }
 
 function onTaskProgress(frame) {
