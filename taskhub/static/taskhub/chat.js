@@ -138,6 +138,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
         renderLog();
         log.scrollTop = log.scrollHeight;
         if (chatOnScreen()) markRead();
+        fillIfShort();
       }
     } catch (err) {
       if (err.code === "connection_lost" || err.code === "not_connected") return; // again on "open"
@@ -354,7 +355,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
 
   async function loadOlder() {
     const state = roomState(active);
-    if (!state.hasMore || state.loadingOlder || state.messages.size === 0) return;
+    if (!state.hasMore || state.loadingOlder || state.messages.size === 0) return false;
     state.loadingOlder = true;
     const slug = active;
     older.textContent = "Loading older messages…";
@@ -375,8 +376,10 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
         renderLog();
         log.scrollTop = log.scrollHeight - fromBottom;
       }
+      return slug === active;
     } catch (err) {
       older.textContent = `Could not load older messages: ${err.message}`;
+      return false;
     } finally {
       state.loadingOlder = false;
     }
@@ -385,6 +388,14 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
   log.addEventListener("scroll", () => {
     if (log.scrollTop < 80) loadOlder();
   });
+
+  /** A log too short to scroll fires no scroll event: load older pages until it scrolls. */
+  function fillIfShort() {
+    const state = roomState(active);
+    if (!state.hasMore || state.loadingOlder || log.clientHeight === 0) return;
+    if (log.scrollHeight > log.clientHeight) return;
+    loadOlder().then((loaded) => loaded && fillIfShort());
+  }
 
   // Inline edit and delete of one's own messages.
   log.addEventListener("click", async (event) => {
@@ -597,6 +608,7 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
       if (tab.dataset.viewTab === "chat") {
         markRead(); // what was counted while the tasks were shown is read now
         log.scrollTop = log.scrollHeight;
+        fillIfShort();
       }
     });
   }
