@@ -23,11 +23,13 @@ import os
 import random
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -370,29 +372,41 @@ def r6_malformed_frames(*, frames: int, clients: int = 4, seed: int = 13) -> Res
     tokens = [token_for(make_user(f"r6-{n}")) for n in range(clients)]
     started = time.monotonic()
     try:
-        # Warm-up: one connection of each kind, so first-use allocations (imports, pools,
-        # caches) are not counted as growth; the RSS baseline is taken after it.
+        start_rss = _rss(proc)
+
+        def attack(total: int, batch: int) -> list[threading.Thread]:
+            threads = [
+                threading.Thread(
+                    target=_attack,
+                    args=(base_url, token, random.Random(seed + 100 * batch + n), tally, total),
+                    daemon=True,
+                )
+                for n, token in enumerate(tokens)
+            ]
+            for thread in threads:
+                thread.start()
+            return threads
+
+        # Warm-up, with every client at once (a tenth of the run, at least one connection
+        # of each kind): first-use allocations (imports, pools, the threads of
+        # sync_to_async and their database connections, caches) are not counted as
+        # growth; the RSS baseline is taken after it. The start is reported too.
+        warmup = max(sum(k.frames for k in KINDS), frames // 10)
         _attack(base_url, tokens[0], random.Random(seed), tally, sum(k.frames for k in KINDS))
+        for thread in attack(warmup, 0):
+            thread.join()
         time.sleep(1)
         baseline = _rss(proc)
         observer.start()
-        curve = [(tally.frames, baseline / 2**20)]
-        threads = [
-            threading.Thread(
-                target=_attack,
-                args=(base_url, token, random.Random(seed + n + 1), tally, frames),
-                daemon=True,
-            )
-            for n, token in enumerate(tokens)
-        ]
-        for thread in threads:
-            thread.start()
+        curve = [(0, baseline / 2**20)]
+        measured_from = tally.frames
+        threads = attack(measured_from + frames, 1)
         step = max(1, frames // 4)
         next_point = step
         while any(t.is_alive() for t in threads):
             time.sleep(0.5)
-            if tally.frames >= next_point:
-                curve.append((tally.frames, _rss(proc) / 2**20))
+            if tally.frames - measured_from >= next_point:
+                curve.append((tally.frames - measured_from, _rss(proc) / 2**20))
                 next_point += step
         for thread in threads:
             thread.join()
@@ -400,7 +414,7 @@ def r6_malformed_frames(*, frames: int, clients: int = 4, seed: int = 13) -> Res
         observer.join(timeout=60)
         time.sleep(2)  # the last disconnect handlers
         end = _rss(proc)
-        curve.append((tally.frames, end / 2**20))
+        curve.append((tally.frames - measured_from, end / 2**20))
         alive = web.proc.poll() is None
     finally:
         observer.stop.set()
@@ -412,7 +426,10 @@ def r6_malformed_frames(*, frames: int, clients: int = 4, seed: int = 13) -> Res
     if tally.wrong:
         failures.append(f"unexpected outcomes: {tally.wrong[:10]}")
     if tracebacks:
-        failures.append(f"{tracebacks} traceback(s) in Daphne's log")
+        lines = [line for line in web.output.splitlines() if '"WS' not in line]
+        first = next(i for i, line in enumerate(lines) if "Traceback" in line)
+        excerpt = " / ".join(lines[max(0, first - 2) : first + 30])
+        failures.append(f"{tracebacks} traceback(s) in Daphne's log; the first: {excerpt}")
     if not alive:
         failures.append("Daphne died")
     if observer.error:
@@ -431,18 +448,24 @@ def r6_malformed_frames(*, frames: int, clients: int = 4, seed: int = 13) -> Res
     by_code = ", ".join(f"{code}: {n}" for code, n in sorted(codes.items(), key=str))
     points = ", ".join(f"{n}: {mb:.0f}" for n, mb in curve)
     measured = (
-        f"{tally.frames} malformed frames ({len(KINDS)} kinds, one per connection, "
-        f"{tally.connections} connections, {clients} clients, {elapsed:.0f} s): outcomes "
+        f"{tally.frames - measured_from} malformed frames after a warm-up of "
+        f"{measured_from} ({len(KINDS)} kinds, one per connection, {tally.connections} "
+        f"connections in all, {clients} clients, {elapsed:.0f} s): outcomes "
         f"{by_code}; {len(tally.wrong)} unexpected; tracebacks in Daphne's log: {tracebacks}; "
         f"observer alongside: {observer.pongs}/{observer.pings} pongs, "
         f"{len(observer.received)}/{len(observer.created)} task events; RSS "
-        f"{growth:+.1f} MiB after a warm-up (MiB at frame {points})"
+        f"{growth:+.1f} MiB after the warm-up (MiB at frame {points}; "
+        f"{(end - start_rss) / 2**20:+.1f} MiB from the process's start)"
     )
     figures = {
         "outcomes": {f"{k} -> {o}": n for (k, o), n in tally.outcomes.items()},
         "growth_mib": growth,
         "tracebacks": tracebacks,
     }
+    if failures:
+        log = Path(tempfile.mkdtemp(prefix="reliability-r6-")) / "daphne.log"
+        log.write_text(web.output)
+        failures.append(f"Daphne's whole log: {log}")
     with contextlib.suppress(Exception):
         connections.close_all()
     return Result("R6", measured, failures, figures)
