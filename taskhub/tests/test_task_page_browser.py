@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from devserver import testing
 from devserver.testing import wait_until
 from taskhub.tests import test_browser
 from taskhub.tests.test_browser import CHROMIUM, expect, on_server, sign_in, task_row
@@ -256,3 +257,52 @@ def test_the_dashboard_filters_links_and_follows_the_kind(
     task_row(page, "Words").get_by_role("link", name="Words").click()
     expect(page).to_have_url(f"{web_url}/tasks/{done.pk}/")
     expect(page.get_by_role("table", name="Counts")).to_be_visible()
+
+
+def test_the_task_page_resumes_after_a_web_restart_with_what_happened_meanwhile(
+    transactional_db, celery_worker_process, open_page, alice
+):
+    task = on_server(
+        task_services.task_create,
+        owner=alice,
+        title="Nightly sync",
+        params={"seconds": 0.2, "steps": 1, "fail_at_step": 1},
+    )
+    wait_for_status(task.pk, TaskStatus.FAILED)
+    port = testing.free_port()
+    web, base_url = testing.start_daphne(port=port)
+    try:
+        page = open_page()
+        sign_in(page, base_url, alice, "alice-pass-123")
+        page.goto(f"{base_url}/tasks/{task.pk}/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        expect(page.locator("#task-status")).to_have_text("failed")
+        timeline_reads: list[str] = []
+        page.on(
+            "request",
+            lambda request: "/events/" in request.url and timeline_reads.append(request.url),
+        )
+
+        web.stop()
+        expect(page.get_by_role("status").filter(has_text="Reconnecting…")).to_be_visible()
+        # Meanwhile it is re-run elsewhere (the API, another tab) and completes.
+        on_server(
+            task_services.task_retry,
+            task=on_server(Task.objects.get, pk=task.pk),
+            params={"seconds": 0.2, "steps": 1},
+        )
+        wait_for_status(task.pk, TaskStatus.COMPLETED)
+        web, _ = testing.start_daphne(port=port)
+
+        expect(page.get_by_role("status").filter(has_text="Live")).to_be_visible()
+        expect(page.locator("#task-status")).to_have_text("completed")
+        assert timeline_statuses(page)[-4:] == ["pending", "queued", "in_progress", "completed"]
+        expect(page.locator("#timeline")).to_contain_text("re-run with edited params")
+        assert json.loads(page.locator("#task-params").text_content()) == {
+            "seconds": 0.2,
+            "steps": 1,
+        }
+        # The timeline came from the resumed event stream, not from reading it again.
+        assert timeline_reads == []
+    finally:
+        web.stop()
