@@ -759,5 +759,5 @@ client.on("fatal", ({ code }) => {
 });
 
 showUnread(0);
-client.connect();
 startChat({ client, config, api, el, timeElement, announce });
+client.connect();
