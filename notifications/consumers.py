@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import psycopg
+from autobahn.exception import Disconnected as ClientGone
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -513,7 +514,13 @@ class EventConsumer(AsyncWebsocketConsumer):
         """Send one server -> client frame (an envelope) as JSON text."""
         if self._closed:
             return
-        await self.send(text_data=json.dumps(frame, separators=(",", ":"), default=str))
+        try:
+            await self.send(text_data=json.dumps(frame, separators=(",", ":"), default=str))
+        except ClientGone:
+            # Daphne (autobahn) closed the socket while this frame was being made: the
+            # client hung up, or sent a malformed frame before its welcome. Nothing more
+            # goes to it; the websocket.disconnect that follows releases it.
+            self._closed = True
 
     async def reply(self, type: str, data: dict[str, Any], *, ref: Any = None) -> None:
         """Send an ephemeral frame to this socket only, echoing the client's `ref`."""
@@ -574,6 +581,8 @@ class EventConsumer(AsyncWebsocketConsumer):
         except Exception as exc:
             _report_setup_failure(exc, user.pk)
             await self._close(CLOSE_SERVICE_UNAVAILABLE)
+            return
+        if self._closed:  # the client was gone before its welcome (send_frame)
             return
         outages.REDIS.recovered()  # the registry and the layer answered (an attribute check)
         self._idle_timeout = settings.TASKHUB_WS_IDLE_TIMEOUT

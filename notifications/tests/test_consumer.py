@@ -360,3 +360,22 @@ async def test_chat_commands_without_chat_get_an_unavailable_error(alice, connec
     await client.send({"type": "chat.shout", "ref": "u"})
     error = await client.receive_type("error")
     assert (error["data"]["code"], error["ref"]) == ("unknown_type", "u")
+
+
+# --- A client gone before its frame ------------------------------------------------------
+
+
+async def test_a_frame_for_a_client_that_is_already_gone_is_dropped_without_an_error():
+    # Under Daphne, a send to a socket autobahn has already closed (a client that sent a
+    # malformed frame before its welcome, issue 13's R6) raises Disconnected: the
+    # consumer's connect logged it as "websocket setup failed", with a traceback.
+    from autobahn.exception import Disconnected
+
+    async def closed_protocol(message):
+        raise Disconnected("Attempt to send on a closed protocol")
+
+    consumer = consumers.EventConsumer()
+    consumer.base_send = closed_protocol
+    await consumer.send_frame(protocol.envelope(protocol.WELCOME, {}))
+
+    assert consumer._closed  # nothing more is sent; its disconnect releases it
