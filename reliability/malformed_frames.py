@@ -440,8 +440,11 @@ def r6_malformed_frames(*, frames: int, clients: int = 4, seed: int = 13) -> Res
             f"the observer got {observer.pongs}/{observer.pings} pongs, "
             f"{len(observer.received)}/{len(observer.created)} events"
         )
+    misses: list[str] = []
     if growth >= 10:
-        failures.append(f"RSS grew {growth:.1f} MiB (target < 10)")
+        # A resource target, not a correctness one: reported, not asserted by the quick
+        # test (docs/reliability.md, "R6", says what the curve shows).
+        misses.append(f"RSS grew {growth:.1f} MiB (target < 10)")
     codes = Counter()
     for (_, outcome), count in tally.outcomes.items():
         codes[outcome] += count
@@ -468,4 +471,4 @@ def r6_malformed_frames(*, frames: int, clients: int = 4, seed: int = 13) -> Res
         failures.append(f"Daphne's whole log: {log}")
     with contextlib.suppress(Exception):
         connections.close_all()
-    return Result("R6", measured, failures, figures)
+    return Result("R6", measured, failures, figures, misses)

@@ -83,6 +83,7 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
     """
 
     _in_peer_close = False
+    _linger: Any = None
 
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
         self._in_peer_close = True
@@ -95,9 +96,16 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
         if abort and self._in_peer_close:
             transport = self.transport
             transport.loseConnection()
-            reactor.callLater(CLOSE_LINGER_SECONDS, transport.abortConnection)
+            self._linger = reactor.callLater(CLOSE_LINGER_SECONDS, transport.abortConnection)
             return
         super()._closeConnection(abort)
+
+    def connectionLost(self, reason: Any) -> None:
+        # Closed in time: drop the timer, and with it the transport it holds.
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        super().connectionLost(reason)
 
 
 class TaskHubServer(Server):
