@@ -68,6 +68,8 @@ PATH_MATRIX = {
         ("post", "/api/tasks/{failed_task}/webhooks/{delivery}/redeliver/", None)
     ],
 }
+# The browser's pages that take an object: Bob, signed in with a session, asks for Alice's.
+PAGE_MATRIX = {"task-page": "/tasks/{task}/"}
 # Path-parameter routes that take no user's object, with why: everything under admin/
 # (Django's admin and the operators' view) is staff only, a different trust level with its
 # own tests (tasks/tests/test_admin*.py, taskhub/tests/test_ops_view.py); the reset link's
@@ -101,7 +103,7 @@ def test_the_matrix_names_every_route_that_takes_an_object():
         for route, name in url_patterns(get_resolver().url_patterns)
         if ("<" in route or "(?P" in route) and not route.startswith(STAFF_ONLY_PREFIX)
     }
-    unlisted = routes - set(PATH_MATRIX) - NOT_OBJECT_ROUTES
+    unlisted = routes - set(PATH_MATRIX) - set(PAGE_MATRIX) - NOT_OBJECT_ROUTES
     assert not unlisted, f"add these routes to PATH_MATRIX (or say why not): {unlisted}"
     all_names = {name for _, name in url_patterns(get_resolver().url_patterns)}
     assert set(QUERY_MATRIX) <= all_names
@@ -164,6 +166,15 @@ def test_bob_gets_404_for_each_of_alices_objects_over_rest_and_changes_nothing(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_bob_signed_in_gets_404_for_alices_object_pages(alice, bob, alices_objects, client):
+    client.force_login(bob)
+    answers = {
+        name: client.get(path.format(**alices_objects)).status_code
+        for name, path in PAGE_MATRIX.items()
+    }
+    assert answers == {name: 404 for name in PAGE_MATRIX}
+
+
 def test_bob_finds_none_of_alices_objects_in_lists_searches_and_lookups(
     alice, bob, alices_objects, client_for
 ):
