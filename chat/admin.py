@@ -24,16 +24,19 @@ class ChatParticipantInline(admin.TabularInline):
 
 @admin.register(ChatRoom)
 class ChatRoomAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "is_public", "created_by", "created_at")
-    list_filter = ("is_public",)
+    list_display = ("slug", "name", "kind", "is_public", "created_by", "created_at")
+    list_filter = ("kind", "is_public")
     search_fields = ("slug", "name")
     raw_id_fields = ("created_by",)
     list_select_related = ("created_by",)
     inlines = (ChatParticipantInline,)
 
     def get_readonly_fields(self, request: HttpRequest, obj: ChatRoom | None = None) -> tuple:
-        # The slug is the room's name on the wire (services.chat_room_update keeps it).
-        return ("slug", "created_by", "created_at") if obj is not None else ("created_at",)
+        # The slug is the room's name on the wire (services.chat_room_update keeps it). A
+        # room's kind and a direct room's pair key are the DM service's (chat_direct_open),
+        # never an operator's: the admin adds and edits ordinary rooms.
+        made_by_services = ("kind", "direct_key", "created_at")
+        return ("slug", "created_by", *made_by_services) if obj is not None else made_by_services
 
     def save_model(self, request: HttpRequest, obj: ChatRoom, form, change: bool) -> None:
         if change:
