@@ -316,3 +316,27 @@ def test_emoji_render_in_colour_not_as_boxes(web_url, open_page, alice, general_
     assert page.evaluate(COLOURED_PIXELS, [handle, "🚀"]) > 50
     # The check can fail: a code point no font has is drawn as a box, with no colour.
     assert page.evaluate(COLOURED_PIXELS, [handle, "\U0010fffd"]) == 0
+
+
+def test_without_its_default_room_the_chat_says_so_once_and_the_page_stays_live(
+    chat_server, open_page, alice
+):
+    """An operator deleted #general. The chat tells the user, asks the server once, and
+    leaves the socket alone: it used to ask again on every refusal, until the server closed
+    the socket for flooding and the page went 'Reconnecting…'."""
+    on_server(lambda: ChatRoom.objects.filter(slug="general").delete())
+    page = open_page()
+    asked: list[str] = []
+    page.on(
+        "websocket",
+        lambda socket: socket.on(
+            "framesent",
+            lambda payload: asked.append(payload) if "subscribe.chat" in str(payload) else None,
+        ),
+    )
+    sign_in_page(page, chat_server, alice, "alice-pass-123")
+
+    expect(page.get_by_role("alert")).to_have_text("Chat unavailable: No such room.")
+    page.wait_for_timeout(2000)  # the loop ran hundreds of requests in far less
+    expect(page.locator("#conn-status")).to_have_text("Live")
+    assert len(asked) == 1

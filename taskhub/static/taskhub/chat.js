@@ -220,12 +220,15 @@ export function startChat({ client, config, api, el, timeElement, announce }) {
       notice.textContent = text;
       announce(text);
     }
-    if (slug === active) {
+    if (slug === active && slug !== config.chatRoom) {
       active = config.chatRoom;
       showRoomHeader();
       renderLog();
       if (!roomState(active).subscribed) subscribe(active);
     }
+    // The default room itself is gone (an operator deleted it): nowhere to fall back to.
+    // Its "Chat unavailable" stays; subscribing again would be refused again, in a loop
+    // that ends only when the server closes the socket for flooding (4429).
     renderRooms();
   }
 
