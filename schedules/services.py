@@ -10,11 +10,12 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from schedules import timing
 from schedules.models import Schedule, ScheduleOccurrence
+from taskhub import outages
 from tasks import services as task_services
 
 logger = logging.getLogger("schedules")
@@ -156,19 +157,29 @@ def _fire_one(schedule: Schedule, now: datetime) -> ScheduleOccurrence | None:
         logger.warning("schedule %s: occurrence %s exists, not fired again", schedule.pk, due_at)
         return None
     try:
-        occurrence.task = task_services.task_create(
-            owner=schedule.owner,
-            title=schedule.title,
-            description=schedule.description,
-            kind=schedule.kind,
-            params=schedule.params,
-            timeout=schedule.timeout,
-        )
+        # A savepoint of its own: whatever fails here is undone for this schedule only,
+        # never for the other users' schedules firing in the same transaction.
+        with transaction.atomic():
+            occurrence.task = task_services.task_create(
+                owner=schedule.owner,
+                title=schedule.title,
+                description=schedule.description,
+                kind=schedule.kind,
+                params=schedule.params,
+                timeout=schedule.timeout,
+            )
     except ValidationError as exc:
         # The template was valid when saved; a kind removed from TASK_PROCESSORS since (or
         # a lowered limit) makes it fail now. Recorded, and the schedule keeps its rhythm.
         occurrence.error = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
         logger.warning("schedule %s: no task created: %s", schedule.pk, occurrence.error)
+    except (OperationalError, InterfaceError):
+        raise  # the database is gone: the whole tick fails, and the next one fires it all
+    except Exception as exc:
+        # A defect (a task listener that raises, a value the database refuses): this
+        # occurrence records it with a traceback in the log, the schedule keeps its rhythm.
+        occurrence.error = f"internal error: {outages.describe(exc)}"
+        logger.exception("schedule %s: no task created (internal error)", schedule.pk)
     occurrence.save(update_fields=["task", "error"])
     logger.info(
         "schedule %s fired for %s%s: task %s",

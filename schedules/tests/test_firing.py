@@ -234,3 +234,31 @@ def test_two_dispatchers_firing_at_once_never_double_an_occurrence(alice, bob, s
     assert ScheduleOccurrence.objects.count() == len(schedules)
     for schedule in schedules:
         assert ScheduleOccurrence.objects.filter(schedule=schedule).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_schedule_that_fails_unexpectedly_fails_alone(alice, bob, sent, monkeypatch):
+    """A defect hit by one user's schedule (here a task listener that raises) used to roll
+    back the whole tick: every other user's schedule waited for it, for ever."""
+    broken = make_schedule(owner=alice, title="trips a defect", due_at=NOW)
+    healthy = make_schedule(owner=bob, title="fine", due_at=NOW)
+    real_create = services.task_services.task_create
+
+    def create(**values):
+        task = real_create(**values)  # its rows are written, then the defect strikes
+        if values["title"] == "trips a defect":
+            raise RuntimeError("listener blew up")
+        return task
+
+    monkeypatch.setattr(services.task_services, "task_create", create)
+
+    assert services.schedules_fire_due(now=NOW) == 2
+
+    assert list(Task.objects.values_list("title", flat=True)) == ["fine"]
+    failed = ScheduleOccurrence.objects.get(schedule=broken)
+    assert failed.task is None
+    assert failed.error == "internal error: RuntimeError: listener blew up"
+    assert ScheduleOccurrence.objects.get(schedule=healthy).task.title == "fine"
+    for schedule in (broken, healthy):
+        schedule.refresh_from_db()
+        assert schedule.next_run_at == NOW + timedelta(seconds=60)
