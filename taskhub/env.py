@@ -36,7 +36,12 @@ _Number = TypeVar("_Number", int, float)
 
 
 def _env_number(
-    name: str, default: _Number, parse: type[_Number], what: str, minimum: _Number | None
+    name: str,
+    default: _Number,
+    parse: type[_Number],
+    what: str,
+    minimum: _Number | None,
+    maximum: _Number | None = None,
 ) -> _Number:
     """env_int's and env_float's one body: `what` names the type in the error message."""
     raw = os.environ.get(name)
@@ -48,11 +53,15 @@ def _env_number(
         raise ImproperlyConfigured(f"{name} must be {what}, got {raw!r}") from exc
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    return _env_number(name, default, int, "an integer", minimum)
+def env_int(
+    name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    return _env_number(name, default, int, "an integer", minimum, maximum)
 
 
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:

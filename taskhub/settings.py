@@ -375,10 +375,17 @@ TASKHUB_TASK_MAX_TIMEOUT = env_int("TASK_MAX_TIMEOUT", 3600, minimum=1)
 # Retry policy (docs/tasks.md, "Retries"): a task's max_attempts and retry_backoff come
 # from its create, else its kind's processor, else these defaults. TASK_MAX_RETRY_BACKOFF
 # bounds both a retry_backoff and any one wait between attempts (the exponential's cap).
-TASKHUB_TASK_DEFAULT_MAX_ATTEMPTS = env_int("TASK_DEFAULT_MAX_ATTEMPTS", 1, minimum=1)
-TASKHUB_TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 10, minimum=1)
-TASKHUB_TASK_DEFAULT_RETRY_BACKOFF = env_int("TASK_DEFAULT_RETRY_BACKOFF", 10, minimum=0)
-TASKHUB_TASK_MAX_RETRY_BACKOFF = env_int("TASK_MAX_RETRY_BACKOFF", 3600, minimum=0)
+# The maxima are the columns' (tasks.Task: max_attempts is a smallint): past them a create
+# the limit allows would fail in the database, so the process refuses to start instead.
+# A day is the longest wait between two attempts.
+TASKHUB_TASK_DEFAULT_MAX_ATTEMPTS = env_int(
+    "TASK_DEFAULT_MAX_ATTEMPTS", 1, minimum=1, maximum=32767
+)
+TASKHUB_TASK_MAX_ATTEMPTS = env_int("TASK_MAX_ATTEMPTS", 10, minimum=1, maximum=32767)
+TASKHUB_TASK_DEFAULT_RETRY_BACKOFF = env_int(
+    "TASK_DEFAULT_RETRY_BACKOFF", 10, minimum=0, maximum=86400
+)
+TASKHUB_TASK_MAX_RETRY_BACKOFF = env_int("TASK_MAX_RETRY_BACKOFF", 3600, minimum=0, maximum=86400)
 # On SIGTERM a worker gives running processors this long to stop before it ends them.
 TASKHUB_WORKER_SHUTDOWN_GRACE = env_float("WORKER_SHUTDOWN_GRACE", 10.0, minimum=0.0)
 TASKHUB_PROGRESS_MIN_INTERVAL = env_float("PROGRESS_MIN_INTERVAL", 0.25, minimum=0.0)

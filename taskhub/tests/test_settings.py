@@ -36,6 +36,8 @@ def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({"DEBUG": "1", "THROTTLE_USER": "lots"}, "THROTTLE_USER must be a rate like 600/min"),
         ({"DEBUG": "1", "THROTTLE_ANON": "0/min"}, "THROTTLE_ANON must be a rate like 600/min"),
         ({"DEBUG": "1", "LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of DEBUG, INFO"),
+        # Past what the column holds: a create the limit allowed would fail in the database.
+        ({"DEBUG": "1", "TASK_MAX_ATTEMPTS": "40000"}, "TASK_MAX_ATTEMPTS must be <= 32767"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(env, message):
