@@ -133,7 +133,12 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     def CreateTask(self, request: pb.CreateTaskRequest, context, *, user) -> pb.Task:
         # The REST input serializer is the one definition of a valid create request
         # (title required and <= 200 characters, kind known, timeout in range...).
-        data: dict[str, Any] = {"title": request.title, "description": request.description}
+        # proto3 cannot tell an unset string from "": an empty one counts as not sent (it
+        # takes the create's default), as REST without it, which an idempotent create
+        # retried over REST must match.
+        data: dict[str, Any] = {"title": request.title}
+        if request.description:
+            data["description"] = request.description
         if request.kind:
             data["kind"] = request.kind
         if request.callback_url:

@@ -404,6 +404,20 @@ def test_grpc_create_with_a_key_returns_the_first_task_and_rest_shares_the_key(
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
+def test_a_grpc_create_without_a_description_replays_over_rest_without_one(
+    grpc_stub, alice, client_for
+):
+    """proto3 sends "" for a description never set: that is 'not sent', as in REST."""
+    first, _ = grpc_create(grpc_stub, alice, description="", idempotency_key="order-43")
+
+    over_rest = post(client_for(alice), {"title": "Count words", "kind": "wordcount"}, "order-43")
+
+    assert (over_rest.status_code, over_rest.json()["id"]) == (201, first.id)
+    assert Task.objects.count() == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
 def test_grpc_create_without_a_key_makes_a_task_each_time(grpc_stub, alice):
     assert grpc_create(grpc_stub, alice)[0].id != grpc_create(grpc_stub, alice)[0].id
 
