@@ -104,12 +104,20 @@ class Task(models.Model):
             # The API's "my tasks, newest first", optionally by status.
             models.Index(fields=["owner", "-created_at"], name="task_owner_created_idx"),
             models.Index(fields=["owner", "status", "-created_at"], name="task_owner_status_idx"),
-            # The dispatcher's claim: only pending rows, oldest first; partial so it stays
-            # small however many finished tasks accumulate.
+            # The dispatcher's claim (services.dispatch_pending_tasks), one index per half:
+            # pending tasks due at once, oldest first, and pending tasks waiting for a
+            # run_at (a delayed create, a retry's backoff), earliest first. Each half is
+            # read up to its limit and no further, so tasks waiting for a later run_at are
+            # never walked. Partial: small however many tasks have finished.
             models.Index(
                 fields=["created_at"],
-                name="task_pending_idx",
-                condition=models.Q(status="pending"),
+                name="task_pending_now_idx",
+                condition=models.Q(status="pending", run_at__isnull=True),
+            ),
+            models.Index(
+                fields=["run_at"],
+                name="task_pending_later_idx",
+                condition=models.Q(status="pending", run_at__isnull=False),
             ),
             # The resend sweep (queued) and the reaper (in_progress).
             models.Index(

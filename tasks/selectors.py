@@ -71,8 +71,9 @@ def dispatcher_lag_seconds() -> float:
 
     A pending task is due from when it became pending (created or retried: both set
     updated_at) or from its run_at if later. statement_timestamp(), not now(): inside a
-    transaction now() is when the transaction began. The WHERE matches the partial index
-    task_pending_idx, so this stays cheap however many tasks have finished.
+    transaction now() is when the transaction began. The WHERE is the two halves of the
+    dispatcher's claim, each a partial index (task_pending_now_idx, task_pending_later_idx),
+    so this stays cheap however many tasks have finished.
     """
     table = connection.ops.quote_name(Task._meta.db_table)
     with connection.cursor() as cursor:

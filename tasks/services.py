@@ -855,12 +855,20 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
     now = timezone.now()
     orders: list[queue.RunOrder] = []
     with transaction.atomic():
-        due = list(
-            Task.objects.select_for_update(skip_locked=True)
-            .filter(status=TaskStatus.PENDING)
-            .exclude(run_at__gt=now)
-            .order_by("created_at")[:limit]
-        )
+        # Two halves, each read through its own partial index up to `limit` rows (one
+        # query walking every pending row would pass all the retries still in backoff):
+        # tasks due at once, with no clock compared (a web process's clock ahead of this
+        # one's must not hold a new task back), and tasks whose run_at has come. The
+        # earliest due of both are claimed; the rest of what was locked is let go at
+        # commit and claimed by a later run.
+        pending = Task.objects.select_for_update(skip_locked=True).filter(status=TaskStatus.PENDING)
+        due = sorted(
+            [
+                *pending.filter(run_at__isnull=True).order_by("created_at")[:limit],
+                *pending.filter(run_at__isnull=False, run_at__lte=now).order_by("run_at")[:limit],
+            ],
+            key=lambda task: task.run_at or task.created_at,
+        )[:limit]
         # Event counters are locked per owner in a fixed order, so two dispatchers working
         # on overlapping owners cannot deadlock.
         due.sort(key=lambda task: (task.owner_id or 0, task.created_at))

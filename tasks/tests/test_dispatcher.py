@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications.models import Event
@@ -107,6 +108,67 @@ def test_a_task_scheduled_for_later_waits_for_its_time(alice, sent):
     assert [order.task_id for order in orders] == [str(due.pk)]
     later.refresh_from_db()
     assert later.status == TaskStatus.PENDING
+
+
+@pytest.mark.django_db
+def test_the_earliest_due_are_claimed_first_whether_new_or_retried(alice, sent):
+    new = make_task(owner=alice)
+    retry_due_before_it = make_task(owner=alice, run_at=new.created_at - timedelta(minutes=5))
+    retry_due_after_it = make_task(owner=alice, run_at=new.created_at + timedelta(milliseconds=1))
+
+    first = services.dispatch_pending_tasks(limit=2)
+    second = services.dispatch_pending_tasks(limit=2)
+
+    assert {order.task_id for order in first} == {str(retry_due_before_it.pk), str(new.pk)}
+    assert [order.task_id for order in second] == [str(retry_due_after_it.pk)]
+
+
+def _rows_read_by_claim_scans(statements: list[str]) -> dict[str, int]:
+    """Rows each index scan of the claim's SELECT ... FOR UPDATE statements read, by index."""
+    read: dict[str, int] = {}
+
+    def walk(node: dict) -> None:
+        if "Index Name" in node:
+            read[node["Index Name"]] = read.get(node["Index Name"], 0) + (
+                node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+            )
+        for child in node.get("Plans", []):
+            walk(child)
+
+    with connection.cursor() as cursor:
+        for sql in statements:
+            cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+            walk(cursor.fetchone()[0][0]["Plan"])
+    return read
+
+
+@pytest.mark.django_db
+def test_a_claim_reads_past_no_task_waiting_for_a_later_run_at(alice, sent):
+    """A thousand retries in backoff used to be walked by every claim (one index on
+    created_at, run_at filtered row by row); each half of the claim now reads only what
+    it takes."""
+    later = timezone.now() + timedelta(hours=1)
+    Task.objects.bulk_create(
+        Task(owner=alice, title=f"retry {n}", timeout=60, run_at=later) for n in range(1000)
+    )
+    due = make_task(owner=alice)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_task")  # the planner sees the table as it is
+
+    with CaptureQueriesContext(connection) as queries:
+        orders = services.dispatch_pending_tasks(limit=10)
+
+    assert [order.task_id for order in orders] == [str(due.pk)]
+    claims = [
+        q["sql"]
+        for q in queries.captured_queries
+        if "FOR UPDATE" in q["sql"] and "pending" in q["sql"]
+    ]
+    assert len(claims) == 2
+    assert _rows_read_by_claim_scans(claims) == {
+        "task_pending_now_idx": 0,  # the due task is queued by now: nothing left to read
+        "task_pending_later_idx": 0,
+    }
 
 
 @pytest.mark.django_db
