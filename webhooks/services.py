@@ -259,6 +259,18 @@ def delivery_record_attempt(
             error=error,
         )
         fields = ["state", "next_attempt_at", "last_error"]
+        if delivery.attempts != number or delivery.state != DeliveryState.PENDING:
+            # A late outcome: this attempt outlived its lease (a worker frozen mid-request)
+            # and the sweep has claimed a later one since, or that one already settled the
+            # delivery. Its row is history; the state belongs to the newest attempt, and a
+            # late failure must not undo a delivered webhook or schedule a second retry.
+            logger.warning(
+                "webhook %s attempt %s ended after attempt %s was claimed: recorded only",
+                delivery_id,
+                number,
+                delivery.attempts,
+            )
+            return delivery
         if status_code is not None and 200 <= status_code < 300:
             delivery.state = DeliveryState.DELIVERED
             delivery.delivered_at = now

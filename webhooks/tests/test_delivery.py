@@ -84,6 +84,37 @@ def test_an_attempt_before_it_is_due_or_twice_is_a_no_op(completed_delivery, rec
     assert len(receiver.requests) == 1
 
 
+def test_an_attempt_that_outlived_its_lease_cannot_undo_the_next_ones_outcome(
+    completed_delivery, receiver
+):
+    """Attempt 1's worker froze past its lease; the sweep claimed attempt 2, which was
+    delivered. Attempt 1's failure, recorded last, used to turn the delivery back to
+    pending and send the webhook a third time."""
+    now = completed_delivery.created_at
+    frozen = services.delivery_claim(delivery_id=completed_delivery.pk, now=now)
+    after_the_lease = frozen.next_attempt_at
+    receiver.answers = [200]
+    services.delivery_attempt(delivery_id=completed_delivery.pk, now=after_the_lease)
+
+    late = services.delivery_record_attempt(
+        delivery_id=completed_delivery.pk,
+        number=frozen.attempts,
+        started_at=now,
+        status_code=None,
+        latency_ms=70_000,
+        error="read timeout",
+    )
+
+    assert late.state == DeliveryState.DELIVERED and late.next_attempt_at is None
+    assert late.last_error == ""
+    assert [(a.number, a.error) for a in late.attempt_log.order_by("number")] == [
+        (1, "read timeout"),
+        (2, ""),
+    ]
+    assert services.delivery_attempt(delivery_id=completed_delivery.pk, now=after_the_lease) is None
+    assert len(receiver.requests) == 1
+
+
 def test_it_gives_up_when_the_next_wait_would_end_past_the_window(completed_delivery, receiver):
     receiver.answers = [500]
     near_the_end = completed_delivery.give_up_at - timedelta(seconds=1)
