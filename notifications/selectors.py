@@ -95,10 +95,12 @@ def task_events_for(*, user: AbstractBaseUser, task_id: UUID | str) -> QuerySet[
 def task_updates_after(
     *, user: AbstractBaseUser, after_id: int, task_id: UUID | str | None = None
 ) -> QuerySet[Event]:
-    """The user's task.updated events after `after_id` (of one task, if given), oldest
-    first: the same read a WebSocket resume makes, served by the (user, seq) unique index.
-    gRPC's WatchTasks streams these."""
-    events = Event.objects.filter(user=user, seq__gt=after_id, type=protocol.TASK_UPDATED)
+    """The user's task events (task.updated, task.deleted) after `after_id` (of one task,
+    if given), oldest first: the same read a WebSocket resume makes, served by the
+    (user, seq) unique index. gRPC's WatchTasks streams these."""
+    events = Event.objects.filter(
+        user=user, seq__gt=after_id, type__in=(protocol.TASK_UPDATED, protocol.TASK_DELETED)
+    )
     if task_id is not None:
         events = events.filter(task_id=task_id)
     return events.order_by("seq")

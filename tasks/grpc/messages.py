@@ -101,7 +101,8 @@ def task_to_proto(task: Task) -> pb.Task:
 
 
 def task_event_to_proto(event: Event) -> pb.TaskEvent:
-    """A persisted `task.updated` event; its data is tasks.services.task_event_data()."""
+    """A persisted `task.updated` event (its data is tasks.services.task_event_data()) or
+    `task.deleted` (task_id, title and the status it had: the rest stays unset)."""
     data = event.data
     update = pb.TaskUpdate(
         task_id=data.get("task_id", ""),

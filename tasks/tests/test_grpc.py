@@ -366,6 +366,24 @@ def test_watch_follows_a_task_run_by_a_worker_then_resumes_without_gaps(
     only_first.cancel()
 
 
+def test_watch_reports_a_deleted_task(stub, alice):
+    task = create(stub, alice, title="short-lived")
+    stream = stub.WatchTasks(pb.WatchTasksRequest(), metadata=bearer(alice), timeout=30)
+    read_events(stream, until=lambda e: len(e) == 1)  # its creation
+
+    services.task_delete(task_id=task.id)
+
+    deleted = read_events(stream, until=lambda e: True)[0]
+    stream.cancel()
+    assert (deleted.type, deleted.task.task_id, deleted.task.title) == (
+        "task.deleted",
+        task.id,
+        "short-lived",
+    )
+    assert deleted.task.status == S.TASK_STATUS_PENDING  # the status it had
+    assert deleted.id == Event.objects.get(user=alice, type=protocol.TASK_DELETED).seq
+
+
 # --- Health and reflection ---------------------------------------------------------------
 
 
