@@ -30,6 +30,8 @@ PERSISTED_TYPES = frozenset({TASK_UPDATED, TASK_DELETED, NOTIFICATION_NEW})
 # Server -> client, ephemeral (no `id`).
 WELCOME = "welcome"
 TASK_PROGRESS = "task.progress"
+# Notifications were marked read (another tab, the API): {ids} or {all: true}, and read_at.
+NOTIFICATION_READ = "notification.read"
 CHAT_HISTORY = "chat.history"
 CHAT_TYPING = "chat.typing"
 # The server ended this socket's subscription to a room its user may no longer read

@@ -162,7 +162,8 @@ def notify(
 
 
 def notification_mark_read(*, notification: Notification) -> Notification:
-    """Mark one notification read (idempotent: the first read time stays)."""
+    """Mark one notification read (idempotent: the first read time stays). The user's open
+    pages hear of it (`notification.read`), so every tab's unread count agrees."""
     if notification.read_at is None:
         now = timezone.now()
         updated = Notification.objects.filter(pk=notification.pk, read_at__isnull=True).update(
@@ -170,16 +171,28 @@ def notification_mark_read(*, notification: Notification) -> Notification:
         )
         if updated:
             notification.read_at = now
+            publish_ephemeral(
+                user_id=notification.user_id,
+                type=protocol.NOTIFICATION_READ,
+                data={"ids": [notification.pk], "read_at": now.isoformat()},
+            )
         else:
             notification.refresh_from_db(fields=["read_at"])
     return notification
 
 
 def notification_mark_all_read(*, user: AbstractBaseUser) -> int:
-    """Mark every unread notification of the user read; returns how many changed."""
-    return Notification.objects.filter(user=user, read_at__isnull=True).update(
-        read_at=timezone.now()
-    )
+    """Mark every unread notification of the user read; returns how many changed. The
+    user's open pages hear of it (`notification.read` with `all`)."""
+    now = timezone.now()
+    marked = Notification.objects.filter(user=user, read_at__isnull=True).update(read_at=now)
+    if marked:
+        publish_ephemeral(
+            user_id=user.pk,
+            type=protocol.NOTIFICATION_READ,
+            data={"all": True, "read_at": now.isoformat()},
+        )
+    return marked
 
 
 # --- Connection registry (Redis) ---------------------------------------------------------

@@ -266,3 +266,25 @@ def test_another_channel_layer_gets_the_same_pushes_through_its_own_group_send(
     assert [frame["id"] for frame in listener.frames(3)] == ids
     later = publish(alice, 3)  # the kept loop and its connection serve the next push too
     assert [frame["id"] for frame in listener.frames(1)] == [later]
+
+
+# --- Marked read: every open page hears of it --------------------------------------------
+
+
+def test_marking_read_tells_the_users_pages_once_and_only_when_something_changed(
+    alice, alice_listens
+):
+    first = services.notify(user_id=alice.pk, title="one")
+    services.notify(user_id=alice.pk, title="two")
+    alice_listens.frames(2)  # their notification.new
+
+    services.notification_mark_read(notification=first)
+    services.notification_mark_read(notification=first)  # already read: nothing to say
+    services.notification_mark_all_read(user=alice)
+    services.notification_mark_all_read(user=alice)  # none left unread: nothing either
+
+    one, every = alice_listens.frames(2)
+    assert (one["type"], one["data"]["ids"]) == ("notification.read", [first.pk])
+    assert (every["type"], every["data"]["all"]) == ("notification.read", True)
+    assert "id" not in one and "id" not in every  # ephemeral: the inbox is the record
+    alice_listens.assert_nothing_more()

@@ -27,6 +27,7 @@ from devserver import testing
 from devserver.chromium import CHROMIUM, CHROMIUM_ARGS
 from devserver.testing import wait_until
 from notifications import selectors as notification_selectors
+from notifications import services as notification_services
 from tasks import services as task_services
 from tasks.models import Task, TaskStatus
 
@@ -509,3 +510,19 @@ def test_mark_all_read_is_readable_in_the_notification_panel(web_url, open_page,
     expect(mark_all).to_be_visible()
     # WCAG AA asks 4.5:1 for text; the button was white on the white card (1:1).
     assert _contrast_ratio(page, mark_all) >= 4.5
+
+
+def test_marking_all_read_in_one_tab_clears_the_count_in_the_others(web_url, open_page, alice):
+    page = open_page()
+    sign_in(page, web_url, alice, "alice-pass-123")
+    other = page.context.new_page()  # same browser session
+    other.goto(f"{web_url}/")
+    wait_until_live(other)
+    for title in ("report ready", "export ready"):
+        on_server(notification_services.notify, user_id=alice.pk, title=title)
+    expect(other.get_by_role("button", name="Notifications, 2 unread")).to_be_visible()
+
+    page.get_by_role("button", name="Notifications, 2 unread").click()
+    page.get_by_role("button", name="Mark all read").click()
+
+    expect(other.get_by_role("button", name="Notifications, 0 unread")).to_be_visible()

@@ -750,6 +750,24 @@ client.on("task.updated", onTaskUpdated);
 client.on("task.deleted", onTaskDeleted);
 client.on("task.progress", onTaskProgress);
 client.on("notification.new", onNotification);
+// Marked read elsewhere (another tab, the API): every tab's count agrees.
+client.on("notification.read", (frame) => {
+  const { ids, all, read_at: readAt } = frame.data || {};
+  if (all) {
+    for (const notification of notifications.values()) notification.read_at ||= readAt;
+    showUnread(0);
+  } else {
+    let newlyRead = 0; // unread here until now (or not loaded here: the server says it was)
+    for (const id of ids || []) {
+      const notification = notifications.get(id);
+      if (notification?.read_at) continue;
+      newlyRead += 1;
+      if (notification) notification.read_at = readAt;
+    }
+    showUnread(unreadCount - newlyRead);
+  }
+  renderNotifications();
+});
 client.on("error", onError);
 client.on("reset", () => reloadTasks());
 client.on("fatal", ({ code }) => {
