@@ -57,8 +57,13 @@ resolve: Resolver = system_resolver
 
 
 def _why_not_public(ip: IPAddress) -> str | None:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return _why_not_public(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one reaches that IPv4 host: judge it by that.
+        # ::ffff:a.b.c.d (mapped), and 2002:AABB:CCDD:: (6to4), which Python counts as
+        # global whatever it wraps (Teredo, 2001::/32, is refused as private already).
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            return _why_not_public(embedded)
     # Most specific first: 169.254.x is private too, but "link-local" says more.
     for flag in ("loopback", "link_local", "unspecified", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{flag}"):
