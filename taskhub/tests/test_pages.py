@@ -16,7 +16,12 @@ from django.core.management import call_command
 
 pytestmark = pytest.mark.django_db
 
-STATIC_FILES = ("taskhub/dashboard.js", "taskhub/protocol-client.js", "taskhub/dashboard.css")
+STATIC_FILES = (
+    "taskhub/dashboard.js",
+    "taskhub/page.js",
+    "taskhub/protocol-client.js",
+    "taskhub/dashboard.css",
+)
 
 
 def test_an_anonymous_visitor_is_sent_to_the_login_page(client):

@@ -1,120 +1,35 @@
 // The TaskHub dashboard: tasks, live status, search, notifications; the chat is chat.js.
 //
-// No framework and no build step. Every piece of user data reaches the DOM through
-// textContent or an attribute value, never innerHTML: a task titled
-// `<img src=x onerror=alert(1)>` is shown as those characters.
+// No framework and no build step; the helpers both pages use are page.js's, and like
+// them, every piece of user data reaches the DOM through textContent or an attribute value,
+// never innerHTML.
 //
 // State flow: the REST API gives the current state once; the /ws socket (protocol-client.js)
 // keeps it current. Each task keeps the newest `updated_at` it was shown with, so an older
 // event arriving after a newer REST read (or the other way round) never moves a row back.
 
 import { startChat } from "./chat.js";
-import { CLOSE_SERVICE_UNAVAILABLE, ProtocolClient } from "./protocol-client.js";
+import {
+  $,
+  STATUS_LABELS,
+  announce,
+  api,
+  attemptsText,
+  config,
+  el,
+  retryText,
+  showConnection,
+  timeElement,
+  tsKey,
+} from "./page.js";
+import { ProtocolClient } from "./protocol-client.js";
 
-const config = JSON.parse(document.getElementById("taskhub-config").textContent);
 // The state machine's sets come from the server (taskhub/pages.py), never a copy here.
 const TERMINAL = new Set(config.statuses.terminal);
 const CANCELLABLE = new Set(config.statuses.cancellable);
 const RETRYABLE = new Set(config.statuses.retryable);
-const STATUS_LABELS = {
-  pending: "pending",
-  queued: "queued",
-  in_progress: "in progress",
-  completed: "completed",
-  failed: "failed",
-  cancelled: "cancelled",
-};
 
-const $ = (id) => document.getElementById(id);
-
-// --- Small DOM and HTTP helpers -----------------------------------------------------------
-
-/** createElement with text set through textContent (never parsed as HTML). */
-function el(tag, { className, text, attrs } = {}, children = []) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    if (value !== undefined && value !== null && value !== false) node.setAttribute(name, String(value));
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
-
-function cookie(name) {
-  for (const part of document.cookie.split(";")) {
-    const [key, ...rest] = part.trim().split("=");
-    if (key === name) return decodeURIComponent(rest.join("="));
-  }
-  return "";
-}
-
-class ApiError extends Error {
-  constructor(status, data) {
-    super(describeError(data) || `Request failed (${status}).`);
-    this.status = status;
-    this.data = data;
-  }
-}
-
-/** `{"detail": "..."}` or `{"field": ["message"]}` (the API's one error shape) as a sentence. */
-function describeError(data) {
-  if (!data || typeof data !== "object") return "";
-  if (typeof data.detail === "string") return data.detail;
-  return Object.entries(data)
-    .map(([field, messages]) => `${field}: ${[].concat(messages).join(" ")}`)
-    .join(" ");
-}
-
-async function api(method, url, body) {
-  const headers = { Accept: "application/json" };
-  if (method !== "GET") {
-    headers["X-CSRFToken"] = cookie("csrftoken");
-    headers["Content-Type"] = "application/json";
-  }
-  const response = await fetch(url, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (response.status === 401) {
-    // The session ended (signed out in another tab, expired): sign in again.
-    window.location.assign(`${config.loginUrl}?next=${encodeURIComponent(window.location.pathname)}`);
-    throw new ApiError(401, { detail: "Please sign in again." });
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    data = null;
-  }
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data;
-}
-
-const announcer = $("announcer");
-/** Tell screen-reader users about a change once (the table itself is not a live region). */
-function announce(message) {
-  announcer.textContent = "";
-  // A new text node after a tick, so the same message twice is read twice.
-  setTimeout(() => {
-    announcer.textContent = message;
-  }, 50);
-}
-
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
-const timeFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
-
-/** A <time>: just the time for today, date and time otherwise; the full value on hover. */
-function timeElement(iso) {
-  if (!iso) return el("span", { className: "muted", text: "—" });
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return el("span", { text: iso });
-  const today = date.toDateString() === new Date().toDateString();
-  const text = today ? timeFormat.format(date) : dateFormat.format(date);
-  return el("time", { text, attrs: { datetime: iso, title: dateFormat.format(date) } });
-}
+// --- Small helpers of this page -----------------------------------------------------------
 
 /** A task result in one line: `key: value, ...` for an object, JSON otherwise. */
 function summarizeResult(result) {
@@ -127,37 +42,8 @@ function summarizeResult(result) {
   return JSON.stringify(result);
 }
 
-/** A comparable key for the API's ISO timestamps, to the microsecond (Date keeps ms only). */
-function tsKey(iso) {
-  if (typeof iso !== "string") return "";
-  const match = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?(Z|[+-]00:00)$/.exec(iso);
-  if (!match) return new Date(iso).toISOString();
-  return `${match[1]}.${(match[2] || "").padEnd(6, "0")}`;
-}
-
 function shorten(text, limit = 140) {
   return text.length > limit ? `${text.slice(0, limit - 1)}…` : text;
-}
-
-// --- Connection state ---------------------------------------------------------------------
-
-const connStatus = $("conn-status");
-const CONN_TEXT = {
-  idle: "Connecting…",
-  connecting: "Connecting…",
-  open: "Live",
-  reconnecting: "Reconnecting…",
-  closed: "Offline",
-};
-
-function showConnection(state, code) {
-  connStatus.dataset.state = state;
-  let text = CONN_TEXT[state] || state;
-  if (state === "closed" && code === 4401) text = "Signed out";
-  // 4503: the server could not reach Redis or PostgreSQL; the client backs off and retries.
-  if (state === "reconnecting" && code === CLOSE_SERVICE_UNAVAILABLE) text = "Server busy, retrying…";
-  connStatus.textContent = text;
-  document.body.dataset.connection = state;
 }
 
 // --- Tasks --------------------------------------------------------------------------------
@@ -350,19 +236,6 @@ function listUrl() {
 // whose task no longer matches (or a new one that does not) is hidden, not dropped.
 filterStatus.addEventListener("change", () => reloadTasks());
 filterKind.addEventListener("change", () => reloadTasks());
-
-/** "2 of 3" under a retry policy; just the count without one, or past it (manual retries). */
-function attemptsText(task) {
-  const { attempts, max_attempts: max } = task;
-  if (attempts === undefined || attempts === null) return "";
-  return max > 1 && attempts <= max ? `${attempts} of ${max}` : String(attempts);
-}
-
-/** "retrying in 5 s (attempt 2 of 3)" from an automatic retry's `retry`. */
-function retryText(retry) {
-  const when = Number.isFinite(Number(retry.in_seconds)) ? `retrying in ${Number(retry.in_seconds)} s` : "retrying";
-  return retry.attempt !== undefined && retry.of !== undefined ? `${when} (attempt ${retry.attempt} of ${retry.of})` : when;
-}
 
 async function loadTasks(url = listUrl()) {
   tasksLoading.hidden = false;

@@ -1,8 +1,9 @@
 // One task's own page (/tasks/<id>/): its fields, its full result, the timeline of its
 // events, live over the socket; cancel, retry and edit-and-re-run.
 //
-// As on the dashboard, no framework and no build step, and every user string reaches the
-// DOM through textContent or an attribute value, never innerHTML.
+// As on the dashboard, no framework and no build step; the helpers both pages use are
+// page.js's, and every user string reaches the DOM through textContent or an attribute
+// value, never innerHTML.
 //
 // State flow: once the socket is live, the task is read over REST (GET /api/tasks/<id>/)
 // and its history over GET /api/tasks/<id>/events/ (every page, oldest first); from then
@@ -11,141 +12,26 @@
 // live is shown once; a reconnect resumes the stream where it stopped (protocol-client.js),
 // and a "reset" or an events_pruned error reads everything again.
 
-import { CLOSE_SERVICE_UNAVAILABLE, ProtocolClient } from "./protocol-client.js";
+import {
+  $,
+  STATUS_LABELS,
+  announce,
+  api,
+  config,
+  el,
+  retryText,
+  showConnection,
+  signIn,
+  timeElement,
+  tsKey,
+} from "./page.js";
+import { ProtocolClient } from "./protocol-client.js";
 
-const config = JSON.parse(document.getElementById("taskhub-config").textContent);
 const TASK_ID = config.taskId;
 const TERMINAL = new Set(config.statuses.terminal);
 const CANCELLABLE = new Set(config.statuses.cancellable);
 const RETRYABLE = new Set(config.statuses.retryable);
-const STATUS_LABELS = {
-  pending: "pending",
-  queued: "queued",
-  in_progress: "in progress",
-  completed: "completed",
-  failed: "failed",
-  cancelled: "cancelled",
-};
-
-const $ = (id) => document.getElementById(id);
-
-// --- Small DOM and HTTP helpers (the dashboard's, kept to what this page uses) ------------
-
-function el(tag, { className, text, attrs } = {}, children = []) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    if (value !== undefined && value !== null && value !== false) node.setAttribute(name, String(value));
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
-
-function cookie(name) {
-  for (const part of document.cookie.split(";")) {
-    const [key, ...rest] = part.trim().split("=");
-    if (key === name) return decodeURIComponent(rest.join("="));
-  }
-  return "";
-}
-
-class ApiError extends Error {
-  constructor(status, data) {
-    super(describeError(data) || `Request failed (${status}).`);
-    this.status = status;
-    this.data = data;
-  }
-}
-
-function describeError(data) {
-  if (!data || typeof data !== "object") return "";
-  if (typeof data.detail === "string") return data.detail;
-  return Object.entries(data)
-    .map(([field, messages]) => `${field}: ${[].concat(messages).join(" ")}`)
-    .join(" ");
-}
-
-function signIn() {
-  window.location.assign(`${config.loginUrl}?next=${encodeURIComponent(window.location.pathname)}`);
-}
-
-async function api(method, url, body) {
-  const headers = { Accept: "application/json" };
-  if (method !== "GET") {
-    headers["X-CSRFToken"] = cookie("csrftoken");
-    headers["Content-Type"] = "application/json";
-  }
-  const response = await fetch(url, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (response.status === 401) {
-    signIn();
-    throw new ApiError(401, { detail: "Please sign in again." });
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    data = null;
-  }
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data;
-}
-
-const announcer = $("announcer");
-function announce(message) {
-  announcer.textContent = "";
-  setTimeout(() => {
-    announcer.textContent = message;
-  }, 50);
-}
-
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
-
-function timeElement(iso) {
-  if (!iso) return el("span", { className: "muted", text: "—" });
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return el("span", { text: iso });
-  return el("time", { text: dateFormat.format(date), attrs: { datetime: iso } });
-}
-
-/** A comparable key for the API's ISO timestamps, to the microsecond. */
-function tsKey(iso) {
-  if (typeof iso !== "string") return "";
-  const match = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?(Z|[+-]00:00)$/.exec(iso);
-  if (!match) return new Date(iso).toISOString();
-  return `${match[1]}.${(match[2] || "").padEnd(6, "0")}`;
-}
-
 const pretty = (value) => JSON.stringify(value, null, 2);
-
-/** "retrying in 5 s (attempt 2 of 3)" from a task.updated's `retry` (the retry policy). */
-function retryText(retry) {
-  if (!retry || typeof retry !== "object") return "";
-  const parts = [];
-  if (Number.isFinite(Number(retry.in_seconds))) parts.push(`retrying in ${Number(retry.in_seconds)} s`);
-  else parts.push("retrying");
-  if (retry.attempt !== undefined && retry.of !== undefined) parts.push(`(attempt ${retry.attempt} of ${retry.of})`);
-  return parts.join(" ");
-}
-
-// --- Connection state ---------------------------------------------------------------------
-
-const connStatus = $("conn-status");
-const CONN_TEXT = { idle: "Connecting…", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Offline" };
-
-function showConnection(state, code) {
-  connStatus.dataset.state = state;
-  let text = CONN_TEXT[state] || state;
-  if (state === "closed" && code === 4401) text = "Signed out";
-  if (state === "reconnecting" && code === CLOSE_SERVICE_UNAVAILABLE) text = "Server busy, retrying…";
-  connStatus.textContent = text;
-  document.body.dataset.connection = state;
-}
 
 // --- The task -----------------------------------------------------------------------------
 
