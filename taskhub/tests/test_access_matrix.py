@@ -86,7 +86,7 @@ QUERY_MATRIX = {
     "chat-room-list": ("/api/chat/rooms/", 200),
     "schedule-list": ("/api/schedules/", 200),
 }
-GRPC_METHODS = {"CreateTask", "GetTask", "ListTasks", "CancelTask", "WatchTasks"}
+GRPC_METHODS = {"CreateTask", "GetTask", "ListTasks", "CancelTask", "RetryTask", "WatchTasks"}
 
 
 def url_patterns(patterns, prefix=""):
@@ -203,6 +203,7 @@ def test_bob_gets_not_found_for_alices_task_over_grpc(alice, bob, alices_objects
     for call, request in [
         (grpc_stub.GetTask, pb.GetTaskRequest(id=task_id)),
         (grpc_stub.CancelTask, pb.CancelTaskRequest(id=task_id)),
+        (grpc_stub.RetryTask, pb.RetryTaskRequest(id=str(alices_objects["failed_task"]))),
     ]:
         with pytest.raises(grpc.RpcError) as caught:
             call(request, metadata=bob_says, timeout=10)

@@ -113,9 +113,19 @@ def task_event_to_proto(event: Event) -> pb.TaskEvent:
         progress=int(data.get("progress") or 0),
         attempts=int(data.get("attempts") or 0),
         error=data.get("error") or "",
+        max_attempts=int(data.get("max_attempts") or 0),
+        params_changed=bool(data.get("params_changed")),
     )
     if data.get("updated_at"):
         update.updated_at.FromJsonString(data["updated_at"])
+    retry = data.get("retry")
+    if isinstance(retry, dict):
+        update.retry.in_seconds = float(retry.get("in_seconds") or 0)
+        update.retry.attempt = int(retry.get("attempt") or 0)
+        update.retry.of = int(retry.get("of") or 0)
+        update.retry.error = retry.get("error") or ""
+        if retry.get("run_at"):
+            update.retry.run_at.FromJsonString(retry["run_at"])
     if data.get("result") is not None:
         update.result.CopyFrom(json_to_value(data["result"]))
     message = pb.TaskEvent(id=event.seq, type=event.type, task=update)

@@ -198,6 +198,13 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         task = _task_for(user=user, task_id=request.id)
         return messages.task_to_proto(services.task_cancel(task=task))
 
+    @unary_call
+    def RetryTask(self, request: pb.RetryTaskRequest, context, *, user) -> pb.Task:
+        task = _task_for(user=user, task_id=request.id)
+        # Unset (not an empty Struct) keeps the task's params; task_retry checks new ones.
+        params = messages.struct_to_dict(request.params) if request.HasField("params") else None
+        return messages.task_to_proto(services.task_retry(task=task, params=params))
+
     @stream_call
     def WatchTasks(self, request: pb.WatchTasksRequest, context, *, user) -> Iterator[pb.TaskEvent]:
         """Replay the user's task events after `after_event_id`, then follow live ones.

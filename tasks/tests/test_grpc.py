@@ -302,6 +302,49 @@ def test_cancel_of_a_completed_task_is_failed_precondition(stub, alice):
     assert Task.objects.get(pk=task.id).status == TaskStatus.COMPLETED
 
 
+def run_to(task_id: str, *, error: str | None = None) -> None:
+    """Through queued and in_progress by hand to completed, or failed with `error`."""
+    services.task_transition(task_id=task_id, to=TaskStatus.QUEUED)
+    services.task_start(task_id=task_id, worker="test")
+    if error is None:
+        services.task_complete(task_id=task_id, result={"ok": True})
+    else:
+        services.task_fail(task_id=task_id, error=error)
+
+
+def test_retry_runs_a_failed_task_again_with_edited_params(stub, alice):
+    task = create(stub, alice, kind="echo", params=struct({"n": 1}))
+    run_to(task.id, error="boom")
+
+    retried = stub.RetryTask(
+        pb.RetryTaskRequest(id=task.id, params=struct({"n": 2})), metadata=bearer(alice), timeout=10
+    )
+
+    assert (S.Name(retried.status), retried.attempts) == ("TASK_STATUS_PENDING", 2)
+    assert json_format.MessageToDict(retried.params) == {"n": 2}
+    assert retried.error == ""
+    event = Event.objects.filter(user=alice, task_id=task.id).latest("seq")
+    assert (event.data["params_changed"], event.data["previous_params"]) == (True, {"n": 1})
+
+
+def test_retry_without_params_keeps_them_and_bad_ones_or_a_live_task_are_refused(stub, alice):
+    task = create(stub, alice, kind="simulate", params=struct({"seconds": 1}))
+    live = rpc_error(stub.RetryTask, pb.RetryTaskRequest(id=task.id), metadata=bearer(alice))
+    assert live.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "only a failed or cancelled task can be retried" in live.details()
+    run_to(task.id, error="boom")
+
+    bad = rpc_error(
+        stub.RetryTask,
+        pb.RetryTaskRequest(id=task.id, params=struct({"blob": "x" * 20_000})),  # > 16 KB
+        metadata=bearer(alice),
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params" in field_violations(bad)
+    retried = stub.RetryTask(pb.RetryTaskRequest(id=task.id), metadata=bearer(alice), timeout=10)
+    assert json_format.MessageToDict(retried.params) == {"seconds": 1}
+
+
 # --- WatchTasks --------------------------------------------------------------------------
 
 
@@ -366,6 +409,29 @@ def test_watch_follows_a_task_run_by_a_worker_then_resumes_without_gaps(
     only_first.cancel()
 
 
+def test_watch_carries_the_retry_policy_and_an_automatic_retry(stub, alice):
+    task = create(stub, alice, kind="echo", max_attempts=2, retry_backoff=5)
+    stream = stub.WatchTasks(
+        pb.WatchTasksRequest(task_id=task.id), metadata=bearer(alice), timeout=30
+    )
+
+    run_to(task.id, error="boom")
+
+    events = read_events(stream, until=lambda e: e[-1].task.HasField("retry"))
+    stream.cancel()
+    waiting = events[-1].task
+    assert (S.Name(waiting.status), waiting.attempts, waiting.max_attempts) == (
+        "TASK_STATUS_PENDING",
+        2,
+        2,
+    )
+    assert {e.task.max_attempts for e in events} == {2}
+    assert (waiting.retry.attempt, waiting.retry.of, waiting.retry.error) == (2, 2, "boom")
+    assert 4 <= waiting.retry.in_seconds <= 6  # retry_backoff 5, jittered ±20 %
+    run_at = Task.objects.get(pk=task.id).run_at
+    assert waiting.retry.run_at.ToDatetime(tzinfo=UTC) == run_at
+
+
 def test_watch_reports_a_deleted_task(stub, alice):
     task = create(stub, alice, title="short-lived")
     stream = stub.WatchTasks(pb.WatchTasksRequest(), metadata=bearer(alice), timeout=30)
@@ -406,6 +472,7 @@ def test_reflection_describes_task_service(channel):
         "GetTask",
         "ListTasks",
         "CancelTask",
+        "RetryTask",
         "WatchTasks",
     }
 

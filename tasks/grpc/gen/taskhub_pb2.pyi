@@ -128,6 +128,14 @@ class CancelTaskRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class RetryTaskRequest(_message.Message):
+    __slots__ = ("id", "params")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    params: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
 class WatchTasksRequest(_message.Message):
     __slots__ = ("after_event_id", "task_id")
     AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -149,7 +157,7 @@ class TaskEvent(_message.Message):
     def __init__(self, id: _Optional[int] = ..., type: _Optional[str] = ..., ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., task: _Optional[_Union[TaskUpdate, _Mapping]] = ...) -> None: ...
 
 class TaskUpdate(_message.Message):
-    __slots__ = ("task_id", "status", "previous_status", "title", "kind", "progress", "attempts", "updated_at", "result", "error")
+    __slots__ = ("task_id", "status", "previous_status", "title", "kind", "progress", "attempts", "updated_at", "result", "error", "max_attempts", "retry", "params_changed")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +168,9 @@ class TaskUpdate(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     status: TaskStatus
     previous_status: TaskStatus
@@ -170,4 +181,21 @@ class TaskUpdate(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     result: _struct_pb2.Value
     error: str
-    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., previous_status: _Optional[_Union[TaskStatus, str]] = ..., title: _Optional[str] = ..., kind: _Optional[str] = ..., progress: _Optional[int] = ..., attempts: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    max_attempts: int
+    retry: Retry
+    params_changed: bool
+    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., previous_status: _Optional[_Union[TaskStatus, str]] = ..., title: _Optional[str] = ..., kind: _Optional[str] = ..., progress: _Optional[int] = ..., attempts: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ..., max_attempts: _Optional[int] = ..., retry: _Optional[_Union[Retry, _Mapping]] = ..., params_changed: _Optional[bool] = ...) -> None: ...
+
+class Retry(_message.Message):
+    __slots__ = ("in_seconds", "attempt", "of", "error", "run_at")
+    IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    OF_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    in_seconds: float
+    attempt: int
+    of: int
+    error: str
+    run_at: _timestamp_pb2.Timestamp
+    def __init__(self, in_seconds: _Optional[float] = ..., attempt: _Optional[int] = ..., of: _Optional[int] = ..., error: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class TaskServiceStub:
                 request_serializer=taskhub__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=taskhub__pb2.Task.FromString,
                 _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/taskhub.v1.TaskService/RetryTask',
+                request_serializer=taskhub__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=taskhub__pb2.Task.FromString,
+                _registered_method=True)
         self.WatchTasks = channel.unary_stream(
                 '/taskhub.v1.TaskService/WatchTasks',
                 request_serializer=taskhub__pb2.WatchTasksRequest.SerializeToString,
@@ -94,6 +99,15 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryTask(self, request, context):
+        """failed/cancelled: back to pending for one more attempt, now; with `params`, edited
+        ("edit and re-run", checked like a create's: INVALID_ARGUMENT). FAILED_PRECONDITION
+        for any other status. REST's POST /api/tasks/<id>/retry/.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchTasks(self, request, context):
         """Every task event of the caller after `after_event_id`, in order and none twice, then
         live ones as they happen, until the client cancels or its deadline passes.
@@ -123,6 +137,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
             'CancelTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTask,
                     request_deserializer=taskhub__pb2.CancelTaskRequest.FromString,
+                    response_serializer=taskhub__pb2.Task.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=taskhub__pb2.RetryTaskRequest.FromString,
                     response_serializer=taskhub__pb2.Task.SerializeToString,
             ),
             'WatchTasks': grpc.unary_stream_rpc_method_handler(
@@ -238,6 +257,33 @@ class TaskService:
             target,
             '/taskhub.v1.TaskService/CancelTask',
             taskhub__pb2.CancelTaskRequest.SerializeToString,
+            taskhub__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskhub.v1.TaskService/RetryTask',
+            taskhub__pb2.RetryTaskRequest.SerializeToString,
             taskhub__pb2.Task.FromString,
             options,
             channel_credentials,
