@@ -55,8 +55,15 @@ class WebhookDelivery(models.Model):
     # The event's id, in the payload and the X-TaskHub-Event-Id header: a redelivery
     # carries the same one, so a receiver can drop what it already handled.
     event_id = models.UUIDField(default=uuid.uuid4, db_index=True)
+    # SET_NULL, not CASCADE: an operator deleting a task right after it finished must not
+    # take back the webhook it owes. The payload holds the task as it was; a delivery whose
+    # task is gone is still sent, and kept in the admin.
     task = models.ForeignKey(
-        "tasks.Task", on_delete=models.CASCADE, related_name="webhook_deliveries"
+        "tasks.Task",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="webhook_deliveries",
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_deliveries"

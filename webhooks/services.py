@@ -113,7 +113,7 @@ def delivery_enqueue_for_change(task: Task, previous_status: str | None) -> None
 
 def delivery_create(
     *,
-    task: Task,
+    task: Task | None,
     url: str,
     now: datetime | None = None,
     event_id: UUID | None = None,
@@ -121,7 +121,9 @@ def delivery_create(
     redelivery_of: WebhookDelivery | None = None,
 ) -> WebhookDelivery:
     """Write a pending delivery (in the caller's transaction, if any) and send its first
-    attempt after commit."""
+    attempt after commit. `task` is None only for a redelivery whose task was deleted."""
+    if task is None and redelivery_of is None:
+        raise ValueError("a first delivery needs its task")
     now = now or timezone.now()
     event = EVENT_TYPES[task.status] if redelivery_of is None else redelivery_of.event
     event_id = event_id or uuid4()
@@ -129,7 +131,7 @@ def delivery_create(
         delivery = WebhookDelivery.objects.create(
             event_id=event_id,
             task=task,
-            owner_id=task.owner_id,
+            owner_id=task.owner_id if task is not None else redelivery_of.owner_id,
             url=url,
             event=event,
             task_status=task.status if redelivery_of is None else redelivery_of.task_status,

@@ -115,6 +115,27 @@ def test_an_attempt_that_outlived_its_lease_cannot_undo_the_next_ones_outcome(
     assert len(receiver.requests) == 1
 
 
+def test_a_task_deleted_before_its_webhook_went_out_still_sends_it(completed_delivery, receiver):
+    """An operator cleaning up right after the task finished used to take the pending
+    delivery with it (CASCADE): the receiver never heard of the completion."""
+    task_services.task_delete(task_id=completed_delivery.task_id)
+    receiver.answers = [200]
+
+    delivery = services.delivery_attempt(
+        delivery_id=completed_delivery.pk, now=completed_delivery.created_at
+    )
+
+    assert delivery.task is None and delivery.state == DeliveryState.DELIVERED
+    body = json.loads(receiver.requests[0].body)
+    assert body["data"]["task"]["result"] == {"answer": 42}  # as it was when it finished
+    again = services.delivery_redeliver(delivery=delivery)  # the admin's action still works
+    assert (again.task, again.owner_id, again.event_id) == (
+        None,
+        delivery.owner_id,
+        delivery.event_id,
+    )
+
+
 def test_it_gives_up_when_the_next_wait_would_end_past_the_window(completed_delivery, receiver):
     receiver.answers = [500]
     near_the_end = completed_delivery.give_up_at - timedelta(seconds=1)
