@@ -310,10 +310,14 @@ class SocketHub:
                 self._pending, self._pending_done = [], None
                 try:
                     await self._release_batch(batch)
-                except Exception:
+                except Exception as exc:
                     # Registry entries go stale on their own (3 x WS_PRESENCE_REFRESH),
                     # group memberships at group_expiry; nothing waits on a retry.
-                    logger.warning("releasing %d closed sockets failed", len(batch), exc_info=True)
+                    _warn_unless_redis_outage(
+                        exc,
+                        f"releasing {len(batch)} closed sockets failed",
+                        "closed sockets' registry entries expire on their own",
+                    )
                 if done is not None and not done.done():
                     done.set_result(None)
         finally:
@@ -388,8 +392,12 @@ class SocketHub:
                     await self._sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("websocket housekeeping failed; will retry", exc_info=True)
+            except Exception as exc:
+                _warn_unless_redis_outage(
+                    exc,
+                    "websocket housekeeping failed; will retry",
+                    "open sockets' registry entries are renewed once it is back",
+                )
 
     def _close_idle(self, now: float) -> None:
         idle = [c for c in self.sockets if not c._closed and now - c._last_seen >= c._idle_timeout]
@@ -815,6 +823,16 @@ class EventConsumer(AsyncWebsocketConsumer):
                 # A gap: earlier pushes were lost. They are committed (see the docstring).
                 await self._deliver_from_log(before_id=event_id)
             await self._deliver(frame)
+
+
+def _warn_unless_redis_outage(exc: BaseException, message: str, consequence: str) -> None:
+    """A hub chore (a release, a renewal) failed: Redis away is the process's one outage
+    line (taskhub/outages.py; issue 13, R3: a traceback per chore while it was down), any
+    other error a warning with its traceback."""
+    if outages.is_redis_outage(exc):
+        outages.REDIS.failed(exc, consequence)
+    else:
+        logger.warning(message, exc_info=exc)
 
 
 def _report_setup_failure(exc: BaseException, user_id: int) -> None:

@@ -28,12 +28,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from channels_redis.pubsub import (
     RedisPubSubChannelLayer,
     RedisPubSubLoopLayer,
     RedisSingleShardConnection,
 )
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from taskhub import outages
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +51,24 @@ class _WatchedPubSub(PubSub):
         super().__init__(*args, **kwargs)
         self._reconnected = reconnected
 
+    async def connect(self) -> None:
+        await super().connect()
+        # A SUBSCRIBE (a new socket's channel or group) on a connection the server already
+        # closed, before the receive loop noticed (just after a Redis restart), is sent
+        # once more on a new connection instead of failing the connect with 4503 (issue
+        # 13, R3). The reconnect re-subscribes every channel first (on_connect below), and
+        # subscribing twice is harmless. The pool's own connections (PUBLISH) keep none.
+        # AttributeError too: a SUBSCRIBE whose connection the receive loop (which reads
+        # without the shard's lock) tore down mid-send finds its writer gone, None, and the
+        # connect ended with a 500 handshake (3 in 133 connects during R3's outages).
+        if self.connection.retry.get_retries() < 1:
+            errors = (redis.ConnectionError, redis.TimeoutError, AttributeError)
+            self.connection.retry = Retry(NoBackoff(), 1, supported_errors=errors)
+
     async def on_connect(self, connection: Any) -> None:
         await super().on_connect(connection)  # SUBSCRIBE for every channel is sent now
+        # The outage line taskhub/log_filters.py logged for the receive loop ends here.
+        outages.REDIS.recovered()
         self._reconnected()
 
 

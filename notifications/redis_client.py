@@ -13,6 +13,8 @@ import weakref
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
     weakref.WeakKeyDictionary()
@@ -27,12 +29,18 @@ def async_redis() -> aioredis.Redis:
     if client is None:
         # A blocking pool: a burst of connects waits for a free connection (up to
         # `timeout`) instead of failing with MaxConnectionsError as the default pool does.
+        # One retry at once on a connection error: a pooled connection that a restarted
+        # Redis (or CLIENT KILL, or its `timeout`) closed fails its first command, and the
+        # next connect was refused with 4503 though Redis was up (issue 13, R3). Every
+        # command here is a registry write that may run twice (a set member added or
+        # removed again, an expiry renewed).
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.TASKHUB_REDIS_URL,
             max_connections=100,
             timeout=10,
             socket_timeout=5,
             socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 1),
         )
         client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client

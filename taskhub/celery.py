@@ -47,6 +47,41 @@ def _redirect_worker_output(sender: object, instance: Any, **kwargs: object) -> 
         app.log.redirect_stdouts(instance.redirect_stdouts_level)
 
 
+def _closed_transport_is_a_connection_error() -> None:
+    """kombu 5.7: a worker whose broker connection was lost right after an ack failed
+    ("Couldn't ack ..., reason: network:ConnectionError") closes a channel whose
+    transport has already let go of its connection, and restoring the channel's unacked
+    message then reads that connection's host: AttributeError, "Unrecoverable error", and
+    the worker exits instead of reconnecting (issue 13, R3: once in 20 Redis restarts).
+    Raised as what it is, a connection error, the close ignores it as it ignores every
+    other broker error, and the worker reconnects; the message stays in Redis's unacked
+    set, restored there after the visibility timeout, and the task's row is the state
+    either way (the dispatcher re-sends a lost run message)."""
+    import redis
+    from kombu.transport import redis as transport
+
+    original = transport.Channel._connparams
+
+    def _connparams(self: Any, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection was closed")
+        return original(self, asynchronous=asynchronous)
+
+    transport.Channel._connparams = _connparams
+
+
+_closed_transport_is_a_connection_error()
+
+
+@signals.after_task_publish.connect
+def _broker_answered(**kwargs: object) -> None:
+    """A message reached the broker: a Redis outage this process logged is over. Beat's
+    only sign of it (it sends and never reads); taskhub/outages.py, one line each way."""
+    from taskhub import outages  # imports django.db: not before Django is set up
+
+    outages.REDIS.recovered()
+
+
 @app.on_after_finalize.connect
 def _schedule_periodic_work(sender: Celery, **kwargs: object) -> None:
     from django.conf import settings

@@ -18,3 +18,43 @@ class DropRoutineTicks(logging.Filter):
             return True
         message = record.getMessage()
         return not any(name in message for name in self.ROUTINE)
+
+
+class RedisOutageOneLine(logging.Filter):
+    """A library's own traceback for a Redis (or broker) that is away becomes the process's
+    one outage line (taskhub/outages.py), with `consequence` saying what degrades.
+
+    Two libraries log such a failure themselves, with a traceback each time: channels_redis'
+    receive loop once a second while Redis is down (a web process), and celery beat for
+    every tick it could not send (issue 13, R3: 34 tracebacks for two 3-second outages).
+    Any other error keeps its record and traceback."""
+
+    def __init__(self, consequence: str) -> None:
+        super().__init__()
+        self.consequence = consequence
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from taskhub import outages  # imports django.db: not while logging is configured
+
+        exc = record.exc_info[1] if record.exc_info else None
+        # beat raises its SchedulingError while handling kombu's OperationalError.
+        for error in (exc, getattr(exc, "__cause__", None), getattr(exc, "__context__", None)):
+            if error is not None and outages.is_redis_outage(error):
+                outages.REDIS.failed(error, self.consequence)
+                return False
+        return True
+
+
+class RedisOutageWithoutTraceback(logging.Filter):
+    """Keep a library's line about one operation that met a Redis outage, without its
+    traceback: Celery's "Couldn't ack '<id>', reason: network:ConnectionError" (a run
+    message whose ack met the broker's loss; it is delivered again and its task's row says
+    it already ran) names the message, which the outage line does not (issue 13, R3)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from taskhub import outages  # imports django.db: not while logging is configured
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and outages.is_redis_outage(exc):
+            record.exc_info = record.exc_text = None
+        return True

@@ -562,7 +562,22 @@ LOGGING = {
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
     },
-    "filters": {"drop_routine_ticks": {"()": "taskhub.log_filters.DropRoutineTicks"}},
+    "filters": {
+        "drop_routine_ticks": {"()": "taskhub.log_filters.DropRoutineTicks"},
+        # Libraries that log a traceback per failure while Redis is away: one outage line
+        # per process instead (taskhub/log_filters.py, docs/running.md).
+        "redis_outage_pushes": {
+            "()": "taskhub.log_filters.RedisOutageOneLine",
+            "consequence": "pushes to this process's sockets are lost; they catch up from "
+            "the event log once it is back",
+        },
+        "redis_outage_no_traceback": {"()": "taskhub.log_filters.RedisOutageWithoutTraceback"},
+        "redis_outage_beat": {
+            "()": "taskhub.log_filters.RedisOutageOneLine",
+            "consequence": "beat's ticks are not sent; the dispatcher catches up on the "
+            "first one after it is back",
+        },
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
     "loggers": {
@@ -588,6 +603,8 @@ LOGGING = {
         # The dispatcher ticks every second: see DropRoutineTicks.
         "celery.app.trace": {"filters": ["drop_routine_ticks"]},
         "celery.worker.strategy": {"filters": ["drop_routine_ticks"]},
-        "celery.beat": {"filters": ["drop_routine_ticks"]},
+        "celery.beat": {"filters": ["drop_routine_ticks", "redis_outage_beat"]},
+        "channels_redis.pubsub": {"filters": ["redis_outage_pushes"]},
+        "celery.worker.request": {"filters": ["redis_outage_no_traceback"]},
     },
 }

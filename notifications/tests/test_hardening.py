@@ -181,3 +181,68 @@ def test_while_redis_is_down_connects_get_4503_with_one_log_line_and_work_once_i
     assert process.output.count("Redis unavailable") == 1, process.output[-3000:]
     assert "Redis available again" in process.output
     assert "Traceback" not in process.output
+
+
+def test_a_connect_just_after_redis_came_back_gets_its_welcome(
+    alice,
+    own_redis,  # noqa: F811
+):
+    """Redis restarted (or CLIENT KILL, or its `timeout`, closed the web's idle
+    connections) and answers again: the next connect must get its welcome, not 4503
+    because its SUBSCRIBE or its registry write went out on a pooled connection the server
+    had already closed (issue 13, R3: a 4503 and a "Redis unavailable" line after every
+    return of Redis)."""
+    process, base_url = testing.start_daphne(extra_env={"REDIS_URL": own_redis.url})
+    url = base_url.replace("http://", "ws://") + f"/ws?token={access_token_for(alice)}"
+
+    async def first_frame() -> dict | int | None:
+        async with ws_connect(url) as ws:
+            try:
+                return json.loads(await asyncio.wait_for(ws.recv(), 30))
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    def drop_ordinary_connections() -> None:
+        # Every ordinary connection (the registry's, PUBLISH), not the layer's subscriber.
+        killer = redis.Redis.from_url(own_redis.url)
+        killer.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        killer.close()
+
+    try:
+        outcomes = [asyncio.run(first_frame())]  # the pools hold connections from here on
+        for fault in [own_redis.stop, drop_ordinary_connections] * 2:
+            fault()
+            if own_redis.proc.poll() is not None:
+                own_redis.start()
+            outcomes.append(asyncio.run(first_frame()))
+        codes = [o if isinstance(o, int | None) else o["type"] for o in outcomes]
+        assert codes == ["welcome"] * 5, process.output[-3000:]
+    finally:
+        process.stop()
+    # The stops are outages (the layer's receive loop says so); no connect failed.
+    assert "new WebSockets are closed with 4503" not in process.output, process.output[-3000:]
+    assert "Traceback" not in process.output
+
+
+def test_a_socket_that_closes_while_redis_is_down_is_released_with_one_outage_line(
+    alice,
+    own_redis,  # noqa: F811
+):
+    """Its registry entry cannot be removed (it expires on its own): the outage line, not a
+    traceback per batch of closed sockets (issue 13, R3)."""
+    process, base_url = testing.start_daphne(extra_env={"REDIS_URL": own_redis.url})
+    url = base_url.replace("http://", "ws://") + f"/ws?token={access_token_for(alice)}"
+
+    async def close_while_redis_is_down() -> None:
+        for _ in range(3):
+            async with ws_connect(url) as ws:
+                assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "welcome"
+                await asyncio.to_thread(own_redis.stop)
+            await asyncio.to_thread(own_redis.start)
+
+    try:
+        asyncio.run(close_while_redis_is_down())
+        process.wait_for_output("Redis available again")
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output, process.output[-3000:]

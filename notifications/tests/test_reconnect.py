@@ -76,3 +76,38 @@ async def test_after_redis_comes_back_sockets_get_what_was_published_meanwhile(
             assert [e["id"] for e in await tab.receive_events(1)] == [after]
             await tab.assert_nothing_more()
         await bob_tab.assert_nothing_more()
+
+
+async def test_a_subscribe_whose_connection_was_torn_down_mid_send_is_sent_again():
+    """The layer's receive loop reads without the shard's lock: when it meets a dead
+    connection it tears it down, and a SUBSCRIBE being sent at that moment (a new socket's
+    channel) found its writer None, an AttributeError: a 500 handshake during R3's Redis
+    outages (issue 13). It is sent again on a new connection, once."""
+    import uuid
+
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    from notifications.layers import _WatchedPubSub
+
+    pool = aioredis.ConnectionPool.from_url(settings.TASKHUB_REDIS_URL)
+    pubsub = _WatchedPubSub(pool, reconnected=lambda: None)
+    try:
+        await pubsub.subscribe(f"test-first-{uuid.uuid4().hex}")
+        connection = pubsub.connection
+        send = connection._send_packed_command
+        torn = []
+
+        async def torn_down_once(command):
+            if not torn:  # what the receive loop's disconnect() leaves mid-send
+                torn.append(True)
+                connection._writer = None
+            return await send(command)
+
+        connection._send_packed_command = torn_down_once
+        second = f"test-second-{uuid.uuid4().hex}"
+        await pubsub.subscribe(second)
+        assert torn and second.encode() in pubsub.channels
+    finally:
+        await pubsub.aclose()
+        await pool.aclose()

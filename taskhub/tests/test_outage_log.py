@@ -184,3 +184,115 @@ def test_grpc_answers_unavailable_only_for_what_a_retry_can_cure(error, code, ca
     assert to_rpc_abort(error).code == code
     if code == grpc.StatusCode.INTERNAL:
         assert any(r.exc_info for r in caplog.records), "logged with its traceback"
+
+
+# --- Libraries' own lines about a Redis that is away (taskhub/log_filters.py) -------------
+
+
+def _logged_with_traceback(logger_name: str, exc: BaseException) -> None:
+    """What the library does: logger.exception(...) inside its except block."""
+    try:
+        raise exc
+    except BaseException:
+        logging.getLogger(logger_name).exception("Unexpected exception in receive task")
+
+
+def _scheduling_error() -> BaseException:
+    """celery beat's error for a tick it could not send: a SchedulingError raised while
+    handling kombu's OperationalError (which wraps redis-py's ConnectionError)."""
+    from celery.beat import SchedulingError
+
+    try:
+        try:
+            raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:1.")
+        except kombu.exceptions.OperationalError as exc:
+            # As celery.beat raises it: the OperationalError only as its __context__.
+            raise SchedulingError(  # noqa: B904
+                f"Couldn't apply scheduled task dispatch-pending-tasks: {exc}"
+            )
+    except SchedulingError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("logger_name", "make_error"),
+    [
+        # The channel layer's receive loop, once a second while Redis is down (issue 13, R3).
+        ("channels_redis.pubsub", lambda: redis.ConnectionError("Error 111 connecting")),
+        # beat, for every tick it could not send while the broker is down.
+        ("celery.beat", _scheduling_error),
+    ],
+)
+def test_a_librarys_traceback_for_a_redis_outage_becomes_the_one_outage_line(
+    logger_name, make_error, caplog
+):
+    outages.REDIS.forget()
+    caplog.set_level(logging.INFO)
+    try:
+        for _ in range(5):
+            _logged_with_traceback(logger_name, make_error())
+        assert [r.name for r in caplog.records] == ["taskhub.outages"], caplog.text
+        assert "Redis unavailable" in caplog.records[0].getMessage()
+        assert all(r.exc_info is None for r in caplog.records)
+    finally:
+        outages.REDIS.forget()
+
+
+@pytest.mark.parametrize("logger_name", ["channels_redis.pubsub", "celery.beat"])
+def test_a_librarys_other_errors_keep_their_traceback(logger_name, caplog):
+    _logged_with_traceback(logger_name, redis.ResponseError("WRONGTYPE"))
+    assert [r.name for r in caplog.records] == [logger_name]
+    assert caplog.records[0].exc_info is not None
+
+
+def test_a_message_beat_published_ends_a_redis_outage(caplog):
+    """Beat's only sign that the broker answers again: a tick it sent (Celery's
+    after_task_publish, sent in the publishing process)."""
+    from celery import signals
+
+    outages.REDIS.forget()
+    outages.REDIS.failed(redis.ConnectionError("Error 111"), "beat's ticks are not sent")
+    caplog.set_level(logging.WARNING, logger="taskhub.outages")
+    signals.after_task_publish.send(sender="tasks.dispatch_pending_tasks", body=(), headers={})
+    assert not outages.REDIS.down
+    assert "Redis available again" in caplog.text
+
+
+def test_closing_a_channel_whose_connection_is_gone_is_a_broker_error_not_a_crash():
+    """kombu's redis channel, closed after its transport let go of the connection (a
+    broker lost just after a failed ack), with an unacked message to restore: before
+    taskhub/celery.py's guard an AttributeError ended the worker (issue 13, R3)."""
+    import kombu
+    from django.conf import settings
+
+    import taskhub.celery  # noqa: F401 (the guard)
+
+    connection = kombu.Connection(settings.CELERY_BROKER_URL)
+    try:
+        channel = connection.channel()  # connects (a PING)
+        channel.qos._delivered["tag"] = object()  # an unacked message to restore
+        channel._disconnect_pools()
+        channel.connection.client = None  # what the lost connection's close left
+        connection.maybe_close_channel(channel)  # ignores broker errors, nothing else
+    finally:
+        connection.release()
+
+
+def test_a_failed_ack_keeps_its_line_without_the_traceback(caplog):
+    """Celery's "Couldn't ack" names the run message (delivered again); the broker's
+    loss is the outage, not a traceback each time (issue 13, R3)."""
+    logger = logging.getLogger("celery.worker.request")
+    try:
+        raise redis.ConnectionError("Error while reading from 127.0.0.1:6379 : (104, ...)")
+    except redis.ConnectionError:
+        logger.critical("Couldn't ack %r, reason:%r", "id-1", "network", exc_info=True)
+    assert [r.getMessage() for r in caplog.records] == ["Couldn't ack 'id-1', reason:'network'"]
+    assert caplog.records[0].exc_info is None
+    assert "Traceback" not in caplog.text
+
+    caplog.clear()
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        logger.critical("Couldn't ack %r", "id-2", exc_info=True)
+    assert caplog.records[0].exc_info is not None
