@@ -424,9 +424,48 @@ def _flood(base_url: str, token: str, *, frames: int, seconds: float) -> Any:
             return "still open"
 
 
+class _Bystander(threading.Thread):
+    """Another user on the same Daphne while it is abused: one socket, a ping every 100 ms
+    (half the per-socket message limit), the time to each pong kept by phase. Pings, not
+    REST reads: the run lowers the REST throttle, and a pong's wait is the event loop's,
+    which every user of the process shares."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        super().__init__(daemon=True)
+        self.base_url, self.token = base_url, token
+        self.phase = "baseline"
+        self.samples: dict[str, list[float]] = {"baseline": [], "abuse": []}
+        self.problems: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from websockets.sync.client import connect
+
+        try:
+            with connect(
+                _ws_url(self.base_url, self.token), additional_headers=_headers(self.base_url)
+            ) as ws:
+                ws.recv(timeout=30)  # the welcome
+                for number in itertools.count():
+                    if self.done.wait(0.1):
+                        return
+                    phase, sent = self.phase, time.perf_counter()
+                    ws.send(json.dumps({"type": "ping", "ref": number}))
+                    while json.loads(ws.recv(timeout=30)).get("ref") != number:
+                        pass  # a push of its own user's: not the pong
+                    self.samples[phase].append(time.perf_counter() - sent)
+        except Exception as exc:  # a bystander thrown off is a finding, reported
+            self.problems.append(f"{type(exc).__name__}: {exc}")
+
+    def p99_ms(self, phase: str) -> float:
+        return _percentile(self.samples[phase], 0.99) * 1000
+
+
 def s1_abuse(*, burst: int = 120) -> Result:
     """One Daphne (user throttle lowered to 60/min so a burst meets it): a frame flood, the
-    21st socket, page_size=1000000, a 10 MB body, a 20 KB URL, a burst of creates."""
+    21st socket, page_size=1000000, a 10 MB body, a 20 KB URL, a burst of creates; and
+    beside it another user (_Bystander) whose pong p99 during the abuse is compared with
+    its own before it (target: within 2x)."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -436,6 +475,10 @@ def s1_abuse(*, burst: int = 120) -> Result:
     rows: dict[str, str] = {}
     failures: list[str] = []
     misses: list[str] = []
+    bystander = _Bystander(base_url, token_for(make_user("s1-bystander")))
+    bystander.start()
+    time.sleep(5)  # the baseline: 50 pongs on the quiet server
+    bystander.phase = "abuse"
     try:
         # 1,000 frames in 10 s from one socket (its own user: the checks share no limit).
         flooder = token_for(make_user("s1-flood"))
@@ -503,7 +546,20 @@ def s1_abuse(*, burst: int = 120) -> Result:
         if any(isinstance(s, int) and s >= 500 for s in statuses):
             failures.append(f"burst of creates: 5xx {dict(statuses)}")
     finally:
+        bystander.done.set()
+        bystander.join(timeout=40)
         web.stop()
+    if bystander.problems or not (bystander.samples["baseline"] and bystander.samples["abuse"]):
+        failures.append(f"the other user's socket: {bystander.problems or 'no pongs'}")
+    else:
+        before, during = bystander.p99_ms("baseline"), bystander.p99_ms("abuse")
+        ratio = during / before if before else float("inf")
+        rows["another user's pong p99, before / during the abuse"] = (
+            f"{before:.1f} / {during:.1f} ms ({ratio:.1f}x, "
+            f"{len(bystander.samples['abuse'])} pongs during)"
+        )
+        if ratio > 2:
+            misses.append(f"another user's p99 {ratio:.1f}x its baseline (target 2x)")
     tracebacks = web.output.count("Traceback")
     rows["tracebacks in Daphne's log"] = str(tracebacks)
     measured = "; ".join(f"{name}: {value}" for name, value in rows.items())
@@ -517,9 +573,27 @@ def r6_malformed_frames(*, frames: int) -> Result:
     return r6_malformed_frames(frames=frames)
 
 
+def r3_redis_outages(**options: Any) -> Result:
+    """R3, in reliability/redis_outages.py (imported here on use: it imports this)."""
+    from reliability.redis_outages import r3_redis_outages
+
+    return r3_redis_outages(**options)
+
+
+def r5_daphne_kills(**options: Any) -> Result:
+    """R5, in reliability/daphne_kills.py (imported here on use: it imports this)."""
+    from reliability.daphne_kills import r5_daphne_kills
+
+    return r5_daphne_kills(**options)
+
+
 QUICK = {
     "R1": lambda: r1_worker_kills(tasks=60, kills=4, interval=(3, 6)),
+    "R3": lambda: r3_redis_outages(
+        users=10, clients_per_user=2, cycles=2, bursts=1, rate=6, gap=(1, 2)
+    ),
     "R4": lambda: r4_resume(users=10, clients_per_user=2, events=300, drop=0.05),
+    "R5": lambda: r5_daphne_kills(users=25, clients_per_user=4, kills=1, rate=10),
     "R6": lambda: r6_malformed_frames(frames=300),
     "R7": lambda: r7_connect_close(cycles=1000),
     "S1": lambda: s1_abuse(),
@@ -527,7 +601,11 @@ QUICK = {
 
 FULL = {
     "R1": lambda: r1_worker_kills(tasks=1000, kills=30, interval=(5, 20)),
+    "R3": lambda: r3_redis_outages(
+        users=50, clients_per_user=4, cycles=20, bursts=4, rate=6, gap=(3, 8)
+    ),
     "R4": lambda: r4_resume(users=50, clients_per_user=4, events=5000, drop=0.01),
+    "R5": lambda: r5_daphne_kills(users=250, clients_per_user=4, kills=2, rate=20),
     "R6": lambda: r6_malformed_frames(frames=10_000),
     "R7": lambda: r7_connect_close(cycles=10_000),
     "S1": lambda: s1_abuse(),
