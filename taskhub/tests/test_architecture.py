@@ -426,3 +426,19 @@ def test_the_naming_check_flags_a_setting_off_the_scheme():
         "CHAT_TYPING_INTERVAL: not TASKHUB_*, nor Django's or a library's",
         "GRPC_PORT: not TASKHUB_*, nor Django's or a library's",
     ]
+
+
+def test_every_folder_with_tests_is_one_pytest_collects():
+    """`make test` (and CI) collect only pytest.ini's testpaths: the webhooks app's tests
+    were left out of every run until this check."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "pytest.ini")
+    collected = set(config["pytest"]["testpaths"].split())
+    with_tests = {
+        path.parent.parent.name
+        for path in ROOT.glob("*/tests/__init__.py")
+        if not path.parent.parent.name.startswith(".")
+    }
+    assert with_tests <= collected, f"add to pytest.ini's testpaths: {with_tests - collected}"
