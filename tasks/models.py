@@ -109,6 +109,13 @@ class Task(models.Model):
             # run_at (a delayed create, a retry's backoff), earliest first. Each half is
             # read up to its limit and no further, so tasks waiting for a later run_at are
             # never walked. Partial: small however many tasks have finished.
+            # The previous release's claim index, kept one release for its dispatchers
+            # during a rolling deploy (migration 0006); the next release drops it.
+            models.Index(
+                fields=["created_at"],
+                name="task_pending_idx",
+                condition=models.Q(status="pending"),
+            ),
             models.Index(
                 fields=["created_at"],
                 name="task_pending_now_idx",

@@ -841,6 +841,12 @@ def task_delete(*, task_id: UUID | str) -> bool:
 # --- Dispatcher --------------------------------------------------------------------------
 
 
+def _due_at(task: Task) -> datetime:
+    """When a pending task became due: its run_at, never earlier than its creation (a run_at
+    in the past, which a create accepts, must not jump the queue of other users' tasks)."""
+    return max(task.run_at, task.created_at) if task.run_at else task.created_at
+
+
 def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
     """Claim due pending tasks, mark them queued and send their run messages after commit;
     re-send the messages of tasks queued too long ago (message lost with a broker restart).
@@ -867,7 +873,7 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
                 *pending.filter(run_at__isnull=True).order_by("created_at")[:limit],
                 *pending.filter(run_at__isnull=False, run_at__lte=now).order_by("run_at")[:limit],
             ],
-            key=lambda task: task.run_at or task.created_at,
+            key=_due_at,
         )[:limit]
         # Event counters are locked per owner in a fixed order, so two dispatchers working
         # on overlapping owners cannot deadlock.

@@ -3,10 +3,14 @@ pending tasks due at once by created_at, pending tasks with a run_at by run_at. 
 index made a claim walk every retry still in its backoff before reaching a due task.
 
 Built CONCURRENTLY, outside a transaction: a plain CREATE INDEX would block every write to
-the task table for as long as the build reads it. The new indexes first, the old one last,
-so code of the previous release keeps its index until the new ones are there."""
+the task table for as long as the build reads it. If a build fails (a deadlock, a cancel),
+PostgreSQL leaves an INVALID index of that name: drop it (DROP INDEX CONCURRENTLY) and run
+the migration again.
 
-from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
+The old index (task_pending_idx) stays for one release: during a rolling deploy the
+previous release's dispatchers still claim by it. The next release's migration drops it."""
+
+from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
 
@@ -34,5 +38,4 @@ class Migration(migrations.Migration):
                 name="task_pending_later_idx",
             ),
         ),
-        RemoveIndexConcurrently(model_name="task", name="task_pending_idx"),
     ]

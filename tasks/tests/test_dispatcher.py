@@ -111,16 +111,32 @@ def test_a_task_scheduled_for_later_waits_for_its_time(alice, sent):
 
 
 @pytest.mark.django_db
+def _created(task: Task, at) -> Task:
+    Task.objects.filter(pk=task.pk).update(created_at=at)
+    return task
+
+
 def test_the_earliest_due_are_claimed_first_whether_new_or_retried(alice, sent):
-    new = make_task(owner=alice)
-    retry_due_before_it = make_task(owner=alice, run_at=new.created_at - timedelta(minutes=5))
-    retry_due_after_it = make_task(owner=alice, run_at=new.created_at + timedelta(milliseconds=1))
+    now = timezone.now()
+    new = _created(make_task(owner=alice), now - timedelta(seconds=10))
+    # Created long ago, due 5 s ago: its due time, not its creation, places it.
+    retry = _created(
+        make_task(owner=alice, run_at=now - timedelta(seconds=5)), now - timedelta(minutes=5)
+    )
+    newer = _created(make_task(owner=alice), now - timedelta(seconds=1))
 
     first = services.dispatch_pending_tasks(limit=2)
     second = services.dispatch_pending_tasks(limit=2)
 
-    assert {order.task_id for order in first} == {str(retry_due_before_it.pk), str(new.pk)}
-    assert [order.task_id for order in second] == [str(retry_due_after_it.pk)]
+    assert {order.task_id for order in first} == {str(new.pk), str(retry.pk)}
+    assert [order.task_id for order in second] == [str(newer.pk)]
+
+
+def test_a_run_at_in_the_past_does_not_jump_the_queue(alice, bob, sent):
+    waiting = _created(make_task(owner=alice), timezone.now() - timedelta(seconds=10))
+    make_task(owner=bob, run_at=timezone.now() - timedelta(days=365 * 50))
+
+    assert [o.task_id for o in services.dispatch_pending_tasks(limit=1)] == [str(waiting.pk)]
 
 
 def _rows_read_by_claim_scans(statements: list[str]) -> dict[str, int]:
