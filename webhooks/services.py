@@ -261,19 +261,22 @@ def delivery_record_attempt(
             error=error,
         )
         fields = ["state", "next_attempt_at", "last_error"]
+        delivered = status_code is not None and 200 <= status_code < 300
         if delivery.attempts != number or delivery.state != DeliveryState.PENDING:
             # A late outcome: this attempt outlived its lease (a worker frozen mid-request)
             # and the sweep has claimed a later one since, or that one already settled the
-            # delivery. Its row is history; the state belongs to the newest attempt, and a
-            # late failure must not undo a delivered webhook or schedule a second retry.
+            # delivery. A late failure is history only: it must not undo a delivered
+            # webhook or schedule another retry. A late success still counts: the receiver
+            # has the event, whatever the later attempt says.
             logger.warning(
-                "webhook %s attempt %s ended after attempt %s was claimed: recorded only",
+                "webhook %s attempt %s ended after attempt %s was claimed",
                 delivery_id,
                 number,
                 delivery.attempts,
             )
-            return delivery
-        if status_code is not None and 200 <= status_code < 300:
+            if not delivered or delivery.state == DeliveryState.DELIVERED:
+                return delivery
+        if delivered:
             delivery.state = DeliveryState.DELIVERED
             delivery.delivered_at = now
             delivery.next_attempt_at = None

@@ -115,6 +115,26 @@ def test_an_attempt_that_outlived_its_lease_cannot_undo_the_next_ones_outcome(
     assert len(receiver.requests) == 1
 
 
+def test_a_late_success_counts_even_after_a_later_attempt_failed(completed_delivery, receiver):
+    """The receiver has the event: the delivery is delivered, and no more retries go out."""
+    now = completed_delivery.created_at
+    frozen = services.delivery_claim(delivery_id=completed_delivery.pk, now=now)
+    receiver.answers = [500]
+    services.delivery_attempt(delivery_id=completed_delivery.pk, now=frozen.next_attempt_at)
+
+    late = services.delivery_record_attempt(
+        delivery_id=completed_delivery.pk,
+        number=frozen.attempts,
+        started_at=now,
+        status_code=200,
+        latency_ms=70_000,
+        error="",
+    )
+
+    assert late.state == DeliveryState.DELIVERED and late.next_attempt_at is None
+    assert late.last_error == ""
+
+
 def test_a_task_deleted_before_its_webhook_went_out_still_sends_it(completed_delivery, receiver):
     """An operator cleaning up right after the task finished used to take the pending
     delivery with it (CASCADE): the receiver never heard of the completion."""
