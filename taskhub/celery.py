@@ -77,9 +77,11 @@ _closed_transport_is_a_connection_error()
 def _broker_answered(**kwargs: object) -> None:
     """A message reached the broker: a Redis outage this process logged is over. Beat's
     only sign of it (it sends and never reads); taskhub/outages.py, one line each way."""
-    from taskhub import outages  # imports django.db: not before Django is set up
+    # The module, not `from taskhub import`: the package imports this one (its app).
+    # Here, not at the top: it imports django.db, not before Django is set up.
+    from taskhub.outages import REDIS
 
-    outages.REDIS.recovered()
+    REDIS.recovered()
 
 
 @app.on_after_finalize.connect
