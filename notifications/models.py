@@ -25,8 +25,9 @@ class EventCounter(models.Model):
 class Event(models.Model):
     """One persisted, user-visible event: what a reconnecting client resumes from."""
 
+    # No index of its own: the unique (user, seq) index below starts with it.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="events"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="events", db_index=False
     )
     # Per-user, gap-free, strictly increasing: the `id` of the WebSocket envelope.
     seq = models.BigIntegerField()

@@ -116,7 +116,9 @@ def register_group_message(type: str, handler: GroupMessageHandler) -> None:
 def format_ts(moment: datetime | None = None) -> str:
     """ISO 8601 in UTC with microseconds and a `Z`, as the protocol shows."""
     moment = moment or timezone.now()
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: the same text at a fraction of the cost (this runs for
+    # every event published and every frame replayed).
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def envelope(

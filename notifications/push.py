@@ -44,6 +44,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
 from django.db import transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -268,13 +269,21 @@ class _Push:
         _flush(state)
 
 
-def push_after_commit(*, group: str, message: dict[str, Any], recipient: str) -> None:
+def push_after_commit(
+    *,
+    group: str,
+    message: dict[str, Any],
+    recipient: str,
+    connection: BaseDatabaseWrapper | None = None,
+) -> None:
     """Send `message` to `group` once the current transaction commits (now if there is
     none); the pushes of one transaction go out together, in order. `recipient` names
-    the group in a failure's log line."""
-    connection = transaction.get_connection()
+    the group in a failure's log line. `connection`: the thread's default connection, if
+    the caller has it at hand (looking it up costs a little, per event)."""
+    if connection is None:
+        connection = transaction.get_connection()
     push = _Push((group, message), recipient, frozenset(connection.savepoint_ids))
     state = _local
     ran = push.ran
     state.pending.append(weakref.ref(push, lambda _ref: _dropped(state, ran)))
-    transaction.on_commit(push.run, robust=True)
+    connection.on_commit(push.run, robust=True)

@@ -15,14 +15,16 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from redis.exceptions import NoScriptError
 
 from notifications import protocol, push, selectors
-from notifications.models import Event, EventCounter, Notification
+from notifications.models import Event, Notification
 from notifications.redis_client import async_redis
 from taskhub import metrics
 
@@ -45,22 +47,54 @@ def next_event_seq(*, user_id: int) -> int:
         return int(cursor.fetchone()[0])
 
 
-# The event and its number in one statement (one round trip, no ORM on the hot path): the
-# counter row's upsert takes the user's next number and keeps the row locked until commit,
-# exactly as next_event_seq() does.
-_INSERT_EVENT = f"""
-    WITH counter AS (
-        INSERT INTO {EventCounter._meta.db_table} (user_id, last_seq) VALUES (%(user_id)s, 1)
-        ON CONFLICT (user_id)
-        DO UPDATE SET last_seq = {EventCounter._meta.db_table}.last_seq + 1
-        RETURNING last_seq
+# The event and its number in one round trip, through the function migration 0003 made
+# (it says why a function): the counter row's upsert takes the user's next number and keeps
+# the row locked until commit, exactly as next_event_seq() does.
+_INSERT_EVENT = """
+    SELECT id, seq FROM notifications_publish_event(
+        %(user_id)s, %(type)s, %(data)s::jsonb, %(task_id)s::uuid, %(created_at)s
     )
-    INSERT INTO {Event._meta.db_table} (user_id, seq, type, data, task_id, created_at)
-    SELECT %(user_id)s, last_seq, %(type)s, %(data)s::jsonb, %(task_id)s::uuid, %(created_at)s
-    FROM counter
-    RETURNING id, seq
-"""  # noqa: S608 — only the models' own table names are formatted in; values are parameters
+"""
 _EVENT_FIELDS = ["id", "user_id", "seq", "type", "data", "task_id", "created_at"]
+
+
+def _insert_event(db: BaseDatabaseWrapper, params: dict[str, Any]) -> tuple[int, int]:
+    """Run _INSERT_EVENT on Django's connection, in whatever transaction it is in, and
+    return (id, seq).
+
+    Why not `connection.cursor()`: publish() is the hottest statement of the product (a
+    task's life writes ~5 events, a dispatcher run or a fan-out hundreds), and Django's
+    cursor stack (its wrapper, django-prometheus' wrapper, psycopg's client-side binding
+    that formats every parameter into the SQL text in Python) was about a quarter of
+    publish()'s CPU (py-spy, docs/benchmarks.md, "Publishing: one statement, planned
+    once"). A plain psycopg cursor on the same connection binds on the server in the
+    same round trip, as an unnamed statement: nothing outlives the statement, so it works
+    behind PgBouncer in transaction mode as the ORM does (docs/scaling.md).
+
+    What Django's cursor gave that this keeps by hand: the broken-transaction check, the
+    translation of psycopg's errors into django.db's (callers and the outage handling
+    catch those), and the query log when queries are logged (DEBUG, assertNumQueries).
+    What it gives up: django-prometheus' per-query counters do not count this statement
+    (events are counted by taskhub_events_published_total, docs/metrics.md).
+    """
+    db.ensure_connection()
+    db.validate_no_broken_transaction()
+    started = time.monotonic()
+    try:
+        with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
+            # Never prepared (Django sets psycopg's prepare_threshold to None): a prepared
+            # statement is a server session's state, which PgBouncer does not keep.
+            cursor.execute(_INSERT_EVENT, params)
+            pk, seq = cursor.fetchone()
+    except DatabaseError:
+        # As atomic(savepoint=False) did: the caller's transaction is broken now, and
+        # Django must refuse further queries in it rather than let PostgreSQL fail them.
+        if db.in_atomic_block:
+            db.needs_rollback = True
+        raise
+    if db.queries_logged:
+        db.queries_log.append({"sql": _INSERT_EVENT, "time": f"{time.monotonic() - started:.3f}"})
+    return pk, seq
 
 
 def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | None = None) -> Event:
@@ -69,30 +103,35 @@ def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | No
     Inside a caller's transaction this is a step of the caller's write, not something to
     recover from, so it takes no savepoint of its own: that saves two round trips per
     event, and its push is registered under the caller's savepoints, which lets every
-    push of the transaction go out in one batch (notifications/push.py).
+    push of the transaction go out in one batch (notifications/push.py). Outside one, the
+    statement is its own transaction (it is one statement: the counter and the event
+    commit together or not at all), so no BEGIN and COMMIT round trips either.
     """
-    with transaction.atomic(savepoint=False):
-        created_at = timezone.now()
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _INSERT_EVENT,
-                {
-                    "user_id": user_id,
-                    "type": type,
-                    "data": json.dumps(data),
-                    "task_id": str(task_id) if task_id is not None else None,
-                    "created_at": created_at,
-                },
-            )
-            pk, seq = cursor.fetchone()
-        event = Event.from_db(
-            connection.alias,
-            _EVENT_FIELDS,
-            [pk, user_id, seq, type, data, UUID(str(task_id)) if task_id else None, created_at],
-        )
-        frame = protocol.envelope(type, data, id=event.seq, ts=event.created_at)
-        push_to_user_after_commit(user_id=user_id, frame=frame)
-        transaction.on_commit(metrics.EVENTS_PUBLISHED.labels(type=type).inc, robust=True)
+    db = transaction.get_connection()  # the thread's wrapper, looked up once (it costs)
+    created_at = timezone.now()
+    pk, seq = _insert_event(
+        db,
+        {
+            "user_id": user_id,
+            "type": type,
+            "data": json.dumps(data),
+            "task_id": str(task_id) if task_id is not None else None,
+            "created_at": created_at,
+        },
+    )
+    event = Event.from_db(
+        db.alias,
+        _EVENT_FIELDS,
+        [pk, user_id, seq, type, data, UUID(str(task_id)) if task_id else None, created_at],
+    )
+    frame = protocol.envelope(type, data, id=seq, ts=created_at)
+    push.push_after_commit(
+        group=protocol.user_group(user_id),
+        message=_user_message(frame),
+        recipient=f"user {user_id}",
+        connection=db,
+    )
+    db.on_commit(metrics.EVENTS_PUBLISHED.labels(type=type).inc, robust=True)
     return event
 
 
