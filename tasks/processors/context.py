@@ -38,7 +38,11 @@ class ProcessorContext:
         self.attempt = task.attempts
         self._last_progress_at = 0.0
         self._last_progress = -1
-        self._last_checkpoint_at = 0.0
+        self._full_progress_pending = False
+        # The claim that started this run read the row and cleared any stop request
+        # (tasks.services.task_start) just now: it counts as the first checkpoint, so a
+        # processor's checkpoint() in its first CHECKPOINT_MIN_INTERVAL costs no query.
+        self._last_checkpoint_at = time.monotonic()
 
     def report_progress(self, percent: float) -> None:
         """Record progress 0-100. Throttled: progress pushes are for eyes, not for logs."""
@@ -46,13 +50,25 @@ class ProcessorContext:
         now = time.monotonic()
         if value == self._last_progress:
             return
-        if value < 100 and now - self._last_progress_at < settings.TASKHUB_PROGRESS_MIN_INTERVAL:
+        if value == 100:
+            # Completion records 100 % itself (task_complete, in the transaction of its
+            # task.updated event), so the usual last call, report_progress(100) just before
+            # returning, would be a write and a push for nothing: it waits for the next
+            # checkpoint, and is stored there if the processor goes on working.
+            self._full_progress_pending = True
+            return
+        self._full_progress_pending = False  # a lower value after it: that one stands
+        if now - self._last_progress_at < settings.TASKHUB_PROGRESS_MIN_INTERVAL:
             return
         self._last_progress, self._last_progress_at = value, now
         self._store_progress(value)
 
     def checkpoint(self) -> None:
         """Raise StopRequested if the task was cancelled or the worker is stopping."""
+        if self._full_progress_pending:
+            self._full_progress_pending = False
+            self._last_progress, self._last_progress_at = 100, time.monotonic()
+            self._store_progress(100)
         now = time.monotonic()
         if now - self._last_checkpoint_at < self.CHECKPOINT_MIN_INTERVAL:
             return
