@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -196,3 +197,12 @@ def start_daphne(
 
     web.wait_until_up(lambda: wait_until(healthy, timeout=60, message="daphne /healthz"))
     return web, base_url
+
+
+def start_grpcserver(*, extra_env: dict[str, str] | None = None) -> tuple[ManagedProcess, str]:
+    """The gRPC TaskService on a port the OS picks; (process, "127.0.0.1:<port>")."""
+    line = processes.grpc("--host", "127.0.0.1", "--port", "0")
+    server = ManagedProcess("grpcserver", line.argv(), process_env(**(extra_env or {})))
+    server.wait_until_up(lambda: server.wait_for_output("listening on", timeout=60))
+    port = re.search(r"listening on 127\.0\.0\.1:(\d+)", server.output).group(1)
+    return server, f"127.0.0.1:{port}"

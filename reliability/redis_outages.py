@@ -33,27 +33,23 @@ import itertools
 import json
 import random
 import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 from django.db import connections
 
-from devserver import processes, testing
+from devserver import own_servers, testing
 from notifications.models import Event
 from notifications.selectors import newest_event_id
+from reliability.producer import Producer, rest_create
 from reliability.scenarios import (
     Result,
     _headers,
-    _http,
     _percentile,
     _ws_url,
     make_user,
@@ -72,83 +68,6 @@ OUTAGE_CLOSE_CODES = {1000, 1001, 4503}
 # The processes' output of the last run (web.log, worker.log, beat.log).
 LOG_DIR = Path(tempfile.gettempdir()) / "taskhub-reliability-r3"
 PING_EVERY = 30.0  # below WS_IDLE_TIMEOUT (120 s): an idle client is not closed with 4408
-
-
-def redis_server_binary() -> str | None:
-    """The system's redis-server or valkey-server, else the Valkey `make run` embeds."""
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    try:
-        from devserver import embedded
-
-        binary = embedded.valkey_binary()
-    except Exception:  # not installed, or no binary for this platform
-        return None
-    return str(binary) if binary.exists() else None
-
-
-class OwnRedis:
-    """A Redis server of the scenario's own on a fixed free port, with its data (append-only
-    file) in a directory of its own: SIGKILLed and started again at will, as a crashed
-    production Redis restarts with what it had written.
-
-    Start it from the thread that will outlive it: the death signal (processes.spawn) is
-    sent when the thread that forked it ends."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = testing.free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = Path(tempfile.mkdtemp(prefix="reliability-redis-"))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.workdir), "--appendonly", "yes", "--save", ""]
-        self.proc = processes.spawn(
-            args,
-            death_signal=signal.SIGKILL,
-            own_group=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = self.client()
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        try:
-            testing.wait_until(up, timeout=15, message="redis-server to answer")
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes mid-conversation, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
-
-    def kill_clients(self) -> int:
-        """CLIENT KILL TYPE normal: every ordinary connection (the web's, the worker's and
-        beat's broker connections) dropped at once; pub/sub subscribers are kept."""
-        client = self.client()
-        try:
-            return int(client.execute_command("CLIENT", "KILL", "TYPE", "normal"))
-        finally:
-            client.close()
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # --- the clients -------------------------------------------------------------------------
@@ -238,52 +157,6 @@ def _run_clients(
     asyncio.run(main())
 
 
-# --- the producer ------------------------------------------------------------------------
-
-
-class Producer:
-    """Task creates over REST at `rate` a second, round-robin over the users, until
-    stopped; every answer recorded (status, task id)."""
-
-    def __init__(self, base_url: str, tokens: list[str], rate: float) -> None:
-        self.base_url, self.tokens, self.rate = base_url, tokens, rate
-        self.answers: list[tuple[float, Any, str | None]] = []  # (sent at, status, id)
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="r3-producer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def finish(self) -> None:
-        self.stop.set()
-        self._thread.join(timeout=120)
-
-    def _create(self, serial: int) -> None:
-        sent = time.time()
-        token = self.tokens[serial % len(self.tokens)]
-        body = json.dumps({"title": f"r3 {serial}", "kind": "echo", "params": {"n": serial}})
-        status, _, answer = _http("POST", f"{self.base_url}/api/tasks/", token, body.encode())
-        task_id = None
-        if isinstance(status, int) and 200 <= status < 300:
-            task_id = json.loads(answer)["id"]
-        with self._lock:
-            self.answers.append((sent, status, task_id))
-
-    def _run(self) -> None:
-        # A pool, so one slow answer does not hold the rate back; bounded by the run.
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="r3-create") as pool:
-            began = time.monotonic()
-            for serial in itertools.count():
-                if self.stop.is_set():
-                    break
-                pool.submit(self._create, serial)
-                # The steady schedule: the next create at its slot, whatever this one took.
-                delay = began + (serial + 1) / self.rate - time.monotonic()
-                if delay > 0:
-                    self.stop.wait(delay)
-
-
 # --- the faults --------------------------------------------------------------------------
 
 
@@ -347,10 +220,10 @@ def r3_redis_outages(
     """R3: see the module's docstring. `cycles` SIGKILLs of Redis (down 1-3 s each),
     `bursts` CLIENT KILL TYPE normal bursts among them, `gap` seconds between a recovery
     and the next fault, creates at `rate` a second throughout."""
-    binary = redis_server_binary()
+    binary = own_servers.redis_server_binary()
     if binary is None:
         return Result("R3", "not run: no redis-server or valkey-server", ["no Redis server binary"])
-    server = OwnRedis(binary)
+    server = own_servers.OwnRedis(binary)  # append-only: restarted with its data
     server.start()  # from this (the main) thread, which outlives it
     env = {
         "REDIS_URL": server.url,
@@ -386,7 +259,15 @@ def r3_redis_outages(
         clients.start()
         if not shared.all_welcomed.wait(timeout=120):
             raise AssertionError(f"only {len(shared.welcomed)} clients got a welcome in 120 s")
-        producer = Producer(base_url, tokens, rate)
+        producer = Producer(
+            lambda serial: rest_create(
+                base_url,
+                tokens[serial % len(tokens)],
+                {"title": f"r3 {serial}", "kind": "echo", "params": {"n": serial}},
+            ),
+            rate,
+            name="r3-producer",
+        )
         producer.start()
         time.sleep(2)  # tasks running before the first fault
 
@@ -428,7 +309,7 @@ def r3_redis_outages(
 
         # Drain: every accepted task terminal, or nothing moved for 60 s (stuck, not slow),
         # bounded by 5 minutes.
-        ids = [task_id for _, _, task_id in producer.answers if task_id]
+        ids = [answer.task_id for answer in producer.answers if answer.ok]
         drain_started = last_move = time.monotonic()
         remaining = -1
         while time.monotonic() - drain_started < 300 and time.monotonic() - last_move < 60:
@@ -484,8 +365,8 @@ def _reconcile(
     misses: list[str] = []
 
     # Creates: every one 2xx (PostgreSQL was up throughout), each persisted once.
-    statuses = Counter(status for _, status, _ in producer.answers)
-    ids = [task_id for _, _, task_id in producer.answers if task_id]
+    statuses = Counter(answer.status for answer in producer.answers)
+    ids = [answer.task_id for answer in producer.answers if answer.ok]
     not_2xx = {s: n for s, n in statuses.items() if not (isinstance(s, int) and 200 <= s < 300)}
     if not_2xx:
         failures.append(f"creates answered other than 2xx: {not_2xx}")

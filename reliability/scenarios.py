@@ -385,14 +385,14 @@ def r7_connect_close(*, cycles: int) -> Result:
 
 
 def _http(
-    method: str, url: str, token: str, body: bytes | None = None
+    method: str, url: str, token: str, body: bytes | None = None, timeout: float = 60
 ) -> tuple[int | str, dict[str, str], bytes]:
     request = urllib.request.Request(url, data=body, method=method)
     request.add_header("Authorization", f"Bearer {token}")
     if body is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()

