@@ -298,6 +298,55 @@ def test_an_outcome_that_meets_a_postgresql_outage_is_recorded_once_it_is_back(
     assert 1 <= len(outage_lines) <= 2, run_output[-6000:]
 
 
+def test_a_task_that_checks_in_during_a_postgresql_restart_runs_on_and_completes(
+    own_postgres, purge_broker, tmp_path
+):
+    """`simulate` asks for a stop request at each step and stores its progress: a restart
+    of PostgreSQL in the middle of its run must not end it (issue 13, R2: before, the
+    checkpoint's query raised and the task was recorded failed, "OperationalError:
+    terminating connection due to administrator command")."""
+    env = {"DATABASE_URL": own_postgres.url, "DB_POOL_TIMEOUT": "2"}
+    web, base_url = testing.start_daphne(extra_env=env)
+    worker = testing.start_worker(extra_env=env, concurrency=1)
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            credentials = {"username": "gina", "password": "gina-pass-123"}
+            assert http.post("/api/auth/register/", json=credentials).status_code == 201
+            access = http.post("/api/auth/token/", json=credentials).json()["access"]
+            http.headers["Authorization"] = f"Bearer {access}"
+            created = http.post(
+                "/api/tasks/",
+                json={"title": "sim", "kind": "simulate", "params": {"seconds": 8, "steps": 8}},
+            )
+            assert created.status_code == 201, created.text
+            task_id = created.json()["id"]
+
+        def status() -> str:
+            query = "SELECT status FROM tasks_task WHERE id = %s"
+            return own_postgres.query(query, [task_id])[0][0]
+
+        testing.wait_until(lambda: status() == TaskStatus.IN_PROGRESS, timeout=60)
+        time.sleep(1)  # a step or two done
+        own_postgres.stop()
+        time.sleep(3)  # a few checkpoints and a progress report meet the outage
+        own_postgres.start()
+        testing.wait_until(
+            lambda: status() not in (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS),
+            timeout=60,
+            message="the task to end",
+        )
+        run_output = worker.output
+    finally:
+        worker.stop()
+        web.stop()
+
+    row = own_postgres.query("SELECT status, error FROM tasks_task WHERE id = %s", [task_id])[0]
+    assert row == (TaskStatus.COMPLETED, ""), run_output[-6000:]
+    assert "Traceback" not in run_output, run_output[-6000:]
+    outage_lines = [line for line in run_output.splitlines() if "PostgreSQL unavailable" in line]
+    assert len(outage_lines) == 1, run_output[-6000:]
+
+
 def _celery(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """`celery -A taskhub <args>` as an operator runs it, on the test's broker."""
     line = processes.Command("celery", ("-A", processes.CELERY_APP, *args))

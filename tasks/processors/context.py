@@ -5,9 +5,20 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 
+from taskhub.outages import DATABASE, is_database_outage
 from tasks import selectors
 from tasks.models import StopRequest, Task
+
+
+def _outage_met(exc: BaseException, consequence: str) -> None:
+    """Report the outage (one line per outage, taskhub.outages) and drop the connection
+    the error left unusable, so the next query takes a fresh one instead of raising
+    "connection already closed" until the end of the run."""
+    DATABASE.failed(exc, consequence)
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 class StopRequested(Exception):
@@ -61,7 +72,13 @@ class ProcessorContext:
         if now - self._last_progress_at < settings.TASKHUB_PROGRESS_MIN_INTERVAL:
             return
         self._last_progress, self._last_progress_at = value, now
-        self._store_progress(value)
+        try:
+            self._store_progress(value)
+        except Exception as exc:
+            # Progress is for eyes: one lost while PostgreSQL restarts is not worth the run.
+            if not is_database_outage(exc):
+                raise
+            _outage_met(exc, "running tasks go on without storing their progress")
 
     def checkpoint(self) -> None:
         """Raise StopRequested if the task was cancelled or the worker is stopping."""
@@ -73,7 +90,17 @@ class ProcessorContext:
         if now - self._last_checkpoint_at < self.CHECKPOINT_MIN_INTERVAL:
             return
         self._last_checkpoint_at = now
-        reason = selectors.task_stop_request(task_id=self.task_id)
+        try:
+            reason = selectors.task_stop_request(task_id=self.task_id)
+        except Exception as exc:
+            # PostgreSQL is away (a restart, issue 13 R2): whether a stop was asked cannot
+            # be known now, so the work goes on and the next checkpoint asks again. Failing
+            # the run instead would throw away work the outage never touched; its outcome
+            # write waits for the database (services._until_recorded).
+            if not is_database_outage(exc):
+                raise
+            _outage_met(exc, "running tasks go on without checking for a stop request")
+            return
         if reason:
             raise StopRequested(reason)
         if reason is None:  # the row was deleted under us
