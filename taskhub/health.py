@@ -8,6 +8,25 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
+# How long /readyz waits for a database connection before it says not ready.
+READYZ_DATABASE_WAIT = 2.0
+
+
+def _check_database() -> None:
+    """SELECT 1, waiting at most READYZ_DATABASE_WAIT for a connection. Not through
+    connection.cursor() when a pool is configured: that waits DB_POOL_TIMEOUT (10 s) for a
+    connection, so a probe sent while PostgreSQL restarts was held until it was back and
+    then answered "ready" (issue 13, R2); a readiness probe needs its answer now
+    (Kubernetes gives it 1 s by default)."""
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return
+    pool.open()  # as Django does before its first getconn (a no-op once open)
+    with pool.connection(timeout=READYZ_DATABASE_WAIT) as conn:
+        conn.execute("SELECT 1")
+
 
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -18,8 +37,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def readyz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, str] = {}
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        _check_database()
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"

@@ -227,6 +227,39 @@ def test_while_postgresql_is_down_the_api_answers_503_and_grpc_unavailable(own_p
         assert len(_lines(process, "PostgreSQL available again")) == 1, process.output[-6000:]
 
 
+def test_while_postgresql_is_down_readyz_answers_not_ready_at_once(own_postgres):
+    """A readiness probe needs an answer now (Kubernetes waits 1 s by default), not after
+    the pool's wait for a connection (DB_POOL_TIMEOUT, 10 s here as by default): before,
+    /readyz held a probe sent while PostgreSQL was down until it was back, then answered
+    200, so a restart was never seen as "not ready" (issue 13, R2)."""
+    web, base_url = testing.start_daphne(
+        extra_env={"DATABASE_URL": own_postgres.url, "DB_POOL_TIMEOUT": "10"}
+    )
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            assert http.get("/readyz").status_code == 200
+            own_postgres.stop()
+            try:
+                for _ in range(3):
+                    began = time.monotonic()
+                    ready = http.get("/readyz")
+                    took = time.monotonic() - began
+                    assert ready.status_code == 503, ready.text
+                    assert ready.json()["checks"]["database"].startswith("error")
+                    assert took < 4, f"/readyz took {took:.1f} s"
+            finally:
+                own_postgres.start()
+            testing.wait_until(
+                lambda: http.get("/readyz").status_code == 200,
+                timeout=30,
+                interval=0.5,
+                message="/readyz ready again",
+            )
+    finally:
+        web.stop()
+    assert "Traceback" not in web.output, web.output[-6000:]
+
+
 def nap(ctx) -> dict:
     """A processor that needs no database while it runs (TASK_PROCESSORS names it for the
     worker of the test below): its only write is the outcome."""
