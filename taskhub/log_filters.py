@@ -58,3 +58,29 @@ class RedisOutageWithoutTraceback(logging.Filter):
         if exc is not None and outages.is_redis_outage(exc):
             record.exc_info = record.exc_text = None
         return True
+
+
+class DatabaseOutageOneLine(logging.Filter):
+    """psycopg_pool's line for each connection attempt that failed becomes the process's
+    one outage line (taskhub/outages.py): while PostgreSQL restarts, a pool retries every
+    connection it should hold, with a backoff of its own, and logged each attempt ("error
+    connecting in 'pool-1': ..."): about 60 lines per restart in a web process (issue 13,
+    R2), for an outage the requests that waited for a connection often never saw. Its
+    "reconnection attempt ... failed after N sec" is dropped during an outage too. A
+    failure that is not an outage (a refused password, say) keeps its line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from taskhub import outages  # imports django.db: not while logging is configured
+
+        if record.msg == "error connecting in %r: %s" and isinstance(record.args, tuple):
+            error = record.args[-1]
+            if isinstance(error, BaseException) and outages.is_database_outage(error):
+                outages.DATABASE.failed(
+                    error,
+                    "the connection pool retries in the background; requests wait for a "
+                    "connection (DB_POOL_TIMEOUT), then answer 503 with Retry-After",
+                )
+                return False
+        if str(record.msg).startswith("reconnection attempt in pool"):
+            return not outages.DATABASE.down
+        return True

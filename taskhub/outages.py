@@ -23,6 +23,7 @@ import threading
 import time
 
 import kombu.exceptions
+import psycopg
 import redis
 from django.db import InterfaceError, OperationalError
 from django.db.backends.signals import connection_created
@@ -130,12 +131,18 @@ def _sqlstate(exc: BaseException) -> str | None:
 def is_database_outage(exc: BaseException) -> bool:
     """PostgreSQL itself is down or unreachable: a connection could not be made, was lost
     or closed under the caller (InterfaceError), or the server is shutting down, starting up
-    or full of connections. Not a deadlock, a cancelled statement or a full disk."""
+    or full of connections. Not a deadlock, a cancelled statement or a full disk.
+
+    Django's errors, and psycopg's own from code Django does not wrap (psycopg_pool's
+    connection attempts)."""
     if isinstance(exc, InterfaceError):
         return True
-    if not isinstance(exc, OperationalError):
+    if isinstance(exc, OperationalError):
+        sqlstate = _sqlstate(exc)
+    elif isinstance(exc, psycopg.OperationalError):
+        sqlstate = exc.sqlstate
+    else:
         return False
-    sqlstate = _sqlstate(exc)
     return sqlstate is None or sqlstate.startswith(_SERVER_GONE)
 
 

@@ -572,6 +572,8 @@ LOGGING = {
             "the event log once it is back",
         },
         "redis_outage_no_traceback": {"()": "taskhub.log_filters.RedisOutageWithoutTraceback"},
+        # psycopg_pool logs each failed connection attempt: one outage line instead.
+        "database_outage_pool": {"()": "taskhub.log_filters.DatabaseOutageOneLine"},
         "redis_outage_beat": {
             "()": "taskhub.log_filters.RedisOutageOneLine",
             "consequence": "beat's ticks are not sent; the dispatcher catches up on the "
@@ -606,5 +608,6 @@ LOGGING = {
         "celery.beat": {"filters": ["drop_routine_ticks", "redis_outage_beat"]},
         "channels_redis.pubsub": {"filters": ["redis_outage_pushes"]},
         "celery.worker.request": {"filters": ["redis_outage_no_traceback"]},
+        "psycopg.pool": {"filters": ["database_outage_pool"]},
     },
 }

@@ -296,3 +296,40 @@ def test_a_failed_ack_keeps_its_line_without_the_traceback(caplog):
     except ValueError:
         logger.critical("Couldn't ack %r", "id-2", exc_info=True)
     assert caplog.records[0].exc_info is not None
+
+
+def test_a_pools_failed_connection_attempts_become_the_one_outage_line(caplog):
+    """psycopg_pool logs every connection attempt that failed, about 60 lines per
+    PostgreSQL restart in a web process (issue 13, R2): one outage line instead. A real
+    pool against a port nothing listens on."""
+    from devserver import testing
+
+    outages.DATABASE.forget()
+    caplog.set_level(logging.INFO)
+    port = testing.free_port()
+    pool = psycopg_pool.ConnectionPool(
+        f"host=127.0.0.1 port={port} user=postgres connect_timeout=1",
+        min_size=2,
+        open=False,
+        reconnect_timeout=60,
+    )
+    try:
+        pool.open(wait=False)
+        # Two connections to make, each retried after about 1 s: 4 attempts or more.
+        testing.wait_until(
+            lambda: outages.DATABASE._failures >= 4, timeout=15, message="4 attempts"
+        )
+        assert [r.name for r in caplog.records] == ["taskhub.outages"], caplog.text
+        assert "PostgreSQL unavailable (OperationalError: connection failed" in caplog.text
+    finally:
+        pool.close(timeout=1)
+        outages.DATABASE.forget()
+
+
+def test_a_pools_other_connection_failures_keep_their_line(caplog):
+    """An error that is not an outage (here: not a psycopg error at all) is left alone."""
+    caplog.set_level(logging.WARNING)
+    logging.getLogger("psycopg.pool").warning(
+        "error connecting in %r: %s", "pool-9", ValueError("bad option")
+    )
+    assert [r.name for r in caplog.records] == ["psycopg.pool"]
