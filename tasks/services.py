@@ -302,14 +302,16 @@ def task_transition(
     return task
 
 
-def task_start(*, task_id: UUID | str, worker: str) -> Task | None:
+def task_start(
+    *, task_id: UUID | str, worker: str, started_at: datetime | None = None
+) -> Task | None:
     """queued -> in_progress, claimed by `worker`. None if someone else got there first.
     The previous attempt's error (kept while an automatic retry waits) is cleared: this
     attempt's outcome, or a cancel of it, says its own."""
     return task_transition(
         task_id=task_id,
         to=TaskStatus.IN_PROGRESS,
-        started_at=timezone.now(),
+        started_at=started_at or timezone.now(),
         worker=worker,
         progress=0,
         error="",
@@ -562,7 +564,12 @@ def _record_stopped_run(task_id: UUID | str, attempt: int) -> None:
 OUTCOME_RETRY_MAX_DELAY = 5.0
 
 
-def _until_recorded(record: Callable[..., Task | None], **fields: Any) -> Task | None:
+def _until_recorded(
+    record: Callable[..., Task | None],
+    *,
+    meanwhile: str = "finished tasks wait to record their outcome",
+    **fields: Any,
+) -> Task | None:
     """Write a run's outcome (`record(**fields)`: task_complete, task_fail, ...), retrying
     while the database is unreachable (taskhub.outages.is_database_outage), until it lands:
     a task that ran is recorded as it ended, not left in_progress for the reaper to call
@@ -586,12 +593,34 @@ def _until_recorded(record: Callable[..., Task | None], **fields: Any) -> Task |
         except Exception as exc:
             if not is_database_outage(exc):
                 raise
-            DATABASE.failed(exc, "finished tasks wait to record their outcome")
+            DATABASE.failed(exc, meanwhile)
         # The failed transaction's atomic block has exited: drop the broken connection so
         # the next try opens (or takes from the pool) a fresh one.
         connection.close()
         time.sleep(delay)
         delay = min(delay * 2, OUTCOME_RETRY_MAX_DELAY)
+
+
+def _claim(*, task_id: UUID | str, worker: str) -> Task | None:
+    """task_start, waiting for PostgreSQL if it is away (_until_recorded): a run message
+    that arrives during a restart runs once it is back, instead of raising (a traceback)
+    and leaving its task queued until the dispatcher re-sends the message after
+    QUEUED_RESEND_AFTER (issue 13, R2). A retry whose earlier try committed but lost its
+    answer finds the task in_progress under this claim's own worker and start time: that
+    is this claim, not someone else's."""
+    started_at = timezone.now()
+    task = _until_recorded(
+        task_start,
+        meanwhile="run messages wait to claim their task",
+        task_id=task_id,
+        worker=worker,
+        started_at=started_at,
+    )
+    if task is None:
+        task = Task.objects.filter(
+            pk=task_id, status=TaskStatus.IN_PROGRESS, worker=worker, started_at=started_at
+        ).first()
+    return task
 
 
 def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
@@ -605,7 +634,7 @@ def task_run(*, task_id: UUID | str, worker: str) -> Task | None:
     (the worker being stopped from a terminal) is recorded as an interrupted run and then
     allowed to stop the worker.
     """
-    task = task_start(task_id=task_id, worker=worker)
+    task = _claim(task_id=task_id, worker=worker)
     if task is None:
         return None
     attempt = task.attempts

@@ -393,6 +393,51 @@ def _celery(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_run_whose_claim_meets_a_postgresql_outage_runs_once_it_is_back(
+    own_postgres, purge_broker
+):
+    """The run message arrives while PostgreSQL is down: the claim (queued -> in_progress)
+    waits for it instead of raising (before: a traceback, and the task stayed queued until
+    the dispatcher re-sent its message QUEUED_RESEND_AFTER, 60 s, later; issue 13, R2)."""
+    node = f"claim-{uuid.uuid4().hex[:6]}@test"
+    env = {"DATABASE_URL": own_postgres.url, "DB_POOL_TIMEOUT": "2"}
+    web, base_url = testing.start_daphne(extra_env=env)
+    worker = testing.start_worker(extra_env=env, concurrency=1, node=node)
+    try:
+        # Run messages wait in the broker until the worker consumes them again.
+        cancelled = _celery(env, "control", "cancel_consumer", "celery", "-d", node, "-t", "5")
+        assert "no longer consuming" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            credentials = {"username": "hank", "password": "hank-pass-123"}
+            assert http.post("/api/auth/register/", json=credentials).status_code == 201
+            access = http.post("/api/auth/token/", json=credentials).json()["access"]
+            http.headers["Authorization"] = f"Bearer {access}"
+            created = http.post("/api/tasks/", json={"title": "claim", "kind": "echo"})
+            assert created.status_code == 201, created.text
+            task_id = created.json()["id"]
+
+        def status() -> str:
+            query = "SELECT status FROM tasks_task WHERE id = %s"
+            return own_postgres.query(query, [task_id])[0][0]
+
+        # The dispatcher (the worker's dispatch queue) queued it and sent its run message.
+        testing.wait_until(lambda: status() == TaskStatus.QUEUED, timeout=30)
+        own_postgres.stop()
+        added = _celery(env, "control", "add_consumer", "celery", "-d", node, "-t", "5")
+        assert "add consumer celery" in added.stdout, added.stdout + added.stderr
+        worker.wait_for_output("PostgreSQL unavailable", timeout=30)
+        time.sleep(2)
+        own_postgres.start()
+        testing.wait_until(
+            lambda: status() == TaskStatus.COMPLETED, timeout=20, message="the task to run"
+        )
+        run_output = worker.output
+    finally:
+        worker.stop()
+        web.stop()
+    assert "Traceback" not in run_output, run_output[-6000:]
+
+
 def test_while_postgresql_is_down_a_worker_answers_revokes_and_stops_within_its_grace(
     own_postgres, purge_broker
 ):
