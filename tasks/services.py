@@ -593,6 +593,12 @@ def _until_recorded(
         except Exception as exc:
             if not is_database_outage(exc):
                 raise
+            if delay == 0.25:
+                # One line per task, not per try: which tasks wait. The outage itself may
+                # have been reported already (by the pool, another task) and says nothing
+                # more (taskhub.outages).
+                task_id = fields.get("task_id")
+                logger.info("task %s: %s until PostgreSQL is back", task_id, meanwhile)
             DATABASE.failed(exc, meanwhile)
         # The failed transaction's atomic block has exited: drop the broken connection so
         # the next try opens (or takes from the pool) a fresh one.
