@@ -580,6 +580,13 @@ def r3_redis_outages(**options: Any) -> Result:
     return r3_redis_outages(**options)
 
 
+def r2_postgres_outages(**options: Any) -> Result:
+    """R2, in reliability/pg_outages.py (imported here on use: it imports this)."""
+    from reliability.pg_outages import r2_postgres_outages
+
+    return r2_postgres_outages(**options)
+
+
 def r5_daphne_kills(**options: Any) -> Result:
     """R5, in reliability/daphne_kills.py (imported here on use: it imports this)."""
     from reliability.daphne_kills import r5_daphne_kills
@@ -589,6 +596,7 @@ def r5_daphne_kills(**options: Any) -> Result:
 
 QUICK = {
     "R1": lambda: r1_worker_kills(tasks=60, kills=4, interval=(3, 6)),
+    "R2": lambda: r2_postgres_outages(seconds=60, rate=10, gap=(5, 10), down=(0, 5)),
     "R3": lambda: r3_redis_outages(
         users=10, clients_per_user=2, cycles=2, bursts=1, rate=6, gap=(1, 2)
     ),
@@ -601,6 +609,7 @@ QUICK = {
 
 FULL = {
     "R1": lambda: r1_worker_kills(tasks=1000, kills=30, interval=(5, 20)),
+    "R2": lambda: r2_postgres_outages(seconds=300, rate=20, gap=(5, 20), down=(0, 5)),
     "R3": lambda: r3_redis_outages(
         users=50, clients_per_user=4, cycles=20, bursts=4, rate=6, gap=(3, 8)
     ),
