@@ -74,6 +74,13 @@ def _use_own_postgres(server: own_servers.OwnPostgres) -> None:
     )
     params["OPTIONS"] = {k: v for k, v in params.get("OPTIONS", {}).items() if k != "pool"}
     connections.settings[ALIAS] = params
+    wrapper = connections.create_connection(ALIAS)
+    # A connection of the run's own, not a configured database: under pytest-django (the
+    # quick form in reliability/tests) a configured alias the test did not declare is
+    # refused, while a connection made this way is allowed, as Django's test case allows
+    # any "dynamically created" one. Kept in this thread only (the runner's main thread).
+    del connections.settings[ALIAS]
+    connections[ALIAS] = wrapper
 
 
 def _drop_alias() -> None:
