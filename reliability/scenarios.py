@@ -594,6 +594,23 @@ def r5_daphne_kills(**options: Any) -> Result:
     return r5_daphne_kills(**options)
 
 
+def _security(name: str) -> Any:
+    """A runner of reliability/security_checks.py (imported on use: it imports this)."""
+
+    def run(**options: Any) -> Result:
+        from reliability import security_checks
+
+        return getattr(security_checks, name)(**options)
+
+    return run
+
+
+s2_revocation = _security("s2_revocation")
+s3_canary = _security("s3_canary")
+s4_schema_fuzz = _security("s4_schema_fuzz")
+s7_secret = _security("s7_secret")
+
+
 QUICK = {
     "R1": lambda: r1_worker_kills(tasks=60, kills=4, interval=(3, 6)),
     "R2": lambda: r2_postgres_outages(seconds=60, rate=10, gap=(5, 10), down=(0, 5)),
@@ -605,6 +622,9 @@ QUICK = {
     "R6": lambda: r6_malformed_frames(frames=300),
     "R7": lambda: r7_connect_close(cycles=1000),
     "S1": lambda: s1_abuse(),
+    "S2": lambda: s2_revocation(repeat=1, sockets=5, rounds=1, admin_sockets=2),
+    "S3": lambda: s3_canary(rounds=1),
+    "S7": lambda: s7_secret(full=False),
 }
 
 FULL = {
@@ -618,4 +638,9 @@ FULL = {
     "R6": lambda: r6_malformed_frames(frames=10_000),
     "R7": lambda: r7_connect_close(cycles=10_000),
     "S1": lambda: s1_abuse(),
+    "S2": lambda: s2_revocation(repeat=10, sockets=20, rounds=3, admin_sockets=5),
+    "S3": lambda: s3_canary(rounds=20),
+    "S7": lambda: s7_secret(full=True),
+    # Last: 1,000 examples per operation is ~20 minutes of CPU (CI runs 100).
+    "S4": lambda: s4_schema_fuzz(examples=1000),
 }
