@@ -261,6 +261,7 @@ class _Window:
     rest_refused_after: list[float] = field(default_factory=list)
     rest_accepted: int = 0
     stored: int = 0
+    reconnects: Counter[Any] = field(default_factory=Counter)
 
 
 async def _deactivation_round(base_url: str, sockets: int, window: _Window) -> None:
@@ -314,6 +315,20 @@ async def _deactivation_round(base_url: str, sockets: int, window: _Window) -> N
     window.stored += await _sync(Message.objects.filter(text__startswith=f"{tag} after").count)
     for ws in open_sockets:
         await ws.close()
+    # A script would reconnect with the same token: this process closed the user's sockets
+    # and forgot its cached lookup, so the handshake reads the row again.
+    window.reconnects[await _outcome(url, headers={"Origin": base_url})] += 1
+
+
+async def _new_socket_after_last_closed(base_url: str) -> Any:
+    """A user connects once and closes (the web process now caches them), is deactivated
+    (no socket of theirs to push to), and connects again at once: what happens."""
+    user = await _sync(make_user, "s2-cached")
+    url = f"{_ws_base(base_url)}/ws?token={await _sync(token_for, user)}"
+    ws = await _open(url, {"Origin": base_url})
+    await ws.close()
+    await _sync(accounts.user_deactivate, user=user)
+    return await _outcome(url, headers={"Origin": base_url})
 
 
 async def _s2(base_url: str, *, repeat: int, sockets: int, rounds: int, admin: int) -> dict:
@@ -426,6 +441,15 @@ async def _s2(base_url: str, *, repeat: int, sockets: int, rounds: int, admin: i
     )
     if max(rest_window) > settings.TASKHUB_REST_AUTH_CACHE_SECONDS + 2:
         failures.append(f"REST accepted a deactivated user's token for {max(rest_window):.1f} s")
+    stale = await _new_socket_after_last_closed(base_url)
+    rows.append(
+        f"a reconnect with the token after the close: {dict(window.reconnects)}; a new "
+        "socket of a user deactivated after their last socket had closed, on a process that "
+        f"still caches them (WS_AUTH_CACHE_SECONDS, {settings.TASKHUB_WS_AUTH_CACHE_SECONDS:g} "
+        f"s, documented): {stale}"
+    )
+    if set(window.reconnects) != {4401}:
+        failures.append(f"a deactivated user reconnected: {dict(window.reconnects)}")
 
     # 3. Deactivated by the admin's change form ("active" unticked), and deleted.
     def admin_deactivate(user: Any) -> None:
@@ -925,7 +949,7 @@ def _s7_make_run(user: Any) -> tuple[list[str], list[str]]:
         in_repo = _in_repository(key)
         rows.append(
             f"`make run` (devserver.launcher run; no SECRET_KEY, HOST or GRPC_HOST; up in "
-            f"{took:.0f} s): made {key_file.relative_to(data_dir.parent)} ({len(key)} "
+            f"{took:.0f} s): made <its data directory>/secret_key ({len(key)} "
             f"characters, mode {mode}, public: {public}, in the repository: {in_repo})"
         )
         if mode != "0o600" or public or in_repo or len(key) < 50:
