@@ -18,7 +18,7 @@ from uuid import UUID
 import psycopg
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from redis.exceptions import NoScriptError
@@ -77,6 +77,7 @@ def _insert_event(db: BaseDatabaseWrapper, params: dict[str, Any]) -> tuple[int,
     What it gives up: django-prometheus' per-query counters do not count this statement
     (events are counted by taskhub_events_published_total, docs/metrics.md).
     """
+    db.close_if_health_check_failed()  # as Django's own cursor() does (conn_health_checks)
     db.ensure_connection()
     db.validate_no_broken_transaction()
     started = time.monotonic()
@@ -86,9 +87,10 @@ def _insert_event(db: BaseDatabaseWrapper, params: dict[str, Any]) -> tuple[int,
             # statement is a server session's state, which PgBouncer does not keep.
             cursor.execute(_INSERT_EVENT, params)
             pk, seq = cursor.fetchone()
-    except DatabaseError:
-        # As atomic(savepoint=False) did: the caller's transaction is broken now, and
-        # Django must refuse further queries in it rather than let PostgreSQL fail them.
+    except BaseException:
+        # As atomic(savepoint=False) did, for any exception (a closed connection's
+        # InterfaceError, a time limit mid-statement): the caller's transaction is broken
+        # now, and Django must refuse further queries in it rather than let PostgreSQL.
         if db.in_atomic_block:
             db.needs_rollback = True
         raise
@@ -159,7 +161,7 @@ def push_to_user_after_commit(*, user_id: int, frame: dict[str, Any]) -> None:
 def push_to_user_rollback_unsafe(*, user_id: int, frame: dict[str, Any]) -> None:
     """Send a frame to every socket of the user now, committed or not.
 
-    Only call after commit (publish() does it through push_to_user_after_commit). A failure
+    Only call after commit (publish() pushes through push.push_after_commit). A failure
     is logged and swallowed: persisted events stay in the log and a client's resume
     delivers them.
     """

@@ -10,7 +10,7 @@ planned once per connection and works the same behind PgBouncer.
 
 Why drop notifications_event's user_id index: the unique (user_id, seq) index answers
 every lookup by user (its first column) and was a fifth index to update per event.
-Dropping an index takes a short exclusive lock on the table, no rewrite.
+It is dropped CONCURRENTLY: no lock that waits behind open readers and stops publishing.
 """
 
 from django.conf import settings
@@ -35,40 +35,26 @@ END
 $$;
 """
 
-DROP_USER_INDEX = """
-DO $$
-DECLARE name text;
-BEGIN
-    FOR name IN
-        SELECT index_class.relname FROM pg_index
-        JOIN pg_class index_class ON index_class.oid = pg_index.indexrelid
-        JOIN pg_attribute ON pg_attribute.attrelid = pg_index.indrelid
-            AND pg_attribute.attnum = pg_index.indkey[0]
-        WHERE pg_index.indrelid = 'notifications_event'::regclass
-            AND pg_index.indnatts = 1 AND pg_attribute.attname = 'user_id'
-            AND NOT pg_index.indisunique AND pg_index.indpred IS NULL
-    LOOP
-        EXECUTE format('DROP INDEX %I', name);
-    END LOOP;
-END
-$$;
-"""
+# Django's name for the foreign key's index (its hash of table and column). CONCURRENTLY:
+# neither the drop nor the reverse's build holds a lock that stops publishing.
+DROP_USER_INDEX = "DROP INDEX CONCURRENTLY IF EXISTS notifications_event_user_id_972ad26d;"
 CREATE_USER_INDEX = (
-    "CREATE INDEX IF NOT EXISTS notifications_event_user_id_972ad26d "
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS notifications_event_user_id_972ad26d "
     "ON notifications_event (user_id);"
 )
 
 
 class Migration(migrations.Migration):
+    atomic = False  # DROP INDEX CONCURRENTLY cannot run in a transaction
+
     dependencies = [
         ("notifications", "0002_notification"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
-        # The index only, by its definition (Django named it with a hash). AlterField alone
-        # would also drop and re-add the foreign key, which re-checks every event row under
-        # a lock that blocks publishing for as long as that takes.
+        # The index only: AlterField alone would also drop and re-add the foreign key,
+        # which re-checks every event row under a lock that blocks publishing meanwhile.
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.AlterField(

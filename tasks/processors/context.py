@@ -72,6 +72,9 @@ class ProcessorContext:
         if now - self._last_progress_at < settings.TASKHUB_PROGRESS_MIN_INTERVAL:
             return
         self._last_progress, self._last_progress_at = value, now
+        self._store(value)
+
+    def _store(self, value: int) -> None:
         try:
             self._store_progress(value)
         except Exception as exc:
@@ -85,7 +88,7 @@ class ProcessorContext:
         if self._full_progress_pending:
             self._full_progress_pending = False
             self._last_progress, self._last_progress_at = 100, time.monotonic()
-            self._store_progress(100)
+            self._store(100)
         now = time.monotonic()
         if now - self._last_checkpoint_at < self.CHECKPOINT_MIN_INTERVAL:
             return
