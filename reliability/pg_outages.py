@@ -45,7 +45,7 @@ from google.protobuf import struct_pb2
 
 from devserver import own_servers, testing
 from reliability.producer import Answer, Producer, rest_create
-from reliability.scenarios import Result, _http, _percentile, token_for
+from reliability.scenarios import Result, _http, _per_process, _span, token_for
 from taskhub.health import READYZ_DATABASE_WAIT
 from tasks import services
 from tasks.grpc.gen import taskhub_pb2 as pb
@@ -490,13 +490,3 @@ def _down(at: float, outages: list[dict[str, Any]]) -> bool:
     """PostgreSQL had exited and was not yet being started again at `at` (once started it
     accepts connections some time before the runner's poll sees it: `back`)."""
     return any(_within(at, outage) for outage in outages)
-
-
-def _span(values: list[float]) -> str:
-    if not values:
-        return "(none)"
-    return f"{min(values):.1f}-{max(values):.1f} s (median {_percentile(values, 0.5):.1f} s)"
-
-
-def _per_process(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {n}" for name, n in counts.items())

@@ -50,7 +50,8 @@ from reliability.producer import Producer, rest_create
 from reliability.scenarios import (
     Result,
     _headers,
-    _percentile,
+    _per_process,
+    _span,
     _ws_url,
     make_user,
     token_for,
@@ -480,13 +481,3 @@ def _reconcile(
         {"faults": faults, "statuses": dict(statuses), "ends": dict(socket_ends)},
         misses,
     )
-
-
-def _span(values: list[float]) -> str:
-    if not values:
-        return "(none)"
-    return f"{min(values):.1f}-{max(values):.1f} s (median {_percentile(values, 0.5):.1f} s)"
-
-
-def _per_process(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {n}" for name, n in counts.items())

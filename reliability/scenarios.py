@@ -71,6 +71,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# For the outage runners' table cells (R2, R3): a range of seconds with its median, and a
+# count per process.
+def _span(values: list[float]) -> str:
+    if not values:
+        return "(none)"
+    return f"{min(values):.1f}-{max(values):.1f} s (median {_percentile(values, 0.5):.1f} s)"
+
+
+def _per_process(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
 # --- R1: pool children and whole workers SIGKILLed while tasks run -------------------------
 
 
