@@ -1,12 +1,15 @@
 # TaskHub: `make run` on a machine with only Python 3.11 (see docs/running.md).
 # Environment: DATABASE_URL + REDIS_URL (both set: use them, start nothing embedded),
-# HOST/PORT (web, 127.0.0.1:8000), WORKER_CONCURRENCY, GRPC_PORT, PYTEST_ARGS (make test).
+# HOST/PORT (web, 127.0.0.1:8000), WORKER_CONCURRENCY, GRPC_PORT, PYTEST_ARGS and TEST_WORKERS (make test).
 
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (devserver/pytest_workers.py); 0 runs the suite in one
+# process (for --pdb). Files are the unit of distribution: a file's module fixtures start once.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test services lint fmt bench reliability mutation proto clean
@@ -32,7 +35,7 @@ run: $(STAMP)
 	$(PY) -m devserver.launcher run
 
 test: $(STAMP)
-	$(PY) -m devserver.launcher test $(PYTEST_ARGS)
+	$(PY) -m devserver.launcher test -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 services: $(STAMP)
 	$(PY) -m devserver.launcher services

@@ -1,0 +1,48 @@
+"""The test suite on several pytest-xdist workers at once (`make test` runs two).
+
+Each worker is a pytest process of its own. pytest-django already gives each one a test
+database of its own (`test_<name>_gw0`, `test_<name>_gw1`, ...). Redis has no such
+thing, so this plugin gives each worker a Redis database number of its own: worker n uses
+REDIS_URL's number + n (modulo 16, Redis' default count). The cache, the Celery broker
+and the channel layer's prefix all derive from REDIS_URL (taskhub/settings.py), and the
+processes a test starts inherit the worker's REDIS_URL (devserver/testing.py), so one
+worker's purge, flush, queue or registry scan never meets another's.
+
+It has to change the environment before Django reads its settings, which pytest-django
+does in its own `pytest_load_initial_conftests` hook; a hook wrapper runs before every
+plain implementation, so this one is a wrapper. Loaded with `-p devserver.pytest_workers`
+(pytest.ini), it does nothing outside a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+# Redis' default `databases 16`; a server with more still accepts these numbers.
+REDIS_DATABASES = 16
+
+
+def worker_index() -> int | None:
+    """0 for pytest-xdist's worker gw0, 1 for gw1, ...; None when not in a worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
+
+
+def redis_url_for_worker(url: str, index: int) -> str:
+    """`url` with its database number moved on by `index` (redis://host:6379/9 -> /10)."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    base = int(path) if path.isdigit() else 0
+    return urlunsplit(parts._replace(path=f"/{(base + index) % REDIS_DATABASES}"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config, parser, args) -> Generator[None, None, None]:
+    index = worker_index()
+    if index and os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = redis_url_for_worker(os.environ["REDIS_URL"], index)
+    return (yield)
