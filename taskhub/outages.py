@@ -128,10 +128,30 @@ def _sqlstate(exc: BaseException) -> str | None:
     return getattr(exc.__cause__, "sqlstate", None)
 
 
+# A connection attempt's error carries no SQLSTATE (libpq keeps the server's to itself),
+# only its text. "FATAL:" in it means the server answered and turned this client away: a
+# wrong password, no such role or database, no pg_hba.conf entry. That is a configuration
+# to fix, not an outage to wait out, unless the server said it is starting up, shutting
+# down or full (57P03, 53300), which it says in these words. (A server with translated
+# messages, lc_messages, says neither word in English: its refusals count as outages.)
+_REFUSED_AT_CONNECT = "FATAL:"
+_BUSY_AT_CONNECT = (
+    "the database system is",  # ... starting up / shutting down / in recovery mode
+    "too many clients",
+    "connection slots are reserved",
+)
+
+
+def _refused_at_connect(exc: BaseException) -> bool:
+    text = str(exc)
+    return _REFUSED_AT_CONNECT in text and not any(words in text for words in _BUSY_AT_CONNECT)
+
+
 def is_database_outage(exc: BaseException) -> bool:
     """PostgreSQL itself is down or unreachable: a connection could not be made, was lost
     or closed under the caller (InterfaceError), or the server is shutting down, starting up
-    or full of connections. Not a deadlock, a cancelled statement or a full disk.
+    or full of connections. Not a deadlock, a cancelled statement or a full disk, and not a
+    connection the server refused (a wrong password: the error keeps its traceback).
 
     Django's errors, and psycopg's own from code Django does not wrap (psycopg_pool's
     connection attempts)."""
@@ -143,7 +163,9 @@ def is_database_outage(exc: BaseException) -> bool:
         sqlstate = exc.sqlstate
     else:
         return False
-    return sqlstate is None or sqlstate.startswith(_SERVER_GONE)
+    if sqlstate is None:
+        return not _refused_at_connect(exc)
+    return sqlstate.startswith(_SERVER_GONE)
 
 
 def is_database_lost_race(exc: BaseException) -> bool:

@@ -137,6 +137,48 @@ def test_other_operational_errors_are_neither_an_outage_nor_a_503(error):
     assert not outages.is_database_retry_later(error)
 
 
+def _refusal_from_this_server(**params: str) -> psycopg.OperationalError:
+    """What psycopg raises when the test database's own server turns a connection away."""
+    from django.db import connection
+
+    settings_dict = connection.settings_dict
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(
+            host=settings_dict["HOST"] or "127.0.0.1",
+            port=settings_dict["PORT"] or 5432,
+            user=params.get("user", settings_dict["USER"] or "postgres"),
+            dbname=params.get("dbname", settings_dict["NAME"]),
+            connect_timeout=5,
+        )
+    return refused.value
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "params", [{"dbname": "no_such_database_here"}, {"user": "no_such_role_here"}]
+)
+def test_a_connection_the_server_refuses_is_a_configuration_error_not_an_outage(params):
+    """A wrong database, role or password: PostgreSQL is up and answered FATAL. Waiting
+    will not cure it, so it keeps its traceback (a 500) instead of passing for an outage
+    (a 503 and one 'PostgreSQL unavailable' line). Such an error has no SQLSTATE."""
+    error = _refusal_from_this_server(**params)
+    assert error.sqlstate is None
+    assert not outages.is_database_outage(error)
+    assert not outages.is_database_outage(_django_error(error))
+    assert not outages.is_database_retry_later(_django_error(error))
+
+
+def test_a_server_that_is_starting_or_full_is_an_outage_even_without_a_sqlstate():
+    """The same kind of error (no SQLSTATE, FATAL in the text) when the server is busy."""
+    for text in (
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        "FATAL:  the database system is starting up",
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        "FATAL:  sorry, too many clients already",
+    ):
+        assert outages.is_database_outage(psycopg.OperationalError(text))
+
+
 def test_a_programming_error_is_neither():
     from django.db import ProgrammingError
 
