@@ -4,6 +4,8 @@ in_progress at once with a status and an error that say why, and the worker goes
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from devserver import testing
 from devserver.testing import wait_until
@@ -109,7 +111,12 @@ def test_a_keyboard_interrupt_stops_the_worker_but_not_before_the_task_is_ended(
 def test_a_duplicate_run_message_does_nothing(alice):
     task = make_task(owner=alice, title="done", kind="echo", status=TaskStatus.COMPLETED)
 
-    assert services.task_run(task_id=task.pk, worker="test@host") is None
+    with CaptureQueriesContext(connection) as queries:
+        assert services.task_run(task_id=task.pk, worker="test@host") is None
+    # The claim is the guard, and its one read is all a duplicate costs: the lookup for a
+    # claim that committed but lost its answer runs only after a retried claim.
+    reads = [query for query in queries.captured_queries if query["sql"].startswith("SELECT")]
+    assert len(reads) == 1, reads
     task.refresh_from_db()
     assert task.status == TaskStatus.COMPLETED
 
