@@ -12,11 +12,20 @@ It has to change the environment before Django reads its settings, which pytest-
 does in its own `pytest_load_initial_conftests` hook; a hook wrapper runs before every
 plain implementation, so this one is a wrapper. Loaded with `-p devserver.pytest_workers`
 (pytest.ini), it does nothing outside a worker.
+
+It also keeps every test's node id unique, which `--dist loadfile` needs: the scheduler
+keys its work by node id, so tests that share one run once, silently. Schemathesis 4.32's
+items (taskhub/tests/test_schema_fuzz.py, one per API operation) all had the test
+function's bare id under pytest 9.2, which builds an id from the parametrization and
+schemathesis does not parametrize through pytest: 36 of the 37 operations went unfuzzed
+under xdist. They get their operation back in the id, and a collection with duplicate ids
+is an error.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Generator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,3 +55,21 @@ def pytest_load_initial_conftests(early_config, parser, args) -> Generator[None,
     if index and os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"] = redis_url_for_worker(os.environ["REDIS_URL"], index)
     return (yield)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        # Schemathesis' items carry their operation ("GET /api/tasks/") as operation_label.
+        label = getattr(item, "operation_label", None)
+        if label and not item.nodeid.endswith("]"):
+            # pytest 9.2 has no public way to set an id.
+            item._id = item.parent.id.child(item.originalname).with_params(label)
+    repeated = [
+        nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1
+    ]
+    if repeated:
+        raise pytest.UsageError(
+            f"{len(repeated)} node id(s) shared by several tests, which pytest-xdist would run "
+            f"once each: {repeated[:5]}"
+        )
