@@ -6,18 +6,15 @@ import logging
 
 from celery import shared_task
 
-from taskhub.outages import DATABASE, is_database_outage
+from taskhub.outages import DATABASE, is_database_outage, skip_while_database_is_away
 from tasks import extensions, queue, services
 
 logger = logging.getLogger("tasks")
 
 
 def _skipped_while_database_is_away(exc: Exception, what: str) -> int:
-    """A housekeeping tick that met a PostgreSQL outage: the next tick does its work (the
-    rows are the state), so one log line per outage, not a traceback every second."""
-    if not is_database_outage(exc):
-        raise exc
-    DATABASE.failed(exc, f"{what} skipped until it is back")
+    """A housekeeping tick that met a PostgreSQL outage: the next tick does its work."""
+    skip_while_database_is_away(exc, f"{what} skipped until it is back")
     return 0
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import time
 
 import grpc
 import kombu.exceptions
@@ -30,7 +33,8 @@ def _django_error(cause: Exception) -> OperationalError:
 
 
 def test_an_outage_is_one_line_when_it_starts_and_one_when_it_ends(caplog):
-    outage = outages.Outage("Redis")
+    # No settling time: the next outage may start at once (tested below).
+    outage = outages.Outage("Redis", settle_seconds=0)
     caplog.set_level(logging.WARNING, logger="taskhub.outages")
 
     for _ in range(50):
@@ -53,6 +57,29 @@ def test_an_outage_is_one_line_when_it_starts_and_one_when_it_ends(caplog):
     caplog.clear()
     outage.failed(redis.TimeoutError("Timeout reading"), "rate limits are not checked")
     assert len(caplog.records) == 1, "a new outage is logged again"
+
+
+def test_a_failure_just_after_the_service_answered_again_is_the_outage_that_ended(caplog):
+    """A connection the stop closed, found out by the thread that held it just after
+    another thread's success, is not a new outage (issue 13, R2); a failure after the
+    settling time is."""
+    outage = outages.Outage("PostgreSQL", settle_seconds=0.3)
+    caplog.set_level(logging.WARNING, logger="taskhub.outages")
+    stop = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    outage.failed(_django_error(stop), "requests answer 503")
+    outage.recovered()
+    caplog.clear()
+
+    outage.failed(_django_error(stop), "requests answer 503")
+    assert not outage.down
+    assert caplog.records == []
+
+    time.sleep(0.35)
+    outage.failed(_django_error(stop), "requests answer 503")
+    assert outage.down
+    assert [r.getMessage()[:34] for r in caplog.records] == ["PostgreSQL unavailable (Operationa"]
+    outage.recovered()
+    assert caplog.records[-1].getMessage().endswith("; 1 operation(s) failed meanwhile")
 
 
 def test_recovered_without_an_outage_logs_nothing(caplog):
@@ -375,3 +402,45 @@ def test_a_pools_other_connection_failures_keep_their_line(caplog):
         "error connecting in %r: %s", "pool-9", ValueError("bad option")
     )
     assert [r.name for r in caplog.records] == ["psycopg.pool"]
+
+
+HOUSEKEEPING_WHILE_POSTGRESQL_IS_AWAY = """
+import django
+django.setup()
+from notifications import tasks as notifications_tasks
+from tasks import tasks as task_tasks
+from webhooks import tasks as webhook_tasks
+
+for task, args in [
+    (task_tasks.dispatch_pending_tasks, ()),
+    (task_tasks.reap_stalled_tasks, ()),
+    (task_tasks.prune_idempotency_keys, ()),
+    (notifications_tasks.prune_old_events, ()),
+    (webhook_tasks.sweep_due_deliveries, ()),
+    (webhook_tasks.deliver_webhook, ("6f1c2a9e-0000-4000-8000-000000000000",)),
+]:
+    print("ran", task.name, "->", task(*args), flush=True)
+"""
+
+
+def test_every_periodic_task_meets_a_postgresql_outage_with_the_one_line():
+    """Beat's ticks, the prunes, the webhook sweep and a delivery, run in a process whose
+    PostgreSQL is not there (nothing listens on its port): each ends without a traceback,
+    and the process logs the outage once. Before, the webhook sweep and the event prune
+    raised (issue 13, R2: the sweep's traceback in the worker, once per outage)."""
+    from devserver import testing
+
+    closed = testing.test_database_url().rsplit("@", 1)[0] + f"@127.0.0.1:{testing.free_port()}/x"
+    run = subprocess.run(
+        [sys.executable, "-c", HOUSEKEEPING_WHILE_POSTGRESQL_IS_AWAY],
+        env=testing.process_env(DATABASE_URL=closed, DB_POOL_TIMEOUT="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=testing.BASE_DIR,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    assert output.count("ran ") == 6, output[-4000:]
+    assert output.count("PostgreSQL unavailable") == 1, output[-4000:]
