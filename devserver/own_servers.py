@@ -51,7 +51,7 @@ class OwnRedis:
         self, binary: str, *, workdir: Path | None = None, appendonly: bool = True
     ) -> None:
         self.binary = binary
-        self.port = testing.free_port()
+        self.port = testing.free_port_for_a_restarted_server()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="taskhub-own-redis-"))
@@ -158,7 +158,7 @@ class OwnPostgres:
 
     def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir
-        self.port = testing.free_port()
+        self.port = testing.free_port_for_a_restarted_server()
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/taskhub"
         # PostgreSQL refuses to run as root: then as the system's postgres user, in a
         # directory of its own that it can reach.

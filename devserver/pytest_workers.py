@@ -33,6 +33,8 @@ import pytest
 
 # Redis' default `databases 16`; a server with more still accepts these numbers.
 REDIS_DATABASES = 16
+# The REDIS_URL `make test` gave, before a worker moved it on (the tests check the move).
+BASE_REDIS_URL = "TASKHUB_TEST_BASE_REDIS_URL"
 
 
 def worker_index() -> int | None:
@@ -42,18 +44,32 @@ def worker_index() -> int | None:
 
 
 def redis_url_for_worker(url: str, index: int) -> str:
-    """`url` with its database number moved on by `index` (redis://host:6379/9 -> /10)."""
+    """`url` with its database number moved on by `index` (redis://host:6379/9 -> /10).
+    Only the number in the path is moved: a socket path or a `?db=` (which redis-py
+    prefers to the path) would leave every worker on one database, so they are refused."""
     parts = urlsplit(url)
     path = parts.path.strip("/")
-    base = int(path) if path.isdigit() else 0
+    if (
+        parts.scheme not in ("redis", "rediss")
+        or "db=" in parts.query
+        or not (path == "" or path.isdigit())
+    ):
+        raise pytest.UsageError(
+            f"REDIS_URL={url!r}: the test workers need redis[s]://host:port/<number> to give "
+            "each a database of its own (or TEST_WORKERS=0)"
+        )
+    base = int(path) if path else 0
     return urlunsplit(parts._replace(path=f"/{(base + index) % REDIS_DATABASES}"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_load_initial_conftests(early_config, parser, args) -> Generator[None, None, None]:
     index = worker_index()
-    if index and os.environ.get("REDIS_URL"):
-        os.environ["REDIS_URL"] = redis_url_for_worker(os.environ["REDIS_URL"], index)
+    if index is not None:
+        # taskhub/settings.py's default when unset; `make test` always sets it.
+        base = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+        os.environ[BASE_REDIS_URL] = base
+        os.environ["REDIS_URL"] = redis_url_for_worker(base, index)
     return (yield)
 
 

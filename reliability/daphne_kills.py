@@ -256,7 +256,7 @@ def r5_daphne_kills(
     tokens = [token_for(user) for user in people]
     starts = [newest_event_id(user_id=user.pk) for user in people]
     logs = [ClientLog(last=starts[index // clients_per_user]) for index in range(count)]
-    port = testing.free_port()
+    port = testing.free_port_for_a_restarted_server()
     web, base_url = testing.start_daphne(port=port)
     lives = [web]
     shared = Shared()

@@ -1020,7 +1020,8 @@ def s4_schema_fuzz(*, examples: int) -> Result:
     operations = Counter(
         outcome
         for outcome in re.findall(
-            # -v names each operation's test once, without its parameters (schemathesis).
+            # -v names each operation's test once, "[GET /api/tasks/]" after its name since
+            # devserver/pytest_workers.py gave schemathesis' items their operation back.
             r"test_every_operation_answers_as_its_schema_says(?:\[.+?\])? (PASSED|FAILED|ERROR)",
             run.stdout,
         )

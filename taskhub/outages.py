@@ -78,8 +78,8 @@ class Outage:
                 self._since, self._failures, opened = now, 1, True
         if not opened:
             logger.debug(
-                "%s: a failure %.2f s after it answered again, counted with the outage that "
-                "ended (%s)",
+                "%s: a failure %.2f s after it answered again, taken as the tail of the "
+                "outage that ended, not a new one (%s)",
                 self.service,
                 late,
                 describe(exc),
@@ -156,22 +156,26 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 # A connection attempt's error carries no SQLSTATE (libpq keeps the server's to itself),
-# only its text. "FATAL:" in it means the server answered and turned this client away: a
-# wrong password, no such role or database, no pg_hba.conf entry. That is a configuration
-# to fix, not an outage to wait out, unless the server said it is starting up, shutting
-# down or full (57P03, 53300), which it says in these words. (A server with translated
-# messages, lc_messages, says neither word in English: its refusals count as outages.)
-_REFUSED_AT_CONNECT = "FATAL:"
-_BUSY_AT_CONNECT = (
-    "the database system is",  # ... starting up / shutting down / in recovery mode
-    "too many clients",
-    "connection slots are reserved",
+# only its text. These words mean PostgreSQL is up and turned this client away: a wrong or
+# missing password, no such role or database, no pg_hba.conf entry, a role that may not
+# log in. That is a configuration to fix, not an outage to wait out. Everything else
+# without a SQLSTATE (refused, reset, timed out, starting up, shutting down, "terminating
+# connection" during a fast shutdown, too many clients) is an outage. A server that
+# translates its messages (lc_messages) says these in its own language: its refusals
+# then count as outages, as all of them did before.
+_REFUSED_AT_CONNECT = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",  # role "x" / database "x" does not exist
+    "no pg_hba.conf entry",
+    "is not permitted to log in",
+    "permission denied for database",
 )
 
 
 def _refused_at_connect(exc: BaseException) -> bool:
     text = str(exc)
-    return _REFUSED_AT_CONNECT in text and not any(words in text for words in _BUSY_AT_CONNECT)
+    return any(words in text for words in _REFUSED_AT_CONNECT)
 
 
 def is_database_outage(exc: BaseException) -> bool:

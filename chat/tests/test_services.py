@@ -28,6 +28,8 @@ def test_the_data_migration_makes_the_public_general_room():
     # in this process (pytest-xdist orders tests differently) flushed the tables, the
     # migration's row with them.
     migration = importlib.import_module("chat.migrations.0002_create_general_room")
+    [step] = migration.Migration.operations
+    assert step.code is migration.create_general_room
     ChatRoom.objects.filter(slug="general").delete()
 
     migration.create_general_room(django_apps, None)

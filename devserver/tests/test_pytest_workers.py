@@ -8,7 +8,7 @@ import os
 import pytest
 from django.conf import settings
 
-from devserver.pytest_workers import redis_url_for_worker, worker_index
+from devserver.pytest_workers import BASE_REDIS_URL, redis_url_for_worker, worker_index
 
 
 @pytest.mark.parametrize(
@@ -29,11 +29,20 @@ def test_a_worker_moves_the_database_number_on_by_its_index(url, index, expected
     assert redis_url_for_worker(url, index) == expected
 
 
-def test_the_settings_were_read_after_the_worker_moved_redis_url_on():
+def test_other_forms_of_redis_url_are_refused_rather_than_shared():
+    for url in ("unix:///run/redis.sock?db=2", "redis://127.0.0.1:6379?db=3"):
+        with pytest.raises(pytest.UsageError):
+            redis_url_for_worker(url, 1)
+
+
+def test_this_worker_runs_on_the_database_its_index_names():
     """Django read its settings (the cache, the broker, the channel layer's prefix) after
-    the plugin changed REDIS_URL, so this worker and every process its tests start use
-    the same database number. Meaningful in a worker other than gw0."""
-    if not worker_index():
-        pytest.skip("not in a pytest-xdist worker that moves REDIS_URL")
-    assert os.environ["REDIS_URL"] == settings.TASKHUB_REDIS_URL
-    assert settings.CELERY_BROKER_URL == settings.TASKHUB_REDIS_URL
+    the plugin moved REDIS_URL on, so this worker and every process its tests start use
+    the database its index names."""
+    index = worker_index()
+    if index is None:
+        pytest.skip("not under pytest-xdist (TEST_WORKERS=0)")
+    expected = redis_url_for_worker(os.environ[BASE_REDIS_URL], index)
+    assert expected == settings.TASKHUB_REDIS_URL
+    assert expected == settings.CELERY_BROKER_URL
+    assert os.environ["REDIS_URL"] == expected

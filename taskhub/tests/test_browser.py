@@ -424,7 +424,7 @@ def test_the_protocol_client_module_works_on_its_own(web_url, open_page, alice):
 def test_the_page_survives_a_web_restart_and_shows_what_happened_meanwhile(
     transactional_db, celery_worker_process, open_page, alice, bob, general_room
 ):
-    port = testing.free_port()
+    port = testing.free_port_for_a_restarted_server()
     web, base_url = testing.start_daphne(port=port)
     try:
         page = open_page()

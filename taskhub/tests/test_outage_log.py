@@ -8,7 +8,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-import time
 
 import grpc
 import kombu.exceptions
@@ -59,11 +58,14 @@ def test_an_outage_is_one_line_when_it_starts_and_one_when_it_ends(caplog):
     assert len(caplog.records) == 1, "a new outage is logged again"
 
 
-def test_a_failure_just_after_the_service_answered_again_is_the_outage_that_ended(caplog):
+def test_a_failure_just_after_the_service_answered_again_is_the_outage_that_ended(
+    caplog, fake_clock
+):
     """A connection the stop closed, found out by the thread that held it just after
     another thread's success, is not a new outage (issue 13, R2); a failure after the
     settling time is."""
-    outage = outages.Outage("PostgreSQL", settle_seconds=0.3)
+    clock = fake_clock(outages)
+    outage = outages.Outage("PostgreSQL", settle_seconds=1.0)
     caplog.set_level(logging.WARNING, logger="taskhub.outages")
     stop = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
     outage.failed(_django_error(stop), "requests answer 503")
@@ -74,7 +76,7 @@ def test_a_failure_just_after_the_service_answered_again_is_the_outage_that_ende
     assert not outage.down
     assert caplog.records == []
 
-    time.sleep(0.35)
+    clock.advance(1.1)
     outage.failed(_django_error(stop), "requests answer 503")
     assert outage.down
     assert [r.getMessage()[:34] for r in caplog.records] == ["PostgreSQL unavailable (Operationa"]
@@ -174,6 +176,7 @@ def _refusal_from_this_server(**params: str) -> psycopg.OperationalError:
             host=settings_dict["HOST"] or "127.0.0.1",
             port=settings_dict["PORT"] or 5432,
             user=params.get("user", settings_dict["USER"] or "postgres"),
+            password=settings_dict["PASSWORD"] or None,
             dbname=params.get("dbname", settings_dict["NAME"]),
             connect_timeout=5,
         )
@@ -195,15 +198,36 @@ def test_a_connection_the_server_refuses_is_a_configuration_error_not_an_outage(
     assert not outages.is_database_retry_later(_django_error(error))
 
 
-def test_a_server_that_is_starting_or_full_is_an_outage_even_without_a_sqlstate():
-    """The same kind of error (no SQLSTATE, FATAL in the text) when the server is busy."""
-    for text in (
-        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+_AT_CONNECT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'FATAL:  password authentication failed for user "app"',
+        "fe_sendauth: no password supplied",
+        'FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "app", database "app"',
+        'FATAL:  role "app" is not permitted to log in',
+    ],
+)
+def test_the_other_refusals_are_configuration_errors_too(text):
+    assert not outages.is_database_outage(psycopg.OperationalError(_AT_CONNECT + text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "FATAL:  the database system is starting up",
-        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        "FATAL:  the database system is shutting down",
+        "FATAL:  terminating connection due to administrator command",
         "FATAL:  sorry, too many clients already",
-    ):
-        assert outages.is_database_outage(psycopg.OperationalError(text))
+        "Connection refused",
+        "server closed the connection unexpectedly",
+    ],
+)
+def test_a_server_that_is_away_busy_or_stopping_is_an_outage_without_a_sqlstate(text):
+    """The same kind of error (no SQLSTATE) when the server is not there to answer."""
+    assert outages.is_database_outage(psycopg.OperationalError(_AT_CONNECT + text))
 
 
 def test_a_programming_error_is_neither():

@@ -269,7 +269,7 @@ def test_the_task_page_resumes_after_a_web_restart_with_what_happened_meanwhile(
         params={"seconds": 0.2, "steps": 1, "fail_at_step": 1},
     )
     wait_for_status(task.pk, TaskStatus.FAILED)
-    port = testing.free_port()
+    port = testing.free_port_for_a_restarted_server()
     web, base_url = testing.start_daphne(port=port)
     try:
         page = open_page()
