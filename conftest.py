@@ -6,6 +6,12 @@ itself (`Socket`, also over TCP to a real Daphne: `open_network`) is devserver/w
 
 from __future__ import annotations
 
+import os
+
+# Before any test imports grpc: tests call gRPC from threads while they start servers, and
+# grpc's fork handlers can abort such a child before it execs (reliability/run.py says more).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 

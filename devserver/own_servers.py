@@ -218,11 +218,17 @@ class OwnPostgres:
         ):
             args += ["-c", option]
         with open(self.log, "ab") as log:
+            offset = log.tell()  # what this start writes, apart from earlier runs' lines
             self.proc = self._run(args, stdout=log, stderr=subprocess.STDOUT)
 
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"postgres exited:\n{self.log.read_text()[-3000:]}")
+                with open(self.log, "rb") as log:
+                    log.seek(offset)
+                    said = log.read()[-3000:].decode(errors="replace") or "(nothing)"
+                raise AssertionError(
+                    f"postgres exited with {self.proc.returncode} at start; it wrote:\n{said}"
+                )
             return self.accepts_connections()
 
         testing.wait_until(up, timeout=60, message="the own PostgreSQL to accept connections")
