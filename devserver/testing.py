@@ -73,8 +73,9 @@ def free_port_for_a_restarted_server() -> int:
     """A free port below the kernel's ephemeral range, for a server that the test stops
     and starts again on the same port (devserver/own_servers.py). A port of that range
     (what free_port() gives) can be taken while the server is down by the local end of
-    any outgoing connection on the machine, and the restart then fails to bind: R2's
-    PostgreSQL did once in a 5-minute run."""
+    any outgoing connection on the machine, and the restart would then fail to bind. (Not
+    seen yet: R2's failed restarts that suggested it were grpc's fork handlers,
+    reliability/run.py.)"""
     low = min(_ephemeral_ports().start, 32768)
     for _ in range(200):
         port = random.randrange(20000, low)  # noqa: S311 — a port number, not a secret
