@@ -12,6 +12,7 @@ and to `error` frames `invalid`/`forbidden`/`not_found`.
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from django.conf import settings
@@ -129,13 +130,18 @@ def _room_added_on_commit(*, user_ids: list[int], slug: str, reason: str) -> Non
 def chat_room_create(
     *, creator: AbstractBaseUser, name: str, slug: str | None = None, is_public: bool = True
 ) -> ChatRoom:
-    """A new room with its creator as owner. The slug defaults to the slugified name."""
+    """A new room with its creator as owner. The slug defaults to the slugified name, or
+    to `room-<6 hex digits>` when the name has no ASCII letter or digit ("Задачи", "!!!"):
+    slugs go in URLs, which take ASCII only."""
     name = name.strip()
     if not name:
         raise ValidationError({"name": "A room needs a name."})
-    slug = slugify(slug if slug else name)[:50].strip("-")
-    if not slug:
-        raise ValidationError({"slug": "Give a slug of letters, digits, - or _."})
+    if slug:
+        slug = slugify(slug)[:50].strip("-")
+        if not slug:
+            raise ValidationError({"slug": "Give a slug with a letter or digit in it."})
+    else:
+        slug = slugify(name)[:50].strip("-") or f"room-{secrets.token_hex(3)}"
     if slug.startswith("dm-"):
         # Direct rooms' slugs (chat_direct_open): a room taking one would block that pair.
         raise ValidationError({"slug": "Slugs starting with 'dm-' are for direct messages."})

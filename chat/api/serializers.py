@@ -70,7 +70,17 @@ class JsonBooleanField(serializers.BooleanField):
 
 class RoomCreateInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
-    slug = serializers.SlugField(max_length=50, required=False, allow_blank=True)
+    # A slug field whose pattern (in the schema too) asks for a letter or digit: "---" or
+    # "_" is a slug to SlugField but slugifies to nothing.
+    slug = serializers.RegexField(
+        r"^[-_]*[a-zA-Z0-9][-a-zA-Z0-9_]*$",
+        max_length=50,
+        required=False,
+        allow_blank=True,
+        error_messages={
+            "invalid": "Give a slug of letters, digits, - or _, with a letter or digit in it."
+        },
+    )
     is_public = JsonBooleanField(required=False, default=True)
 
 
