@@ -22,12 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
-# Read by grpc when it is first imported. The runners call gRPC from threads while they
-# start servers (R2 restarts PostgreSQL every few seconds), and grpc's fork handlers, on
-# by default, now and then aborted the child between fork and exec ("Check failed:
-# next_worker->state == KICKED", SIGABRT: PostgreSQL never started, 3 R2 runs in a row).
-# No process here forks a child that goes on using gRPC, which is what they are for.
-GRPC_FORK_SUPPORT_OFF = "false"
 
 
 def _cell(text: str) -> str:
@@ -62,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskhub.settings")
     os.environ.setdefault("DEBUG", "1")
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", GRPC_FORK_SUPPORT_OFF)
+    # Read by grpc when it is first imported. The runners call gRPC from threads while they
+    # start servers (R2 restarts PostgreSQL every few seconds), and grpc's fork handlers, on
+    # by default, now and then aborted the child between fork and exec ("Check failed:
+    # next_worker->state == KICKED", SIGABRT: PostgreSQL never started, 3 R2 runs in a
+    # row). No process here forks a child that goes on using gRPC, what they are for.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     import django
 
     django.setup()
