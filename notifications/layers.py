@@ -24,8 +24,9 @@ Redis under live sockets to catch a mismatch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis
@@ -45,28 +46,90 @@ logger = logging.getLogger(__name__)
 
 class _WatchedPubSub(PubSub):
     """redis-py's PubSub, telling `reconnected` after it re-subscribed on a new connection
-    (redis-py calls on_connect on a reconnect only, never on the first connect)."""
+    (redis-py calls on_connect on a reconnect only, never on the first connect), and
+    letting one coroutine at a time read from its connection."""
 
     def __init__(self, *args: Any, reconnected: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reconnected = reconnected
+        # Two coroutines read from the one subscriber connection: the shard's receive loop
+        # (get_message, without the shard's lock) and whoever reconnects it, whose
+        # handshake reads its replies. redis-py calls a connection connected once its socket
+        # is open, before the handshake's reply is read, so the receive loop started
+        # reading too: it took the handshake's reply for a message, or the handshake's read
+        # failed ("readuntil() called while another coroutine is already waiting"), and
+        # the socket whose SUBSCRIBE reconnected got 4503 just after Redis came back. The
+        # lock makes them take turns. SUBSCRIBE on a connected connection only writes: it
+        # does not wait for the receive loop, so connects stay as fast as before.
+        self._reading = asyncio.Lock()
+        self._reading_task: asyncio.Task | None = None
+        self._handshaking = False
+        self._reconnects = 0
+
+    @contextlib.asynccontextmanager
+    async def _reading_alone(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        if self._reading_task is task:
+            # Re-entered: the receive loop's read met a dead connection and reconnects it
+            # (redis-py's retry), and the reconnect re-subscribes (on_connect).
+            yield
+            return
+        async with self._reading:
+            self._reading_task = task
+            try:
+                yield
+            finally:
+                self._reading_task = None
+
+    @contextlib.asynccontextmanager
+    async def _handshake(self) -> AsyncIterator[None]:
+        async with self._reading_alone():
+            under_way, self._handshaking = self._handshaking, True
+            try:
+                yield
+            finally:
+                self._handshaking = under_way  # a re-entered one leaves the outer's flag
 
     async def connect(self) -> None:
-        await super().connect()
+        connection = self.connection
+        if connection is not None and (not connection.is_connected or self._handshaking):
+            # Reconnecting, or another coroutine's handshake is under way: a SUBSCRIBE
+            # written before its HELLO would be read as HELLO's reply.
+            async with self._handshake():
+                await super().connect()
+        else:
+            await super().connect()
         # A SUBSCRIBE (a new socket's channel or group) on a connection the server already
         # closed, before the receive loop noticed (just after a Redis restart), is sent
         # once more on a new connection instead of failing the connect with 4503 (issue
         # 13, R3). The reconnect re-subscribes every channel first (on_connect below), and
         # subscribing twice is harmless. The pool's own connections (PUBLISH) keep none.
-        # AttributeError too: a SUBSCRIBE whose connection the receive loop (which reads
-        # without the shard's lock) tore down mid-send finds its writer gone, None, and the
-        # connect ended with a 500 handshake (3 in 133 connects during R3's outages).
+        # AttributeError too: a SUBSCRIBE whose connection the receive loop tore down
+        # mid-send finds its writer gone, None, and the connect ended with a 500 handshake
+        # (3 in 133 connects during R3's outages).
         if self.connection.retry.get_retries() < 1:
             errors = (redis.ConnectionError, redis.TimeoutError, AttributeError)
             self.connection.retry = Retry(NoBackoff(), 1, supported_errors=errors)
 
+    async def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
+        async with self._reading_alone():
+            connection = self.connection
+            if connection is not None and not connection.is_connected:
+                async with self._handshake():
+                    await connection.connect()
+            return await super().parse_response(block, timeout)
+
+    async def _reconnect(self, conn: Any, *args: Any, **kwargs: Any) -> None:
+        # redis-py's retry after a failed SUBSCRIBE or read: disconnect, connect again.
+        reconnects = self._reconnects
+        async with self._handshake():
+            if self._reconnects != reconnects and conn.is_connected:
+                return  # the receive loop reconnected while this waited: use that one
+            await super()._reconnect(conn, *args, **kwargs)
+
     async def on_connect(self, connection: Any) -> None:
         await super().on_connect(connection)  # SUBSCRIBE for every channel is sent now
+        self._reconnects += 1
         # The outage line taskhub/log_filters.py logged for the receive loop ends here.
         outages.REDIS.recovered()
         self._reconnected()

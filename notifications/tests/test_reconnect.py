@@ -8,6 +8,7 @@ without waiting for the periodic sweep (disabled here).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import pytest
@@ -108,6 +109,56 @@ async def test_a_subscribe_whose_connection_was_torn_down_mid_send_is_sent_again
         second = f"test-second-{uuid.uuid4().hex}"
         await pubsub.subscribe(second)
         assert torn and second.encode() in pubsub.channels
+    finally:
+        await pubsub.aclose()
+        await pool.aclose()
+
+
+async def test_a_subscribe_that_reconnects_while_the_receive_loop_reads_gets_its_channel():
+    """After Redis came back, a new socket's SUBSCRIBE found the subscriber connection
+    closed and reconnected it. redis-py marks a connection connected as soon as its socket
+    is open, before the handshake's reply is read, so the layer's receive loop (which reads
+    without the shard's lock) started reading on it too, and the handshake's read failed:
+    "readuntil() called while another coroutine is already waiting". That socket got 4503
+    (CI, test_hardening's connect after Redis came back). The handshake and the receive
+    loop take turns; the socket gets its channel and its messages."""
+    import uuid
+
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    from notifications.layers import _WatchedPubSub
+
+    pool = aioredis.ConnectionPool.from_url(settings.TASKHUB_REDIS_URL)
+    publisher = aioredis.Redis(connection_pool=pool)
+    pubsub = _WatchedPubSub(pool, reconnected=lambda: None)
+    try:
+        await pubsub.subscribe(f"test-first-{uuid.uuid4().hex}")
+        connection = pubsub.connection
+        await connection.disconnect()  # what Redis' restart left behind
+        handshake = connection.on_connect_check_health
+
+        async def slow_handshake(*args, **kwargs):
+            await asyncio.sleep(0.1)  # the socket is open, its reply not read yet
+            return await handshake(*args, **kwargs)
+
+        connection.on_connect_check_health = slow_handshake
+
+        async def receive_loop_once():
+            while not connection.is_connected:
+                await asyncio.sleep(0.001)
+            return await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+
+        second = f"test-second-{uuid.uuid4().hex}"
+        await asyncio.gather(pubsub.subscribe(second), receive_loop_once())
+
+        assert second.encode() in pubsub.channels
+        await publisher.publish(second, b"hello")
+        for _ in range(20):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                break
+        assert message is not None and message["data"] == b"hello"
     finally:
         await pubsub.aclose()
         await pool.aclose()
