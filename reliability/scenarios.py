@@ -87,7 +87,7 @@ def _per_process(counts: dict[str, int]) -> str:
 
 
 def r1_worker_kills(*, tasks: int, kills: int, interval: tuple[float, float]) -> Result:
-    """`tasks` tasks (80 % echo, 20 % simulate with progress) on a worker (concurrency 2)
+    """`tasks` tasks (90 % echo, 10 % simulate with progress) on a worker (concurrency 2)
     whose pool children are SIGKILLed every `interval` s, every third kill the whole
     worker (restarted by us under the same node name). Then: every task terminal, none
     stuck, one terminal event per task attempt, and for each task running at a kill the
@@ -193,7 +193,9 @@ def r1_worker_kills(*, tasks: int, kills: int, interval: tuple[float, float]) ->
 
 
 def _r1_create(owner: Any, serial: int) -> Any:
-    if serial % 5 == 0:
+    # 1 in 10 a simulate of 2-6 s: at 2,000 tasks that is ~400 s of work for the two pool
+    # processes, about as long as the 30 kills take, so the drain stays short.
+    if serial % 10 == 0:
         params = {"seconds": random.uniform(2, 6), "steps": 4}
         return services.task_create(owner=owner, title=f"r1 sim {serial}", params=params).pk
     return services.task_create(
@@ -232,7 +234,7 @@ async def _follow(
     seen: list[int] = []
     reconnects = 0
     last = start
-    bound = time.monotonic() + 600
+    bound = time.monotonic() + 1800  # the full form produces 50,000 events
     while time.monotonic() < bound:
         try:
             async with websockets.connect(
@@ -260,24 +262,43 @@ async def _follow(
     return {"seen": seen, "reconnects": reconnects, "timed_out": True}
 
 
-def r4_resume(*, users: int, clients_per_user: int, events: int, drop: float) -> Result:
-    """`users` x `clients_per_user` sockets; `events` task creates spread over the users
-    (each a persisted task.updated); every client drops its socket at random and resumes
-    with last_event_id. Each client must see every event of its user after its start, in
-    order, none twice."""
+def r4_resume(
+    *, users: int, clients_per_user: int, events: int, drop: float, away_events: int
+) -> Result:
+    """`users` x `clients_per_user` sockets; `events` task creates (each a persisted
+    task.updated), `away_events` of them for one more user whose only client left before
+    the first and is away for all of them; the rest spread over the users. Every client
+    but that one drops its socket at random and resumes with last_event_id. Once the
+    producer is done, the away user's events are made 25 hours old and the retention job
+    runs, then its client resumes. Each client must see every event of its user after its
+    start, in order, none twice."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.db.models import F
+
+    from notifications.services import events_prune
+
     people = [make_user("r4") for _ in range(users)]
+    away = make_user("r4-away")
     tokens = [token_for(user) for user in people]
     starts = [newest_event_id(user_id=user.pk) for user in people]
+    away_start = newest_event_id(user_id=away.pk)
     web, base_url = testing.start_daphne()
     targets = [[0] for _ in people]
     done = threading.Event()
+    # Every (events / away_events)-th create is the away user's.
+    away_every = max(1, events // away_events) if away_events else 0
 
     def produce() -> None:
         try:
+            others = 0
             for number in range(events):
-                services.task_create(
-                    owner=people[number % users], title=f"r4 {number}", kind="echo", params={}
-                )
+                if away_every and number % away_every == 0 and number // away_every < away_events:
+                    owner = away
+                else:
+                    owner, others = people[others % users], others + 1
+                services.task_create(owner=owner, title=f"r4 {number}", kind="echo", params={})
         finally:
             for index, user in enumerate(people):
                 targets[index][0] = newest_event_id(user_id=user.pk)
@@ -297,19 +318,41 @@ def r4_resume(*, users: int, clients_per_user: int, events: int, drop: float) ->
         finally:
             await asyncio.to_thread(producer.join)
 
+    away_outcome: dict[str, Any] = {"seen": [], "reconnects": 0}
+    catch_up = 0.0
+    pruned = 0
     try:
+        started = time.monotonic()
         outcomes = asyncio.run(run_clients())
+        produced_in = time.monotonic() - started
+        if away_events:
+            # Away for a day: retention counts age, not number (EVENT_RETENTION_DAYS).
+            Event.objects.filter(user_id=away.pk).update(
+                created_at=F("created_at") - timedelta(hours=25)
+            )
+            pruned = events_prune(older_than=timedelta(days=settings.TASKHUB_EVENT_RETENTION_DAYS))
+            away_target = [newest_event_id(user_id=away.pk)]
+            back = time.monotonic()
+            finished = threading.Event()
+            finished.set()
+            away_outcome = asyncio.run(
+                _follow(base_url, token_for(away), away_start, away_target, 0.0, finished)
+            )
+            catch_up = time.monotonic() - back
     finally:
         web.stop()
     failures: list[str] = []
     missing = twice = out_of_order = 0
     reconnects = 0
-    for index, outcome in enumerate(outcomes):
-        user_index = index // clients_per_user
+    followed = [
+        (people[i // clients_per_user], starts[i // clients_per_user], o)
+        for i, o in enumerate(outcomes)
+    ]
+    if away_events:
+        followed.append((away, away_start, away_outcome))
+    for index, (user, start, outcome) in enumerate(followed):
         expected = list(
-            Event.objects.filter(
-                user_id=people[user_index].pk, seq__gt=starts[user_index]
-            ).values_list("seq", flat=True)
+            Event.objects.filter(user_id=user.pk, seq__gt=start).values_list("seq", flat=True)
         )
         seen = outcome["seen"]
         reconnects += outcome["reconnects"]
@@ -318,13 +361,24 @@ def r4_resume(*, users: int, clients_per_user: int, events: int, drop: float) ->
         out_of_order += sum(1 for a, b in itertools.pairwise(seen) if b <= a)
         if outcome.get("timed_out"):
             failures.append(f"client {index} did not catch up within its bound")
-    total = sum(len(o["seen"]) for o in outcomes)
+    total = sum(len(o["seen"]) for _, _, o in followed)
     for name, count in (("missing", missing), ("twice", twice), ("out of order", out_of_order)):
         if count:
             failures.append(f"{count} event deliveries {name}")
     measured = (
-        f"{len(outcomes)} clients, {events} creates, {total} deliveries, {reconnects} "
-        f"drops+resumes: {missing} missing, {twice} twice, {out_of_order} out of order"
+        f"{len(outcomes)} clients, {events} creates ({events - away_events} for them, "
+        f"{produced_in:.0f} s), {reconnects} drops+resumes"
+    )
+    if away_events:
+        away_seen = len(away_outcome["seen"])
+        measured += (
+            f"; one more client away for {away_events} events of its user, made 25 h old "
+            f"before it came back (the retention job ran: {pruned} pruned): it resumed and "
+            f"got {away_seen} in {catch_up:.1f} s"
+        )
+    measured += (
+        f"; {total} deliveries in all: {missing} missing, {twice} twice, "
+        f"{out_of_order} out of order"
     )
     return Result("R4", measured, failures, {"reconnects": reconnects, "deliveries": total})
 
@@ -333,12 +387,13 @@ def _rss(proc: psutil.Process) -> int:
     return proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(True))
 
 
-def _registry_members(user_id: int) -> int:
+def _registry_members(*user_ids: int, redis: Any = None) -> int:
+    """Members of the connection registry (all users) and of these users' keys."""
     from notifications.selectors import CONNECTIONS_KEY, user_connections_key
 
-    redis = sync_redis()
+    redis = redis or sync_redis()
     members = 0
-    for key in (CONNECTIONS_KEY, user_connections_key(user_id)):
+    for key in (CONNECTIONS_KEY, *map(user_connections_key, user_ids)):
         kind = redis.type(key)
         kind = kind.decode() if isinstance(kind, bytes) else kind
         if kind == "zset":
@@ -350,9 +405,11 @@ def _registry_members(user_id: int) -> int:
     return members
 
 
-def r7_connect_close(*, cycles: int) -> Result:
+def r7_connect_close(*, cycles: int, slow_disconnects: int, stall: float) -> Result:
     """`cycles` connect/welcome/close cycles against one Daphne: its RSS at a few points,
-    "took too long to shut down" in its log, registry members left in Redis."""
+    "took too long to shut down" in its log, registry members left in Redis. Then
+    `slow_disconnects` sockets closed at once while Redis stalls for `stall` s (see
+    _r7_slow_disconnects)."""
     from websockets.sync.client import connect
 
     user = make_user("r7")
@@ -390,7 +447,94 @@ def r7_connect_close(*, cycles: int) -> Result:
         f"{cycles} cycles: RSS +{growth:.1f} MiB (MiB at cycle {points}); "
         f'{slow} "took too long to shut down"; {stale} stale registry members'
     )
-    return Result("R7", measured, failures, {"curve": curve, "growth_mib": growth})
+    details: dict[str, Any] = {"curve": curve, "growth_mib": growth}
+    if slow_disconnects:
+        slow_measured, slow_failures, details["slow"] = _r7_slow_disconnects(
+            sockets=slow_disconnects, stall=stall
+        )
+        measured += f"; then {slow_measured}"
+        failures += slow_failures
+    return Result("R7", measured, failures, details)
+
+
+def _r7_slow_disconnects(*, sockets: int, stall: float) -> tuple[str, list[str], dict]:
+    """`sockets` sockets (20 per user, the per-user cap) on a Daphne whose Redis is a
+    server of our own, closed at once while that Redis answers nothing for `stall` s
+    (CLIENT PAUSE ALL): every disconnect handler waits on Redis to release its socket's
+    groups and registry entry. Longer than RELEASE_WAIT (3 s), shorter than the clients'
+    socket timeouts (5 s): slow, not down. Then: no "took too long to shut down" (Daphne
+    kills a handler after 10 s), no registry member left once Redis answers, and a new
+    socket welcomed."""
+    import websockets
+
+    from devserver import own_servers
+
+    binary = own_servers.redis_server_binary()
+    if binary is None:
+        return "slow disconnects not run: no redis-server", ["no Redis server binary"], {}
+    server = own_servers.OwnRedis(binary, appendonly=False)
+    server.start()
+    users = [make_user("r7-slow") for _ in range(-(-sockets // 20))]
+    tokens = [token_for(user) for user in users]
+    web, base_url = testing.start_daphne(extra_env={"REDIS_URL": server.url})
+    client = server.client()
+
+    async def open_one(token: str) -> Any:
+        socket = await websockets.connect(
+            _ws_url(base_url, token), additional_headers=_headers(base_url), open_timeout=30
+        )
+        json.loads(await asyncio.wait_for(socket.recv(), 30))
+        return socket
+
+    async def close_all_while_redis_stalls() -> float:
+        opened = await asyncio.gather(
+            *(open_one(tokens[number // 20]) for number in range(sockets))
+        )
+        await asyncio.to_thread(client.execute_command, "CLIENT", "PAUSE", int(stall * 1000))
+        started = time.monotonic()
+        await asyncio.gather(*(socket.close() for socket in opened))
+        return time.monotonic() - started
+
+    async def welcomed() -> bool:
+        socket = await open_one(tokens[0])
+        await socket.close()
+        return True
+
+    stale = -1
+    new_socket = False
+    try:
+        closed_in = asyncio.run(close_all_while_redis_stalls())
+        deadline = time.monotonic() + stall + 30
+        while time.monotonic() < deadline:
+            stale = _registry_members(*(user.pk for user in users), redis=client)
+            if stale == 0:
+                break
+            time.sleep(0.5)
+        new_socket = asyncio.run(welcomed())
+    finally:
+        web.stop()
+        client.close()
+        server.remove()
+    too_long = web.output.count("took too long to shut down")
+    not_waiting = web.output.count("releasing closed sockets takes over")
+    tracebacks = web.output.count("Traceback")
+    failures = []
+    if too_long:
+        failures.append(f'{too_long} "took too long to shut down" during a slow Redis')
+    if stale:
+        failures.append(f"{stale} registry member(s) left after a slow Redis")
+    if tracebacks:
+        failures.append(f"{tracebacks} traceback(s) in Daphne's log during a slow Redis")
+    if not new_socket:
+        failures.append("no welcome for a new socket after a slow Redis")
+    measured = (
+        f"{sockets} sockets closed at once while Redis answered nothing for {stall:g} s: "
+        f"the clients' closes done in {closed_in:.1f} s, {too_long} \"took too long to shut "
+        f'down", {not_waiting} "releasing closed sockets takes over 3 s; not waiting", '
+        f"{stale} registry members left once Redis answered, a new socket "
+        f"{'welcomed' if new_socket else 'not welcomed'}, {tracebacks} tracebacks"
+    )
+    return measured, failures, {"closed_in": closed_in, "too_long": too_long, "stale": stale}
 
 
 # --- S1: abuse ---------------------------------------------------------------------------
@@ -629,10 +773,10 @@ QUICK = {
     "R3": lambda: r3_redis_outages(
         users=10, clients_per_user=2, cycles=2, bursts=1, rate=6, gap=(1, 2)
     ),
-    "R4": lambda: r4_resume(users=10, clients_per_user=2, events=300, drop=0.05),
+    "R4": lambda: r4_resume(users=10, clients_per_user=2, events=300, drop=0.05, away_events=100),
     "R5": lambda: r5_daphne_kills(users=25, clients_per_user=4, kills=1, rate=10),
     "R6": lambda: r6_malformed_frames(frames=300),
-    "R7": lambda: r7_connect_close(cycles=1000),
+    "R7": lambda: r7_connect_close(cycles=1000, slow_disconnects=100, stall=4),
     "S1": lambda: s1_abuse(),
     "S2": lambda: s2_revocation(repeat=1, sockets=5, rounds=1, admin_sockets=2),
     "S3": lambda: s3_canary(rounds=1),
@@ -640,15 +784,17 @@ QUICK = {
 }
 
 FULL = {
-    "R1": lambda: r1_worker_kills(tasks=1000, kills=30, interval=(5, 20)),
+    "R1": lambda: r1_worker_kills(tasks=2000, kills=30, interval=(5, 20)),
     "R2": lambda: r2_postgres_outages(seconds=300, rate=20, gap=(5, 20), down=(0, 5)),
     "R3": lambda: r3_redis_outages(
         users=50, clients_per_user=4, cycles=20, bursts=4, rate=6, gap=(3, 8)
     ),
-    "R4": lambda: r4_resume(users=50, clients_per_user=4, events=5000, drop=0.01),
+    "R4": lambda: r4_resume(
+        users=50, clients_per_user=4, events=50_000, drop=0.01, away_events=10_000
+    ),
     "R5": lambda: r5_daphne_kills(users=250, clients_per_user=4, kills=2, rate=20),
     "R6": lambda: r6_malformed_frames(frames=10_000),
-    "R7": lambda: r7_connect_close(cycles=10_000),
+    "R7": lambda: r7_connect_close(cycles=10_000, slow_disconnects=500, stall=4),
     "S1": lambda: s1_abuse(),
     "S2": lambda: s2_revocation(repeat=10, sockets=20, rounds=3, admin_sockets=5),
     "S3": lambda: s3_canary(rounds=20),
