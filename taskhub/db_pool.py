@@ -15,11 +15,14 @@ inherited pool and any connection it had checked out, without closing them: a cl
 end the parent's sessions too (psycopg itself never closes an inherited connection on
 garbage collection, for the same reason). The child then opens a pool of its own on first
 use.
+
+Why `keep_reconnecting_while_requests_wait`: see its docstring.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 _registered = False
 
@@ -33,6 +36,19 @@ def forget_inherited_pools() -> None:
         # The forking thread's wrapper survives the fork with the parent's connection.
         wrapper.connection = None
     DatabaseWrapper._connection_pools.clear()
+
+
+def keep_reconnecting_while_requests_wait(pool: Any) -> None:
+    """psycopg_pool's `reconnect_failed` hook: a reconnection attempt gave up
+    (`reconnect_timeout`) while PostgreSQL was down. The pool starts another only when
+    someone next asks for a connection, and in a process whose every thread is already
+    waiting for one (the gRPC server's, during an outage), nobody does: nothing connected
+    until the waits ran out (DB_POOL_TIMEOUT), seconds after PostgreSQL was back (issue 13,
+    R2). While requests wait, start another attempt at once (check() grows an empty pool);
+    its backoff begins again at 1 s, so a return is noticed within about 2 s. With nobody
+    waiting the pool rests, as before, until the next request."""
+    if pool.get_stats().get("requests_waiting", 0):
+        pool.check()
 
 
 def register_fork_hook() -> None:

@@ -197,6 +197,8 @@ DATABASES["default"]["ENGINE"] = "taskhub.db_backend"
 # A deployment that asked for persistent connections (DB_CONN_MAX_AGE) keeps them.
 _DB_POOL_MAX = env_int("DB_POOL_MAX", 0 if DATABASES["default"]["CONN_MAX_AGE"] else 32, minimum=0)
 if _DB_POOL_MAX:
+    from taskhub.db_pool import keep_reconnecting_while_requests_wait, register_fork_hook
+
     if DATABASES["default"]["CONN_MAX_AGE"]:
         raise ImproperlyConfigured("DB_CONN_MAX_AGE must be 0 (or unset) when DB_POOL_MAX > 0")
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -209,9 +211,9 @@ if _DB_POOL_MAX:
         # 64 s after a one-minute outage. Giving up after 4 s (the next request starts
         # again from 1 s) keeps the gap between its return and the first success at 2 s.
         "reconnect_timeout": 4.0,
+        # ...and while requests wait for a connection, starts again at once (db_pool.py).
+        "reconnect_failed": keep_reconnecting_while_requests_wait,
     }
-    from taskhub.db_pool import register_fork_hook
-
     register_fork_hook()
 
 CACHES = {

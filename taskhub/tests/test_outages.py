@@ -490,3 +490,55 @@ def test_while_postgresql_is_down_a_worker_answers_revokes_and_stops_within_its_
     finally:
         worker.stop()
         web.stop()
+
+
+def test_grpc_calls_that_waited_out_an_outage_on_every_thread_get_a_connection_once_it_is_back(
+    own_postgres,
+):
+    """Every thread of the gRPC server waited in the pool for a connection while
+    PostgreSQL was down; the pool's reconnection attempt gave up (after
+    reconnect_timeout, 4 s) and only a new request for a connection would start another.
+    None came: every thread was waiting. So nothing connected until the waits ran out
+    (DB_POOL_TIMEOUT), seconds after PostgreSQL was back (issue 13, R2: "available again
+    after 10.0 s" for an outage of under 5 s). The pool keeps trying while requests wait:
+    the waiting calls and the next one succeed soon after the return, long before their
+    waits would have run out."""
+    from django.contrib.auth import get_user_model
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    [(user_id,)] = own_postgres.query(
+        "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name,"
+        " email, is_staff, is_active, date_joined)"
+        " VALUES ('!', false, 'gina', '', '', '', false, true, now()) RETURNING id"
+    )
+    token = str(AccessToken.for_user(get_user_model()(pk=user_id, username="gina")))
+    metadata = (("authorization", f"Bearer {token}"),)
+    wait = 30
+    env = {"DATABASE_URL": own_postgres.url, "DB_POOL_TIMEOUT": str(wait), "GRPC_MAX_WORKERS": "2"}
+    grpc_server, address = testing.start_grpcserver(extra_env=env)
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.TaskServiceStub(channel)
+
+    def create(title: str):
+        return stub.CreateTask.future(
+            pb.CreateTaskRequest(title=title, kind="echo"), metadata=metadata, timeout=90
+        )
+
+    try:
+        assert create("before").result().title == "before"
+        own_postgres.stop()
+        waiting = [create(f"during {n}") for n in range(2)]  # one per thread of the server
+        time.sleep(6)  # past the pool's reconnect_timeout (4 s): its attempt gave up
+        assert not any(call.done() for call in waiting)
+        own_postgres.start()
+        back = time.monotonic()
+        after = create("after")
+        assert after.result().title == "after"
+        took = time.monotonic() - back
+        # Without the fix the waits end `wait` s after they began: ~24 s after the return.
+        assert took < wait / 2, f"the first call after the return took {took:.1f} s"
+        assert sorted(call.result().title for call in waiting) == ["during 0", "during 1"]
+    finally:
+        channel.close()
+        grpc_server.stop()
+    assert "Traceback" not in grpc_server.output, grpc_server.output[-6000:]
