@@ -16,13 +16,20 @@ end the parent's sessions too (psycopg itself never closes an inherited connecti
 garbage collection, for the same reason). The child then opens a pool of its own on first
 use.
 
-Why `keep_reconnecting_while_requests_wait`: see its docstring.
+Why `keep_reconnecting_while_requests_wait` and `check_connection_then_the_idle_ones`:
+see their docstrings.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+logger = logging.getLogger(__name__)
 
 _registered = False
 
@@ -49,6 +56,39 @@ def keep_reconnecting_while_requests_wait(pool: Any) -> None:
     waiting the pool rests, as before, until the next request."""
     if pool.get_stats().get("requests_waiting", 0):
         pool.check()
+
+
+_checking_idle = threading.Lock()
+
+
+def check_connection_then_the_idle_ones(pool: Any, connection: Any) -> None:
+    """The pool's check of a connection it is about to hand out (CONN_HEALTH_CHECKS), which
+    on a dead one also has the pool test all its idle connections, in a thread.
+
+    A PostgreSQL restart closes every session, and the pool finds each dead connection only
+    at its check; between two failed checks in one request it sleeps, backing off 1, 2, 4 s
+    (psycopg_pool's guard against a busy loop, psycopg#709). After a restart a request met
+    the idle connections one by one: 3 s with three of them, and with six a 503 after
+    DB_POOL_TIMEOUT, although PostgreSQL was back and fresh connections were being added
+    behind the dead ones (issue 13, R2). One dead connection says the others are likely
+    dead too: pool.check() (what psycopg's maintainer advises when "you know when the
+    event happens") takes them all out at once and replaces them, and the request gets a
+    fresh one at its next try instead of waiting out the backoff."""
+    try:
+        ConnectionPool.check_connection(connection)
+    except Exception:
+        if _checking_idle.acquire(blocking=False):  # one sweep at a time is enough
+            threading.Thread(target=_check_idle, args=(pool,), daemon=True).start()
+        raise
+
+
+def _check_idle(pool: Any) -> None:
+    try:
+        pool.check()
+    except Exception as exc:  # a pool being closed (a process exiting)
+        logger.debug("checking the idle pooled connections failed: %s", exc)
+    finally:
+        _checking_idle.release()
 
 
 def register_fork_hook() -> None:
