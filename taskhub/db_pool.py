@@ -39,6 +39,8 @@ def forget_inherited_pools() -> None:
     from django.db import connections
     from django.db.backends.postgresql.base import DatabaseWrapper
 
+    global _checking_idle
+    _checking_idle = threading.Lock()  # a sweep running at the fork does not run here
     for wrapper in connections.all(initialized_only=True):
         # The forking thread's wrapper survives the fork with the parent's connection.
         wrapper.connection = None
