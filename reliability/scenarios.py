@@ -260,14 +260,22 @@ async def _follow(
                 open_timeout=30,
                 max_size=None,
             ) as socket:
+                # Pings as the browser client sends them (a third of the idle timeout the
+                # welcome names): the server closes a socket that says nothing (4408).
+                ping_every, pinged = 40.0, time.monotonic()
                 while in_time():
                     if done.is_set() and target[0] and last >= target[0]:
                         return {"seen": seen, "reconnects": reconnects, "errors": errors}
+                    if time.monotonic() - pinged > ping_every:
+                        await socket.send(json.dumps({"type": "ping"}))
+                        pinged = time.monotonic()
                     try:
                         raw = await asyncio.wait_for(socket.recv(), timeout=1)
                     except TimeoutError:
                         continue
                     frame = json.loads(raw)
+                    if frame["type"] == "welcome":
+                        ping_every = frame["data"]["idle_timeout"] / 3
                     if frame["type"] == "error":
                         errors.append(frame["data"]["code"])
                     elif "id" in frame and frame["type"] != "welcome":
