@@ -22,14 +22,11 @@ see their docstrings.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
+import time
 from typing import Any
 
 from psycopg_pool import ConnectionPool
-
-logger = logging.getLogger(__name__)
 
 _registered = False
 
@@ -39,8 +36,6 @@ def forget_inherited_pools() -> None:
     from django.db import connections
     from django.db.backends.postgresql.base import DatabaseWrapper
 
-    global _checking_idle
-    _checking_idle = threading.Lock()  # a sweep running at the fork does not run here
     for wrapper in connections.all(initialized_only=True):
         # The forking thread's wrapper survives the fork with the parent's connection.
         wrapper.connection = None
@@ -60,12 +55,15 @@ def keep_reconnecting_while_requests_wait(pool: Any) -> None:
         pool.check()
 
 
-_checking_idle = threading.Lock()
+# When this process last drained its pool (time.monotonic()), so that a burst of failed
+# checks in many threads at once drains it once.
+_drained_at = 0.0
+DRAIN_AT_MOST_EVERY = 1.0
 
 
 def check_connection_then_the_idle_ones(pool: Any, connection: Any) -> None:
     """The pool's check of a connection it is about to hand out (CONN_HEALTH_CHECKS), which
-    on a dead one also has the pool test all its idle connections, in a thread.
+    on a dead one also has the pool replace all its idle connections.
 
     A PostgreSQL restart closes every session, and the pool finds each dead connection only
     at its check; between two failed checks in one request it sleeps, backing off 1, 2, 4 s
@@ -73,24 +71,20 @@ def check_connection_then_the_idle_ones(pool: Any, connection: Any) -> None:
     the idle connections one by one: 3 s with three of them, and with six a 503 after
     DB_POOL_TIMEOUT, although PostgreSQL was back and fresh connections were being added
     behind the dead ones (issue 13, R2). One dead connection says the others are likely
-    dead too: pool.check() (what psycopg's maintainer advises when "you know when the
-    event happens") takes them all out at once and replaces them, and the request gets a
-    fresh one at its next try instead of waiting out the backoff."""
+    dead too: pool.drain() closes the idle ones and opens as many new ones (those in use
+    are replaced when they come back), so the request gets a fresh one at its next try
+    instead of waiting out the backoff. Not pool.check(): it also grows the pool by one
+    each time it runs; called at every restart in every process, it took R2's stack past
+    PostgreSQL's max_connections ("too many clients")."""
+    global _drained_at
     try:
         ConnectionPool.check_connection(connection)
     except Exception:
-        if _checking_idle.acquire(blocking=False):  # one sweep at a time is enough
-            threading.Thread(target=_check_idle, args=(pool,), daemon=True).start()
+        now = time.monotonic()
+        if now - _drained_at >= DRAIN_AT_MOST_EVERY:
+            _drained_at = now
+            pool.drain()
         raise
-
-
-def _check_idle(pool: Any) -> None:
-    try:
-        pool.check()
-    except Exception as exc:  # a pool being closed (a process exiting)
-        logger.debug("checking the idle pooled connections failed: %s", exc)
-    finally:
-        _checking_idle.release()
 
 
 def register_fork_hook() -> None:
