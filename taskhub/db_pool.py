@@ -16,17 +16,13 @@ end the parent's sessions too (psycopg itself never closes an inherited connecti
 garbage collection, for the same reason). The child then opens a pool of its own on first
 use.
 
-Why `keep_reconnecting_while_requests_wait` and `check_connection_then_the_idle_ones`:
-see their docstrings.
+Why `keep_reconnecting_while_requests_wait`: see its docstring.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
-
-from psycopg_pool import ConnectionPool
 
 _registered = False
 
@@ -53,38 +49,6 @@ def keep_reconnecting_while_requests_wait(pool: Any) -> None:
     waiting the pool rests, as before, until the next request."""
     if pool.get_stats().get("requests_waiting", 0):
         pool.check()
-
-
-# When this process last drained its pool (time.monotonic()), so that a burst of failed
-# checks in many threads at once drains it once.
-_drained_at = 0.0
-DRAIN_AT_MOST_EVERY = 1.0
-
-
-def check_connection_then_the_idle_ones(pool: Any, connection: Any) -> None:
-    """The pool's check of a connection it is about to hand out (CONN_HEALTH_CHECKS), which
-    on a dead one also has the pool replace all its idle connections.
-
-    A PostgreSQL restart closes every session, and the pool finds each dead connection only
-    at its check; between two failed checks in one request it sleeps, backing off 1, 2, 4 s
-    (psycopg_pool's guard against a busy loop, psycopg#709). After a restart a request met
-    the idle connections one by one: 3 s with three of them, and with six a 503 after
-    DB_POOL_TIMEOUT, although PostgreSQL was back and fresh connections were being added
-    behind the dead ones (issue 13, R2). One dead connection says the others are likely
-    dead too: pool.drain() closes the idle ones and opens as many new ones (those in use
-    are replaced when they come back), so the request gets a fresh one at its next try
-    instead of waiting out the backoff. Not pool.check(): it also grows the pool by one
-    each time it runs; called at every restart in every process, it took R2's stack past
-    PostgreSQL's max_connections ("too many clients")."""
-    global _drained_at
-    try:
-        ConnectionPool.check_connection(connection)
-    except Exception:
-        now = time.monotonic()
-        if now - _drained_at >= DRAIN_AT_MOST_EVERY:
-            _drained_at = now
-            pool.drain()
-        raise
 
 
 def register_fork_hook() -> None:
