@@ -276,9 +276,9 @@ async def _follow(
                     frame = json.loads(raw)
                     if frame["type"] == "welcome":
                         ping_every = frame["data"]["idle_timeout"] / 3
-                    if frame["type"] == "error":
+                    elif frame["type"] == "error":
                         errors.append(frame["data"]["code"])
-                    elif "id" in frame and frame["type"] != "welcome":
+                    elif "id" in frame:
                         seen.append(frame["id"])
                         last = max(last, frame["id"])
                     if random.random() < drop:
@@ -293,9 +293,9 @@ def r4_resume(
     *, users: int, clients_per_user: int, events: int, drop: float, away_events: int
 ) -> Result:
     """`users` x `clients_per_user` sockets; `events` task creates (each a persisted
-    task.updated), `away_events` of them for one more user whose only client was welcomed
-    and left before the first, and is away for all of them; the rest spread over the
-    users. Every client but that one drops its socket at random and resumes with
+    task.updated), `away_events` (at least one) of them for one more user whose only
+    client was welcomed and left before the first, and is away for all of them; the rest
+    spread over the users. Every client but that one drops its socket at random and resumes with
     last_event_id. Once the producer is done, the away user's events are made 25 hours old
     and the retention job runs, then its client resumes from the id it had. Each client
     must see every event of its user after its start, in order, none twice, and no
@@ -315,14 +315,14 @@ def r4_resume(
     web, base_url = testing.start_daphne()
     targets = [[0] for _ in people]
     done = threading.Event()
-    # Every (events / away_events)-th create is the away user's.
-    away_every = max(1, events // away_events) if away_events else 0
+    # Every (events / away_events)-th create is the away user's (at least one).
+    away_every = max(1, events // away_events)
 
     def produce() -> None:
         try:
             others = 0
             for number in range(events):
-                if away_every and number % away_every == 0 and number // away_every < away_events:
+                if number % away_every == 0 and number // away_every < away_events:
                     owner = away
                 else:
                     owner, others = people[others % users], others + 1
@@ -346,10 +346,6 @@ def r4_resume(
         finally:
             await asyncio.to_thread(producer.join)
 
-    away_outcome: dict[str, Any] = {"seen": [], "reconnects": 0, "errors": []}
-    away_seqs: list[int] = []
-    catch_up = 0.0
-    pruned = 0
     try:
         # The away client is there once (its welcome says where its user's events are),
         # then gone for the whole run.
@@ -359,34 +355,33 @@ def r4_resume(
         started = time.monotonic()
         outcomes = asyncio.run(run_clients())
         delivered_in = time.monotonic() - started
-        if away_events:
-            away_seqs = list(
-                Event.objects.filter(user_id=away.pk, seq__gt=away_start)
-                .order_by("seq")
-                .values_list("seq", flat=True)
+        away_seqs = list(
+            Event.objects.filter(user_id=away.pk, seq__gt=away_start)
+            .order_by("seq")
+            .values_list("seq", flat=True)
+        )
+        # Away for a day: retention counts age, not number (EVENT_RETENTION_DAYS).
+        Event.objects.filter(user_id=away.pk).update(
+            created_at=F("created_at") - timedelta(hours=25)
+        )
+        pruned = events_prune(older_than=timedelta(days=settings.TASKHUB_EVENT_RETENTION_DAYS))
+        back = time.monotonic()
+        finished = threading.Event()
+        finished.set()
+        # 10,000 events replay in seconds; a client that cannot get them all (pruned)
+        # must not hold the run for the followers' 10 minutes.
+        away_outcome = asyncio.run(
+            _follow(
+                base_url,
+                token_for(away),
+                away_start,
+                [away_seqs[-1]],
+                0.0,
+                finished,
+                catch_up_bound=60,
             )
-            # Away for a day: retention counts age, not number (EVENT_RETENTION_DAYS).
-            Event.objects.filter(user_id=away.pk).update(
-                created_at=F("created_at") - timedelta(hours=25)
-            )
-            pruned = events_prune(older_than=timedelta(days=settings.TASKHUB_EVENT_RETENTION_DAYS))
-            back = time.monotonic()
-            finished = threading.Event()
-            finished.set()
-            # 10,000 events replay in seconds; a client that cannot get them all (pruned)
-            # must not hold the run for the followers' 10 minutes.
-            away_outcome = asyncio.run(
-                _follow(
-                    base_url,
-                    token_for(away),
-                    away_start,
-                    [away_seqs[-1]],
-                    0.0,
-                    finished,
-                    catch_up_bound=60,
-                )
-            )
-            catch_up = time.monotonic() - back
+        )
+        catch_up = time.monotonic() - back
     finally:
         web.stop()
     failures: list[str] = []
@@ -417,21 +412,20 @@ def r4_resume(
         f"created and delivered in {delivered_in:.0f} s), {reconnects} drops+resumes; "
         f"{total} deliveries: {missing} missing, {twice} twice, {out_of_order} out of order"
     )
-    if away_events:
-        # Compared with the ids read before the prune: a prune that took them would show.
-        away_seen = away_outcome["seen"]
-        errors.update(away_outcome["errors"])
-        if away_seen != away_seqs:
-            lost = len(set(away_seqs) - set(away_seen))
-            failures.append(
-                f"the client away for {away_events} events got {len(away_seen)} of "
-                f"{len(away_seqs)} ({lost} missing), or not in order"
-            )
-        measured += (
-            f"; one more client, away for {len(away_seqs)} events of its user, made 25 h old "
-            f"before it came back (the retention job ran: {pruned} pruned): resumed from id "
-            f"{away_start} and got {len(away_seen)} of them in {catch_up:.1f} s"
+    # Compared with the ids read before the prune: a prune that took them would show.
+    away_seen = away_outcome["seen"]
+    errors.update(away_outcome["errors"])
+    if away_seen != away_seqs:
+        lost = len(set(away_seqs) - set(away_seen))
+        failures.append(
+            f"the client away for {away_events} events got {len(away_seen)} of "
+            f"{len(away_seqs)} ({lost} missing), or not in order"
         )
+    measured += (
+        f"; one more client, away for {len(away_seqs)} events of its user, made 25 h old "
+        f"before it came back (the retention job ran: {pruned} pruned): resumed from id "
+        f"{away_start} and got {len(away_seen)} of them in {catch_up:.1f} s"
+    )
     if errors:
         failures.append(f"error frames: {dict(errors)}")
     measured += f"; error frames: {dict(errors) or 0}"
@@ -533,6 +527,7 @@ def _r7_slow_disconnects(*, sockets: int, stall: float) -> tuple[str, list[str],
     import websockets
 
     from devserver import own_servers
+    from reliability.redis_outages import _probe_socket
 
     binary = own_servers.redis_server_binary()
     if binary is None:
@@ -561,11 +556,6 @@ def _r7_slow_disconnects(*, sockets: int, stall: float) -> tuple[str, list[str],
         await asyncio.gather(*(socket.close() for socket in live))
         return len(opened) - len(live), time.monotonic() - started
 
-    async def welcomed() -> bool:
-        socket = await open_one(tokens[0])
-        await socket.close()
-        return True
-
     stale = -1
     new_socket = False
     try:
@@ -578,7 +568,7 @@ def _r7_slow_disconnects(*, sockets: int, stall: float) -> tuple[str, list[str],
             if stale == 0:
                 break
             time.sleep(0.5)
-        new_socket = asyncio.run(welcomed())
+        new_socket = _probe_socket(base_url, tokens[0]) is True
     finally:
         if web is not None:
             web.stop()
