@@ -61,6 +61,10 @@ RECOVERY_TARGET = 5.0
 # wait for a connection (DB_POOL_TIMEOUT, 10 s), which is the longest a request should wait.
 CLIENT_TIMEOUT = 30.0
 PROBE_EVERY = 0.3
+# PostgreSQL's client sessions (the stack's pools and this runner's one), counted before
+# each stop: every process's pool is capped (docs/scaling.md, "How many PostgreSQL
+# connections"), so restarts must not add up to PostgreSQL's max_connections.
+CLIENT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
 # The processes' output of the last run (web.log, grpc.log, worker.log, beat.log).
 LOG_DIR = Path(tempfile.gettempdir()) / "taskhub-reliability-r2"
 
@@ -212,6 +216,9 @@ def r2_postgres_outages(
             running = set(
                 Task.objects.using(ALIAS).filter(status="in_progress").values_list("pk", flat=True)
             )
+            with connections[ALIAS].cursor() as cursor:
+                cursor.execute(CLIENT_CONNECTIONS)
+                sessions = cursor.fetchone()[0]
             stopping = time.time()
             server.stop()
             stopped = time.time()
@@ -227,6 +234,7 @@ def r2_postgres_outages(
                     "starting": starting,
                     "back": back,
                     "running": running,
+                    "sessions": sessions,
                 }
             )
             time.sleep(min(random.uniform(*gap), max(0.0, ends - time.monotonic())))
@@ -453,6 +461,10 @@ def _reconcile(
             )
 
     downs = [o["back"] - o["stopping"] for o in outages]
+    sessions = [o["sessions"] for o in outages] or [0]
+    with connections[ALIAS].cursor() as cursor:
+        cursor.execute("SHOW max_connections")
+        max_connections = cursor.fetchone()[0]
     measured = (
         f"{len(outages)} PostgreSQL restarts (fast shutdown; down {_span(downs)}), "
         f"{len(answers)} creates at {producer.rate:g}/s over REST {dict(by_status['rest'])} "
@@ -466,7 +478,8 @@ def _reconcile(
         f"each return: {'; '.join(parts)}; tracebacks {_per_process(tracebacks)}; "
         f"'PostgreSQL unavailable' lines {_per_process(outage_lines)} ('available again' "
         f"{_per_process(again_lines)}); psycopg_pool 'error connecting' lines "
-        f"{_per_process(pool_lines)}"
+        f"{_per_process(pool_lines)}; PostgreSQL client sessions before each stop "
+        f"{min(sessions)}-{max(sessions)} (max_connections {max_connections})"
     )
     return Result(
         "R2",

@@ -38,6 +38,19 @@ def _keep_django_logging(loglevel: int | None = None, **kwargs: object) -> None:
         logging.getLogger().setLevel(loglevel)
 
 
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _cap_the_database_pool(**kwargs: object) -> None:
+    """A Celery process holds at most DB_POOL_MAX_CELERY PostgreSQL connections (a pool
+    process runs one task at a time), not the web's DB_POOL_MAX: taskhub/db_pool.py,
+    cap_pool_size. Sent before the worker forks its pool processes, so they inherit it."""
+    from django.conf import settings
+
+    from taskhub.db_pool import cap_pool_size
+
+    cap_pool_size(settings.TASKHUB_DB_POOL_MAX_CELERY)
+
+
 @signals.celeryd_after_setup.connect
 def _redirect_worker_output(sender: object, instance: Any, **kwargs: object) -> None:
     """What the worker does itself only when setup_logging has no receiver: print() and

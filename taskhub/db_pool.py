@@ -16,13 +16,20 @@ end the parent's sessions too (psycopg itself never closes an inherited connecti
 garbage collection, for the same reason). The child then opens a pool of its own on first
 use.
 
-Why `keep_reconnecting_while_requests_wait`: see its docstring.
+Why `keep_reconnecting_while_requests_wait`, `check_connection_then_the_idle_ones` and
+`cap_pool_size`: see their docstrings.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+logger = logging.getLogger(__name__)
 
 _registered = False
 
@@ -32,6 +39,8 @@ def forget_inherited_pools() -> None:
     from django.db import connections
     from django.db.backends.postgresql.base import DatabaseWrapper
 
+    global _checking_idle
+    _checking_idle = threading.Lock()  # a sweep running at the fork does not run here
     for wrapper in connections.all(initialized_only=True):
         # The forking thread's wrapper survives the fork with the parent's connection.
         wrapper.connection = None
@@ -49,6 +58,66 @@ def keep_reconnecting_while_requests_wait(pool: Any) -> None:
     waiting the pool rests, as before, until the next request."""
     if pool.get_stats().get("requests_waiting", 0):
         pool.check()
+
+
+_checking_idle = threading.Lock()
+
+
+def check_connection_then_the_idle_ones(pool: Any, connection: Any) -> None:
+    """The pool's check of a connection it is about to hand out (CONN_HEALTH_CHECKS), which
+    on a dead one also has the pool test all its idle connections, in a thread.
+
+    A PostgreSQL restart closes every session, and the pool finds each dead connection only
+    at its check; between two failed checks in one request it sleeps, backing off 1, 2, 4 s
+    (psycopg_pool's guard against a busy loop, psycopg#709). After a restart a request met
+    the idle connections one by one: 3 s with three of them, and with six a 503 after
+    DB_POOL_TIMEOUT, although PostgreSQL was back and fresh connections were being added
+    behind the dead ones (issue 13, R2). One dead connection says the others are likely
+    dead too: pool.check() (what psycopg's maintainer advises when "you know when the
+    event happens") takes them all out at once and replaces them, and the request gets a
+    fresh one at its next try instead of waiting out the backoff."""
+    try:
+        ConnectionPool.check_connection(connection)
+    except Exception:
+        if _checking_idle.acquire(blocking=False):  # one sweep at a time is enough
+            threading.Thread(target=_check_idle, args=(pool,), daemon=True).start()
+        raise
+
+
+def _check_idle(pool: Any) -> None:
+    try:
+        pool.check()
+    except Exception as exc:  # a pool being closed (a process exiting)
+        logger.debug("checking the idle pooled connections failed: %s", exc)
+    finally:
+        _checking_idle.release()
+
+
+def cap_pool_size(max_size: int) -> None:
+    """This process never needs more than `max_size` connections at once: cap its pool.
+
+    DB_POOL_MAX (32) is sized for the busiest processes, Daphne and the gRPC server, which
+    serve many requests at once. A Celery pool process runs one task at a time, and the
+    worker's main process and beat write now and then; left at 32 each, a stack of a few
+    workers could open more than PostgreSQL's max_connections (100 by default). A pool
+    grows one connection past its minimum when a waiting request, or a check after a
+    restart (check_connection_then_the_idle_ones), finds it empty, and gives the extra
+    back only after 10 idle minutes: R2's stack of eight processes at 32 each hit
+    "too many clients" after about ten PostgreSQL restarts (issue 13). Capped, the sum of
+    the maxima is what the stack can ever open (docs/running.md, "How many connections").
+
+    Called at worker_init and beat_init, before any pool exists; the worker's pool
+    processes are forked after it and inherit the cap. A pool made already is resized."""
+    from django.conf import settings
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    options = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+    if not isinstance(options, dict):  # no pool (DB_POOL_MAX=0), or Django's defaults
+        return
+    options["max_size"] = min(options.get("max_size", max_size), max_size)
+    options["min_size"] = min(options.get("min_size", 0), options["max_size"])
+    for pool in DatabaseWrapper._connection_pools.values():
+        pool.resize(min_size=options["min_size"], max_size=options["max_size"])
 
 
 def register_fork_hook() -> None:

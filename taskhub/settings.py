@@ -191,9 +191,11 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
 DATABASES["default"]["ENGINE"] = "taskhub.db_backend"
 # A psycopg 3 pool per process (taskhub/db_pool.py says why, and how it survives Celery's
 # fork); DB_POOL_MAX=0 turns it off (a new connection per request, or DB_CONN_MAX_AGE).
-# Sized for the busiest process: Daphne runs each request on a thread of its own, gRPC up
-# to GRPC_MAX_WORKERS calls; a Celery child uses one. Connections open on demand up to
-# the max and close again after 10 idle minutes down to the min.
+# DB_POOL_MAX is sized for the busiest processes: Daphne runs each request on a thread of
+# its own, gRPC up to GRPC_MAX_WORKERS calls. Celery's processes (a pool process runs one
+# task at a time) are capped at DB_POOL_MAX_CELERY (taskhub/db_pool.py, cap_pool_size).
+# Connections open on demand up to the max and close again after 10 idle minutes down to
+# the min.
 # A deployment that asked for persistent connections (DB_CONN_MAX_AGE) keeps them.
 _DB_POOL_MAX = env_int("DB_POOL_MAX", 0 if DATABASES["default"]["CONN_MAX_AGE"] else 32, minimum=0)
 if _DB_POOL_MAX:
@@ -215,6 +217,7 @@ if _DB_POOL_MAX:
         "reconnect_failed": keep_reconnecting_while_requests_wait,
     }
     register_fork_hook()
+TASKHUB_DB_POOL_MAX_CELERY = env_int("DB_POOL_MAX_CELERY", 2, minimum=1)
 
 CACHES = {
     "default": {

@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from django.db.backends.base.base import NO_DB_ALIAS
 from django_prometheus.db.backends.postgresql import base as prometheus_base
 from django_prometheus.db.common import ExportingCursorWrapper
 
@@ -25,6 +26,36 @@ def _exporting_cursor(cursor_class: type, alias: str, vendor: str) -> type:
 
 
 class DatabaseWrapper(prometheus_base.DatabaseWrapper):
+    @property
+    def pool(self) -> Any:
+        """Django's pool, made with taskhub.db_pool's check: Django passes psycopg_pool's
+        own check_connection when CONN_HEALTH_CHECKS is on, and offers no setting for
+        another. The rest is as Django makes it; Django's property returns it from here on
+        (and makes the pool itself in every other case)."""
+        options = self.settings_dict["OPTIONS"].get("pool")
+        if (
+            options
+            and self.alias != NO_DB_ALIAS
+            and self.alias not in self._connection_pools
+            and self.settings_dict["CONN_HEALTH_CHECKS"]
+            and not self.settings_dict.get("CONN_MAX_AGE")  # Django refuses that one
+        ):
+            from psycopg_pool import ConnectionPool
+
+            from taskhub.db_pool import check_connection_then_the_idle_ones
+
+            connect_kwargs = self.get_connection_params()
+            connect_kwargs["autocommit"] = True  # as Django's: it sets its own later
+            pool = ConnectionPool(
+                kwargs=connect_kwargs,
+                open=False,
+                configure=self._configure_connection,
+                check=lambda connection: check_connection_then_the_idle_ones(pool, connection),
+                **({} if options is True else options),
+            )
+            self._connection_pools.setdefault(self.alias, pool)
+        return super().pool
+
     def get_connection_params(self) -> dict[str, Any]:
         # Django's own parameters (skipping django-prometheus's override), then its wrapper.
         conn_params = super(prometheus_base.DatabaseWrapper, self).get_connection_params()

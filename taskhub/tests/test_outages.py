@@ -542,3 +542,64 @@ def test_grpc_calls_that_waited_out_an_outage_on_every_thread_get_a_connection_o
         channel.close()
         grpc_server.stop()
     assert "Traceback" not in grpc_server.output, grpc_server.output[-6000:]
+
+
+def test_after_a_restart_requests_get_live_connections_at_once(own_postgres):
+    """A restart closes every session; the pool finds a dead connection at its check before
+    handing it out, and between two failed checks one request sleeps 1, 2, 4 s
+    (psycopg_pool's backoff). After a short stop a request met the six idle connections one
+    by one and answered 503 after DB_POOL_TIMEOUT (5 s here) although PostgreSQL was back
+    (issue 13, R2). The first dead one now has the pool take out all its idle connections
+    at once: every request after the return is served."""
+    env = {"DATABASE_URL": own_postgres.url, "DB_POOL_TIMEOUT": "5", "DB_POOL_MIN": "6"}
+    web, base_url = testing.start_daphne(extra_env=env)
+    answers: list[tuple[int, float]] = []
+    try:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            credentials = {"username": "hugo", "password": "hugo-pass-123"}
+            assert http.post("/api/auth/register/", json=credentials).status_code == 201
+            access = http.post("/api/auth/token/", json=credentials).json()["access"]
+            http.headers["Authorization"] = f"Bearer {access}"
+            time.sleep(2)  # the pool has opened its six connections
+            own_postgres.stop()
+            own_postgres.start()  # back before any request noticed
+            for n in range(8):
+                began = time.monotonic()
+                answer = http.post("/api/tasks/", json={"title": f"after {n}", "kind": "echo"})
+                answers.append((answer.status_code, round(time.monotonic() - began, 1)))
+    finally:
+        web.stop()
+    assert [status for status, _ in answers] == [201] * 8, answers
+    assert "Traceback" not in web.output, web.output[-6000:]
+
+
+def test_a_worker_and_beat_stay_within_their_connection_cap_across_restarts(
+    own_postgres, purge_broker, tmp_path
+):
+    """A Celery process needs a connection or two, not the web's DB_POOL_MAX (32): each is
+    capped at DB_POOL_MAX_CELERY (2). Uncapped, every restart let each pool grow by one
+    (a request that finds the pool empty grows it, and the extra is given back only after
+    10 idle minutes): R2's stack of eight processes ran out of PostgreSQL's
+    max_connections after about ten restarts (issue 13). The dispatcher's tick (every
+    second) has the worker's pool processes meet every restart."""
+    env = {"DATABASE_URL": own_postgres.url}
+    worker = testing.start_worker(extra_env=env, concurrency=2)
+    beat = testing.start_beat(extra_env=env, schedule_dir=tmp_path)
+    connections_seen = []
+    count = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+    try:
+        time.sleep(3)  # ticks have run
+        for _ in range(6):
+            own_postgres.stop()
+            own_postgres.start()
+            time.sleep(3)  # a few ticks meet the dead connections and replace them
+            connections_seen.append(own_postgres.query(count)[0][0])
+    finally:
+        beat.stop()
+        worker.stop()
+    # The worker's main process, its two pool processes and beat: at most 2 each.
+    assert max(connections_seen) <= 4 * 2, connections_seen
+    assert "Traceback" not in worker.output, worker.output[-6000:]
