@@ -37,6 +37,7 @@ from devserver import testing
 from notifications.models import Event
 from notifications.redis_client import sync_redis
 from notifications.selectors import newest_event_id
+from reliability.bystander import Bystander
 from tasks import services
 from tasks.models import TERMINAL_STATUSES, Task
 
@@ -646,43 +647,6 @@ def _flood(base_url: str, token: str, *, frames: int, seconds: float) -> Any:
             return "still open"
 
 
-class _Bystander(threading.Thread):
-    """Another user on the same Daphne while it is abused: one socket, a ping every 100 ms
-    (half the per-socket message limit), the time to each pong kept by phase. Pings, not
-    REST reads: the run lowers the REST throttle, and a pong's wait is the event loop's,
-    which every user of the process shares."""
-
-    def __init__(self, base_url: str, token: str) -> None:
-        super().__init__(daemon=True)
-        self.base_url, self.token = base_url, token
-        self.phase = "baseline"
-        self.samples: dict[str, list[float]] = {"baseline": [], "abuse": []}
-        self.problems: list[str] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        from websockets.sync.client import connect
-
-        try:
-            with connect(
-                _ws_url(self.base_url, self.token), additional_headers=_headers(self.base_url)
-            ) as ws:
-                ws.recv(timeout=30)  # the welcome
-                for number in itertools.count():
-                    if self.done.wait(0.1):
-                        return
-                    phase, sent = self.phase, time.perf_counter()
-                    ws.send(json.dumps({"type": "ping", "ref": number}))
-                    while json.loads(ws.recv(timeout=30)).get("ref") != number:
-                        pass  # a push of its own user's: not the pong
-                    self.samples[phase].append(time.perf_counter() - sent)
-        except Exception as exc:  # a bystander thrown off is a finding, reported
-            self.problems.append(f"{type(exc).__name__}: {exc}")
-
-    def p99_ms(self, phase: str) -> float:
-        return _percentile(self.samples[phase], 0.99) * 1000
-
-
 def s1_abuse(*, burst: int = 120) -> Result:
     """One Daphne (user throttle lowered to 60/min so a burst meets it): a frame flood, the
     21st socket, page_size=1000000, a 10 MB body, a 20 KB URL, a burst of creates; and
@@ -697,11 +661,13 @@ def s1_abuse(*, burst: int = 120) -> Result:
     rows: dict[str, str] = {}
     failures: list[str] = []
     misses: list[str] = []
-    bystander = _Bystander(base_url, token_for(make_user("s1-bystander")))
+    bystander = Bystander(
+        _ws_url(base_url, token_for(make_user("s1-bystander"))), _headers(base_url)
+    )
     bystander.start()
-    time.sleep(5)  # the baseline: 50 pongs on the quiet server
-    bystander.phase = "abuse"
+    time.sleep(6)  # the baseline: about 50 pongs on the quiet server (the spawn takes ~1 s)
     try:
+        bystander.step("frame flood")
         # 1,000 frames in 10 s from one socket (its own user: the checks share no limit).
         flooder = token_for(make_user("s1-flood"))
         code = _flood(base_url, flooder, frames=1000, seconds=10)
@@ -710,6 +676,7 @@ def s1_abuse(*, burst: int = 120) -> Result:
             failures.append(f"frame flood: {code}, expected 4429")
 
         # 21 sockets for one user.
+        bystander.step("21 sockets")
         with contextlib.ExitStack() as stack:
             for _ in range(20):
                 ws = stack.enter_context(
@@ -731,6 +698,7 @@ def s1_abuse(*, burst: int = 120) -> Result:
             failures.append(f"21st socket: {code}, expected 4429")
 
         # page_size=1000000 over more rows than the cap.
+        bystander.step("page_size")
         for number in range(110):
             services.task_create(owner=user, title=f"s1 {number}", kind="echo", params={})
         status, _, body = _http("GET", f"{base_url}/api/tasks/?page_size=1000000", token)
@@ -740,6 +708,7 @@ def s1_abuse(*, burst: int = 120) -> Result:
             failures.append(f"page_size=1000000: {status}, {size} rows")
 
         # A 10 MB body.
+        bystander.step("10 MB body")
         big = json.dumps({"title": "x", "description": "y" * 10_000_000}).encode()
         status, _, body = _http("POST", f"{base_url}/api/tasks/", token, big)
         rows["10 MB body"] = f"{status} {body[:80]!r}"
@@ -747,12 +716,14 @@ def s1_abuse(*, burst: int = 120) -> Result:
             failures.append(f"10 MB body: {status}, expected 413")
 
         # A 20 KB URL.
+        bystander.step("20 KB URL")
         status, _, _ = _http("GET", f"{base_url}/api/tasks/?q={'a' * 20_000}", token)
         rows["20 KB URL"] = str(status)
         if status != 414:
             failures.append(f"20 KB URL: {status}, expected 414")
 
         # A burst of creates, by a user of its own.
+        bystander.step("burst of creates")
         token = token_for(make_user("s1-burst"))
         statuses: Counter[Any] = Counter()
         retry_after = None
@@ -768,17 +739,17 @@ def s1_abuse(*, burst: int = 120) -> Result:
         if any(isinstance(s, int) and s >= 500 for s in statuses):
             failures.append(f"burst of creates: 5xx {dict(statuses)}")
     finally:
-        bystander.done.set()
-        bystander.join(timeout=40)
+        bystander.finish()
         web.stop()
-    if bystander.problems or not (bystander.samples["baseline"] and bystander.samples["abuse"]):
-        failures.append(f"the other user's socket: {bystander.problems or 'no pongs'}")
+    baseline, abuse = bystander.samples_by_step.get("baseline"), bystander.during_abuse()
+    if bystander.problem or not (baseline and abuse):
+        failures.append(f"the other user's socket: {bystander.problem or 'no pongs'}")
     else:
-        before, during = bystander.p99_ms("baseline"), bystander.p99_ms("abuse")
+        before, during = _percentile(baseline, 0.99) * 1000, _percentile(abuse, 0.99) * 1000
         ratio = during / before if before else float("inf")
         rows["another user's pong p99, before / during the abuse"] = (
-            f"{before:.1f} / {during:.1f} ms ({ratio:.1f}x, "
-            f"{len(bystander.samples['abuse'])} pongs during)"
+            f"{before:.1f} / {during:.1f} ms ({ratio:.1f}x, {len(abuse)} pongs during; "
+            f"slowest by step: {bystander.slowest_by_step()})"
         )
         if ratio > 2:
             misses.append(f"another user's p99 {ratio:.1f}x its baseline (target 2x)")
