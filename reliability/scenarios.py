@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -647,9 +648,46 @@ def _flood(base_url: str, token: str, *, frames: int, seconds: float) -> Any:
             return "still open"
 
 
+# What a hostile or careless client may type into the search box (docs/search.md): every
+# operator of websearch_to_tsquery and to_tsquery, unbalanced quotes and brackets, the
+# longest query allowed made of ORs, phrases or short prefixes, one far over it (but under
+# the URL's limit, S1's 20 KB URL), a NUL, replacement characters, stop words only, and
+# regular-expression and LIKE metacharacters (no ILIKE is involved: plain text).
+PATHOLOGICAL_SEARCHES = (
+    " or ".join(["alpha"] * 40)[:200],
+    " ".join(f'"w{n} x{n}"' for n in range(40))[:200],
+    " ".join(f"a{n}" for n in range(80))[:200],
+    "-" * 200,
+    '"' * 199,
+    "(((((((((((((((((((( a ))))" + ")" * 100,
+    "!:*&|<->\\'\"" * 10,
+    "a:* & !b | (c <-> d) <2> e:A",
+    "%_%_%_%" * 20,
+    ".*" * 100,
+    "the and of a to in is",
+    "x" * 5_000,
+    "nul\x00byte",
+    "\ufffd" * 50,
+    "задача развёртывание " * 9,
+)
+
+
+def _forget_rate_limit_history(user: Any) -> None:
+    """The run's database is new, so its user ids repeat those of the run before, while
+    the rate limits' history lives on in Redis (taskhub/throttling.py, a minute's window):
+    a run within a minute of the last one found its burst user's 60 creates there and got
+    120 429s."""
+    from django.core.cache import cache
+    from django_redis import get_redis_connection
+
+    key = cache.make_key(f"throttle_user_{user.pk}") + ":log"  # DRF's key, throttling's log
+    get_redis_connection("default").delete(key)
+
+
 def s1_abuse(*, burst: int = 120) -> Result:
     """One Daphne (user throttle lowered to 60/min so a burst meets it): a frame flood, the
-    21st socket, page_size=1000000, a 10 MB body, a 20 KB URL, a burst of creates; and
+    21st socket, page_size=1000000, a 10 MB body, a 20 KB URL, pathological search
+    queries, a burst of creates; and
     beside it another user (_Bystander) whose pong p99 during the abuse is compared with
     its own before it (target: within 2x)."""
     from websockets.exceptions import ConnectionClosed
@@ -722,9 +760,30 @@ def s1_abuse(*, burst: int = 120) -> Result:
         if status != 414:
             failures.append(f"20 KB URL: {status}, expected 414")
 
+        # Pathological search queries over the user's 110 tasks: each answered (200, or
+        # 400 with a JSON message), none 5xx, none slow.
+        bystander.step("pathological searches")
+        searched: Counter[Any] = Counter()
+        slowest = 0.0
+        for query in PATHOLOGICAL_SEARCHES:
+            began = time.monotonic()
+            status, _, body = _http(
+                "GET", f"{base_url}/search?{urllib.parse.urlencode({'query': query})}", token
+            )
+            slowest = max(slowest, time.monotonic() - began)
+            searched[status] += 1
+            if status not in (200, 400) or (status == 400 and b'"query"' not in body):
+                failures.append(f"search for {query[:40]!r}...: {status} {body[:80]!r}")
+        rows["pathological searches"] = (
+            f"{len(PATHOLOGICAL_SEARCHES)} queries: {dict(searched)}, "
+            f"slowest {slowest * 1000:.0f} ms"
+        )
+
         # A burst of creates, by a user of its own.
         bystander.step("burst of creates")
-        token = token_for(make_user("s1-burst"))
+        burster = make_user("s1-burst")
+        _forget_rate_limit_history(burster)
+        token = token_for(burster)
         statuses: Counter[Any] = Counter()
         retry_after = None
         payload = json.dumps({"title": "burst", "kind": "echo", "params": {}}).encode()
