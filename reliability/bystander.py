@@ -72,6 +72,30 @@ def _run(url: str, headers: dict[str, str], sockets: int, stop: Any, results: Co
     results.send((samples, "; ".join(problems) or None))
 
 
+# The step of the control (busy_cores): the machine's own share of a slow pong.
+CONTROL = "control"
+
+
+def _spin(until: float) -> None:
+    while time.monotonic() < until:
+        pass
+
+
+def busy_cores(processes: int, seconds: float) -> None:
+    """Keep `processes` cores busy for `seconds` with pure Python loops, and nothing else:
+    the control of S1. On two cores the abuser (the runner), PostgreSQL and the server
+    share the CPUs, so a pong waits for a core during any abuse; the bystander's pongs
+    while only these loops run, with no traffic to the server at all, say how much of the
+    slowdown the machine alone explains."""
+    context = multiprocessing.get_context("spawn")
+    until = time.monotonic() + seconds
+    spinners = [context.Process(target=_spin, args=(until,)) for _ in range(processes)]
+    for spinner in spinners:
+        spinner.start()
+    for spinner in spinners:
+        spinner.join()
+
+
 class Bystander:
     """Start, mark the abuse's steps as they begin (step()), finish(); then samples_by_step
     holds each step's pong times in seconds ("baseline" before the first step)."""
@@ -106,12 +130,15 @@ class Bystander:
 
     def during_abuse(self) -> list[float]:
         return [
-            t for step, times in self.samples_by_step.items() if step != "baseline" for t in times
+            took
+            for step, times in self.samples_by_step.items()
+            if step not in ("baseline", CONTROL)
+            for took in times
         ]
 
     def slowest_by_step(self) -> str:
         return ", ".join(
             f"{step} {max(times) * 1000:.1f} ms ({len(times)})"
             for step, times in self.samples_by_step.items()
-            if step != "baseline"
+            if step not in ("baseline", CONTROL)
         )
