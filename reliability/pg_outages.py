@@ -62,8 +62,8 @@ RECOVERY_TARGET = 5.0
 CLIENT_TIMEOUT = 30.0
 PROBE_EVERY = 0.3
 # PostgreSQL's client sessions (the stack's pools and this runner's one), counted before
-# each stop: every process's pool is capped (docs/scaling.md, "How many PostgreSQL
-# connections"), so restarts must not add up to PostgreSQL's max_connections.
+# each stop and 1 s after each return: every process's pool is capped (docs/scaling.md,
+# "How many PostgreSQL connections"), so restarts must not add up to max_connections.
 CLIENT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
 # The processes' output of the last run (web.log, grpc.log, worker.log, beat.log).
 LOG_DIR = Path(tempfile.gettempdir()) / "taskhub-reliability-r2"
@@ -216,9 +216,7 @@ def r2_postgres_outages(
             running = set(
                 Task.objects.using(ALIAS).filter(status="in_progress").values_list("pk", flat=True)
             )
-            with connections[ALIAS].cursor() as cursor:
-                cursor.execute(CLIENT_CONNECTIONS)
-                sessions = cursor.fetchone()[0]
+            sessions = [_client_sessions()]
             stopping = time.time()
             server.stop()
             stopped = time.time()
@@ -227,6 +225,8 @@ def r2_postgres_outages(
             server.start()  # returns once it accepts connections
             back = time.time()
             connections[ALIAS].close()  # its connection died with the server
+            time.sleep(1)  # the pools refill: the moment a restart could run out
+            sessions.append(_client_sessions())
             outages.append(
                 {
                     "stopping": stopping,
@@ -274,6 +274,12 @@ def r2_postgres_outages(
         server.remove()
         broker.remove()
         shutil.rmtree(schedule_dir, ignore_errors=True)
+
+
+def _client_sessions() -> int:
+    with connections[ALIAS].cursor() as cursor:
+        cursor.execute(CLIENT_CONNECTIONS)
+        return cursor.fetchone()[0]
 
 
 def alive_now(procs: dict[str, testing.ManagedProcess]) -> dict[str, bool]:
@@ -461,10 +467,15 @@ def _reconcile(
             )
 
     downs = [o["back"] - o["stopping"] for o in outages]
-    sessions = [o["sessions"] for o in outages] or [0]
+    sessions = [count for o in outages for count in o["sessions"]] or [0]
     with connections[ALIAS].cursor() as cursor:
         cursor.execute("SHOW max_connections")
-        max_connections = cursor.fetchone()[0]
+        max_connections = int(cursor.fetchone()[0])
+    if max(sessions) > 0.8 * max_connections:
+        misses.append(
+            f"PostgreSQL client sessions reached {max(sessions)} of max_connections "
+            f"{max_connections}"
+        )
     measured = (
         f"{len(outages)} PostgreSQL restarts (fast shutdown; down {_span(downs)}), "
         f"{len(answers)} creates at {producer.rate:g}/s over REST {dict(by_status['rest'])} "
@@ -478,7 +489,8 @@ def _reconcile(
         f"each return: {'; '.join(parts)}; tracebacks {_per_process(tracebacks)}; "
         f"'PostgreSQL unavailable' lines {_per_process(outage_lines)} ('available again' "
         f"{_per_process(again_lines)}); psycopg_pool 'error connecting' lines "
-        f"{_per_process(pool_lines)}; PostgreSQL client sessions before each stop "
+        f"{_per_process(pool_lines)}; PostgreSQL client sessions before each stop and 1 s "
+        f"after each return "
         f"{min(sessions)}-{max(sessions)} (max_connections {max_connections})"
     )
     return Result(

@@ -75,49 +75,63 @@ def check_connection_then_the_idle_ones(pool: Any, connection: Any) -> None:
     behind the dead ones (issue 13, R2). One dead connection says the others are likely
     dead too: pool.check() (what psycopg's maintainer advises when "you know when the
     event happens") takes them all out at once and replaces them, and the request gets a
-    fresh one at its next try instead of waiting out the backoff."""
+    fresh one at its next try (after one step of the backoff, about 1 s) instead of
+    waiting out the rest.
+
+    pool.check() also grows the pool by one connection each time it runs (it lets an
+    emptied pool grow), and a pool shrinks back by one connection per 10 idle minutes:
+    after a few restarts a web or gRPC process holds up to DB_POOL_MAX for hours, which is
+    why the sum of the maxima must fit (cap_pool_size, docs/scaling.md)."""
     try:
         ConnectionPool.check_connection(connection)
     except Exception:
         if _checking_idle.acquire(blocking=False):  # one sweep at a time is enough
-            threading.Thread(target=_check_idle, args=(pool,), daemon=True).start()
+            try:
+                threading.Thread(target=_check_idle, args=(pool,), daemon=True).start()
+            except BaseException:  # no thread (interpreter shutdown): a later check retries
+                _checking_idle.release()
         raise
 
 
 def _check_idle(pool: Any) -> None:
+    lost = pool.get_stats().get("connections_lost", 0)
     try:
         pool.check()
     except Exception as exc:  # a pool being closed (a process exiting)
         logger.debug("checking the idle pooled connections failed: %s", exc)
+    else:
+        # psycopg_pool's own WARNING per dead connection is dropped (taskhub/log_filters.py,
+        # DatabaseOutageOneLine): the restart is the process's one outage line.
+        lost = pool.get_stats().get("connections_lost", 0) - lost
+        logger.debug("replaced %s dead idle pooled connection(s)", lost)
     finally:
         _checking_idle.release()
 
 
 def cap_pool_size(max_size: int) -> None:
-    """This process never needs more than `max_size` connections at once: cap its pool.
+    """This process never needs more than `max_size` connections at once: cap its pool,
+    and keep one open at rest instead of DB_POOL_MIN.
 
     DB_POOL_MAX (32) is sized for the busiest processes, Daphne and the gRPC server, which
     serve many requests at once. A Celery pool process runs one task at a time, and the
     worker's main process and beat write now and then; left at 32 each, a stack of a few
     workers could open more than PostgreSQL's max_connections (100 by default). A pool
-    grows one connection past its minimum when a waiting request, or a check after a
-    restart (check_connection_then_the_idle_ones), finds it empty, and gives the extra
-    back only after 10 idle minutes: R2's stack of eight processes at 32 each hit
-    "too many clients" after about ten PostgreSQL restarts (issue 13). Capped, the sum of
-    the maxima is what the stack can ever open (docs/running.md, "How many connections").
+    grows past its minimum when a waiting request, or the check after a restart
+    (check_connection_then_the_idle_ones), finds it short, and gives one connection back
+    per 10 idle minutes: R2's stack of eight processes at 32 each hit "too many clients"
+    after about ten PostgreSQL restarts (issue 13). Capped, the sum of the maxima is what
+    the stack can ever open (docs/scaling.md, "How many PostgreSQL connections").
 
-    Called at worker_init and beat_init, before any pool exists; the worker's pool
-    processes are forked after it and inherit the cap. A pool made already is resized."""
+    Called at worker_init and beat_init, before any pool exists (the worker's pool
+    processes are forked after it and inherit the cap), so it only sets the options the
+    pool will be made with."""
     from django.conf import settings
-    from django.db.backends.postgresql.base import DatabaseWrapper
 
     options = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
     if not isinstance(options, dict):  # no pool (DB_POOL_MAX=0), or Django's defaults
         return
     options["max_size"] = min(options.get("max_size", max_size), max_size)
-    options["min_size"] = min(options.get("min_size", 0), options["max_size"])
-    for pool in DatabaseWrapper._connection_pools.values():
-        pool.resize(min_size=options["min_size"], max_size=options["max_size"])
+    options["min_size"] = min(options.get("min_size", 0), 1)
 
 
 def register_fork_hook() -> None:

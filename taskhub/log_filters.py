@@ -66,7 +66,8 @@ class DatabaseOutageOneLine(logging.Filter):
     connection it should hold, with a backoff of its own, and logged each attempt ("error
     connecting in 'pool-1': ..."): about 60 lines per restart in a web process (issue 13,
     R2), for an outage the requests that waited for a connection often never saw. Its
-    "reconnection attempt ... failed after N sec" is dropped during an outage too. A
+    "reconnection attempt ... failed after N sec" is dropped during an outage too, and its
+    "discarding broken connection" for each dead idle connection found after a restart. A
     failure that is not an outage (a refused password, say) keeps its line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -83,4 +84,7 @@ class DatabaseOutageOneLine(logging.Filter):
                 return False
         if str(record.msg).startswith("reconnection attempt in pool"):
             return not outages.DATABASE.down
-        return True
+        # One per dead idle connection when the pool checks them after a restart
+        # (taskhub/db_pool.py): up to DB_POOL_MAX lines for one restart, which the process
+        # has reported once already, or which no request even met.
+        return record.msg != "discarding broken connection: %s"

@@ -194,8 +194,8 @@ DATABASES["default"]["ENGINE"] = "taskhub.db_backend"
 # DB_POOL_MAX is sized for the busiest processes: Daphne runs each request on a thread of
 # its own, gRPC up to GRPC_MAX_WORKERS calls. Celery's processes (a pool process runs one
 # task at a time) are capped at DB_POOL_MAX_CELERY (taskhub/db_pool.py, cap_pool_size).
-# Connections open on demand up to the max and close again after 10 idle minutes down to
-# the min.
+# Connections open on demand up to the max and close again, one per 10 idle minutes, down
+# to the min: plan for the sum of the maxima (docs/scaling.md).
 # A deployment that asked for persistent connections (DB_CONN_MAX_AGE) keeps them.
 _DB_POOL_MAX = env_int("DB_POOL_MAX", 0 if DATABASES["default"]["CONN_MAX_AGE"] else 32, minimum=0)
 if _DB_POOL_MAX:
