@@ -53,8 +53,8 @@ bench: $(STAMP)
 	$(PY) -m devserver.launcher exec $(PY) bench/run.py $(BENCH_ARGS)
 
 # The fault and abuse scenarios of docs/reliability.md against real processes, on a test
-# database of their own; prints a table and writes the doc's measured column. About 45
-# minutes in all (S4's 1,000 schemathesis examples per operation ~20); RELIABILITY_ARGS="--quick"
+# database of their own; prints a table and writes the doc's measured column. 45-75
+# minutes in all (S4's 1,000 schemathesis examples per operation 20-40); RELIABILITY_ARGS="--quick"
 # for CI's smaller form, "--only R1,S1" for some. The same backing-service rule as
 # `make test` and `make bench`.
 RELIABILITY_ARGS ?=

@@ -111,3 +111,25 @@ def test_a_query_filter_of_whitespace_alone_is_what_the_schema_refuses(
     for accepted in ["echo", ""]:
         assert client.get(path, {**query, name: accepted}).status_code == 200, accepted
         assert validator.is_valid(accepted), accepted
+
+
+def test_a_host_the_server_does_not_serve_is_a_declared_400_on_every_operation(
+    fuzz_user, client_for
+):
+    """Django refuses a Host header outside ALLOWED_HOSTS before any view runs, on every
+    path, so every operation must declare 400: S4 at 1,000 examples sent `Host: 5` to
+    GET /api/webhooks/settings/ and POST .../rotate-secret/, which had no body or query and so
+    no 400 in the schema."""
+    client = client_for(fuzz_user)
+    answer = client.get("/api/webhooks/settings/", HTTP_HOST="5")
+    assert answer.status_code == 400, answer.content
+    assert answer.json() == {"detail": "Bad request."}
+
+    paths = client.get("/api/schema/", {"format": "json"}).json()["paths"]
+    undeclared = [
+        f"{method.upper()} {path}"
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+        if isinstance(operation, dict) and "400" not in operation.get("responses", {})
+    ]
+    assert undeclared == []
