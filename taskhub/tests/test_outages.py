@@ -124,6 +124,15 @@ def test_creates_succeed_while_redis_is_down_and_run_once_it_is_back(alice, own_
 # --- PostgreSQL down -----------------------------------------------------------------------
 
 
+def _sign_up(http: httpx.Client, username: str) -> None:
+    """Register `username` on the test's own database (the stack's), and send its access
+    token with every later request of `http`."""
+    credentials = {"username": username, "password": f"{username}-pass-123"}
+    assert http.post("/api/auth/register/", json=credentials).status_code == 201
+    access = http.post("/api/auth/token/", json=credentials).json()["access"]
+    http.headers["Authorization"] = f"Bearer {access}"
+
+
 @pytest.fixture
 def own_postgres():
     bin_dir = own_servers.postgres_bin_dir()
@@ -285,10 +294,7 @@ def test_an_outcome_that_meets_a_postgresql_outage_is_recorded_once_it_is_back(
     beat = testing.start_beat(extra_env=env, schedule_dir=tmp_path)
     try:
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            credentials = {"username": "erin", "password": "erin-pass-123"}
-            assert http.post("/api/auth/register/", json=credentials).status_code == 201
-            access = http.post("/api/auth/token/", json=credentials).json()["access"]
-            http.headers["Authorization"] = f"Bearer {access}"
+            _sign_up(http, "erin")
             created = http.post(
                 "/api/tasks/", json={"title": "nap", "kind": "nap", "params": {"seconds": 6}}
             )
@@ -345,10 +351,7 @@ def test_a_task_that_checks_in_during_a_postgresql_restart_runs_on_and_completes
     worker = testing.start_worker(extra_env=env, concurrency=1)
     try:
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            credentials = {"username": "gina", "password": "gina-pass-123"}
-            assert http.post("/api/auth/register/", json=credentials).status_code == 201
-            access = http.post("/api/auth/token/", json=credentials).json()["access"]
-            http.headers["Authorization"] = f"Bearer {access}"
+            _sign_up(http, "gina")
             created = http.post(
                 "/api/tasks/",
                 json={"title": "sim", "kind": "simulate", "params": {"seconds": 8, "steps": 8}},
@@ -410,10 +413,7 @@ def test_a_run_whose_claim_meets_a_postgresql_outage_runs_once_it_is_back(
         cancelled = _celery(env, "control", "cancel_consumer", "celery", "-d", node, "-t", "5")
         assert "no longer consuming" in cancelled.stdout, cancelled.stdout + cancelled.stderr
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            credentials = {"username": "hank", "password": "hank-pass-123"}
-            assert http.post("/api/auth/register/", json=credentials).status_code == 201
-            access = http.post("/api/auth/token/", json=credentials).json()["access"]
-            http.headers["Authorization"] = f"Bearer {access}"
+            _sign_up(http, "hank")
             created = http.post("/api/tasks/", json={"title": "claim", "kind": "echo"})
             assert created.status_code == 201, created.text
             task_id = created.json()["id"]
@@ -456,10 +456,7 @@ def test_while_postgresql_is_down_a_worker_answers_revokes_and_stops_within_its_
     worker = testing.start_worker(extra_env=env, concurrency=1, node=node)
     try:
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            credentials = {"username": "fred", "password": "fred-pass-123"}
-            assert http.post("/api/auth/register/", json=credentials).status_code == 201
-            access = http.post("/api/auth/token/", json=credentials).json()["access"]
-            http.headers["Authorization"] = f"Bearer {access}"
+            _sign_up(http, "fred")
             created = http.post(
                 "/api/tasks/",
                 json={"title": "long nap", "kind": "nap", "params": {"seconds": 600}},
@@ -558,10 +555,7 @@ def test_after_a_restart_requests_get_live_connections_at_once(own_postgres):
     answers: list[tuple[int, float]] = []
     try:
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            credentials = {"username": "hugo", "password": "hugo-pass-123"}
-            assert http.post("/api/auth/register/", json=credentials).status_code == 201
-            access = http.post("/api/auth/token/", json=credentials).json()["access"]
-            http.headers["Authorization"] = f"Bearer {access}"
+            _sign_up(http, "hugo")
             testing.wait_until(
                 lambda: sum(_postgres_sessions_of(web, own_postgres.port).values()) >= 6,
                 timeout=30,
@@ -622,10 +616,7 @@ def test_each_celery_process_stays_within_its_connection_cap_across_restarts(
                 for pid, count in _postgres_sessions_of(process, own_postgres.port).items():
                     most[pid] = max(most.get(pid, 0), count)
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            credentials = {"username": "ivan", "password": "ivan-pass-123"}
-            assert http.post("/api/auth/register/", json=credentials).status_code == 201
-            access = http.post("/api/auth/token/", json=credentials).json()["access"]
-            http.headers["Authorization"] = f"Bearer {access}"
+            _sign_up(http, "ivan")
             created = http.post("/api/tasks/", json={"title": "after", "kind": "echo"})
             assert created.status_code == 201, created.text
             task = created.json()["id"]
