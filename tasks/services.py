@@ -7,6 +7,7 @@ writes its event in the same transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -284,6 +285,12 @@ def task_transition(
     gives up, so the loser is a no-op rather than a corrupt state.
     """
     sources = ALLOWED_SOURCES[to] if only_from is None else ALLOWED_SOURCES[to] & only_from
+    if not any(callable(value) for value in changes.values()):
+        with transaction.atomic():
+            moved = _move_in_one_statement(task_id, to, sources, attempt, changes)
+            if moved is not None:
+                _record_change(moved, previous_status=moved.previous_status)
+        return moved
     with transaction.atomic():
         rows = Task.objects.select_for_update().filter(pk=task_id, status__in=sources)
         if attempt is not None:
@@ -300,6 +307,46 @@ def task_transition(
         task.save(update_fields=["status", "updated_at", *changes])
         _record_change(task, previous_status=previous_status)
     return task
+
+
+@functools.cache
+def _returned_columns() -> str:
+    return ", ".join(f'moved."{field.column}"' for field in Task._meta.concrete_fields)
+
+
+def _move_in_one_statement(
+    task_id: UUID | str,
+    to: str,
+    sources: frozenset[str],
+    attempt: int | None,
+    changes: dict[str, Any],
+) -> Task | None:
+    """task_transition's lock, check and write as one statement: the row locked if its
+    status (and attempt) allow the move, updated, and returned with the status it had.
+    The same step as select_for_update() + save(), in one round trip and without the ORM
+    building two queries: a task's run is two transitions, and they were the larger part
+    of a worker's CPU per task (docs/benchmarks.md, "Drain: one statement per
+    transition"). A concurrent transition holding the lock makes this one wait and then
+    check the status it left, as select_for_update() does."""
+    values = {"status": to, "updated_at": timezone.now(), **changes}
+    fields = [Task._meta.get_field(name) for name in values]
+    assignments = ", ".join(f'"{field.column}" = %s' for field in fields)
+    params: list[Any] = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(fields, values.values(), strict=True)
+    ]
+    check = "id = %s AND status = ANY(%s)"
+    check_params: list[Any] = [task_id, list(sources)]
+    if attempt is not None:
+        check += " AND attempts = %s"
+        check_params.append(attempt)
+    # Column names from the model, values as parameters.
+    sql = (
+        f"WITH locked AS (SELECT id, status FROM tasks_task WHERE {check} FOR UPDATE) "  # noqa: S608
+        f"UPDATE tasks_task AS moved SET {assignments} FROM locked WHERE moved.id = locked.id "
+        f"RETURNING {_returned_columns()}, locked.status AS previous_status"
+    )
+    return next(iter(Task.objects.raw(sql, [*check_params, *params])), None)
 
 
 def task_start(
@@ -923,10 +970,13 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
         # Event counters are locked per owner in a fixed order, so two dispatchers working
         # on overlapping owners cannot deadlock.
         due.sort(key=lambda task: (task.owner_id or 0, task.created_at))
+        # The rows are locked above: one statement moves them all (a save() per row was
+        # most of a dispatch's CPU), then each change is recorded in that order.
+        Task.objects.filter(pk__in=[task.pk for task in due]).update(
+            status=TaskStatus.QUEUED, queued_at=now, updated_at=now
+        )
         for task in due:
-            task.status = TaskStatus.QUEUED
-            task.queued_at = now
-            task.save(update_fields=["status", "queued_at", "updated_at"])
+            task.status, task.queued_at, task.updated_at = TaskStatus.QUEUED, now, now
             _record_change(task, previous_status=TaskStatus.PENDING)
             orders.append(queue.RunOrder.of(task))
 

@@ -10,6 +10,7 @@ from notifications.models import Event
 from tasks import services
 from tasks.models import ALLOWED_SOURCES, Task, TaskStatus
 from tasks.tests.factories import make_task
+from tasks.tests.row_lock import RowLock
 
 pytestmark = pytest.mark.django_db
 
@@ -70,3 +71,55 @@ def test_a_status_outside_the_machine_is_refused_by_the_database(alice):
     task = make_task(owner=alice)
     with pytest.raises(IntegrityError), transaction.atomic():
         Task.objects.filter(pk=task.pk).update(status="done")
+
+
+# --- Races: a transition that waits for another session's lock on the row ----------------
+# The check and the write are one locked step (services._move_in_one_statement): what a
+# concurrent writer commits while this transition waits is what it checks.
+
+
+@pytest.mark.django_db(transaction=True)  # the lock holder's own connection
+def test_a_transition_that_waited_for_the_row_sees_the_status_the_other_session_left(alice):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+
+    with RowLock(task.pk) as lock:
+        lock.when_waited_for(
+            lock.write("UPDATE tasks_task SET status = 'cancelled' WHERE id = %s", [str(task.pk)])
+        )
+        completed = services.task_complete(task_id=task.pk, result={"late": True})
+
+    assert completed is None
+    task.refresh_from_db()
+    assert (task.status, task.result) == (TaskStatus.CANCELLED, None)
+    assert not Event.objects.filter(task_id=task.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transition_that_waited_for_the_row_reports_the_status_it_moved_from(alice):
+    task = make_task(owner=alice, status=TaskStatus.QUEUED)
+
+    with RowLock(task.pk) as lock:
+        lock.when_waited_for(
+            lock.write("UPDATE tasks_task SET status = 'in_progress' WHERE id = %s", [str(task.pk)])
+        )
+        # queued or in_progress may be cancelled: it goes through, from what it found.
+        cancelled = services.task_transition(task_id=task.pk, to=TaskStatus.CANCELLED, error="stop")
+
+    assert cancelled is not None and cancelled.previous_status == TaskStatus.IN_PROGRESS
+    event = Event.objects.get(task_id=task.pk)
+    assert (event.data["previous_status"], event.data["status"]) == ("in_progress", "cancelled")
+    assert event.data["error"] == "stop"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_outcome_that_waited_while_a_retry_began_is_not_recorded_on_the_retry(alice):
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+
+    with RowLock(task.pk) as lock:
+        lock.when_waited_for(
+            lock.write("UPDATE tasks_task SET attempts = 2 WHERE id = %s", [str(task.pk)])
+        )
+        assert services.task_complete(task_id=task.pk, result={}, attempt=1) is None
+
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == (TaskStatus.IN_PROGRESS, 2)
