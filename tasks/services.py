@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, router, transaction
 from django.utils import timezone
 
 from notifications import protocol
@@ -285,7 +285,7 @@ def task_transition(
     gives up, so the loser is a no-op rather than a corrupt state.
     """
     sources = ALLOWED_SOURCES[to] if only_from is None else ALLOWED_SOURCES[to] & only_from
-    if not any(callable(value) for value in changes.values()):
+    if _plain_values(changes):
         with transaction.atomic():
             moved = _move_in_one_statement(task_id, to, sources, attempt, changes)
             if moved is not None:
@@ -309,6 +309,14 @@ def task_transition(
     return task
 
 
+def _plain_values(changes: dict[str, Any]) -> bool:
+    """Changes the one-statement move can write: values, not a callable of the locked row
+    or an expression, and not `updated_at`, which it stamps itself."""
+    return "updated_at" not in changes and not any(
+        callable(value) or hasattr(value, "resolve_expression") for value in changes.values()
+    )
+
+
 @functools.cache
 def _returned_columns() -> str:
     return ", ".join(f'moved."{field.column}"' for field in Task._meta.concrete_fields)
@@ -327,26 +335,46 @@ def _move_in_one_statement(
     building two queries: a task's run is two transitions, and they were the larger part
     of a worker's CPU per task (docs/benchmarks.md, "Drain: one statement per
     transition"). A concurrent transition holding the lock makes this one wait and then
-    check the status it left, as select_for_update() does."""
-    values = {"status": to, "updated_at": timezone.now(), **changes}
-    fields = [Task._meta.get_field(name) for name in values]
-    assignments = ", ".join(f'"{field.column}" = %s' for field in fields)
+    check the status it left, as select_for_update() does.
+
+    `updated_at` is this call's clock, but never earlier than the row's own: the clock is
+    read before the statement may wait for the lock, and a write that got the row first
+    (a cancel request, say) must not look newer than this one to a page that keeps the
+    newest state it saw (save() read the clock after the lock)."""
+    meta = Task._meta
+    fields = [meta.get_field(name) for name in ("status", *changes)]
+    values = [to, *changes.values()]
+    updated_at = meta.get_field("updated_at").column
+    assignments = ", ".join(
+        [
+            *(f'"{field.column}" = %s' for field in fields),
+            f'"{updated_at}" = GREATEST(%s, moved."{updated_at}")',
+        ]
+    )
     params: list[Any] = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, values.values(), strict=True)
+        *(
+            field.get_db_prep_save(value, connection)
+            for field, value in zip(fields, values, strict=True)
+        ),
+        timezone.now(),
     ]
-    check = "id = %s AND status = ANY(%s)"
+    pk = meta.pk.column
+    status = meta.get_field("status").column
+    check = f'"{pk}" = %s AND "{status}" = ANY(%s)'
     check_params: list[Any] = [task_id, list(sources)]
     if attempt is not None:
-        check += " AND attempts = %s"
+        check += f' AND "{meta.get_field("attempts").column}" = %s'
         check_params.append(attempt)
-    # Column names from the model, values as parameters.
+    table = meta.db_table
     sql = (
-        f"WITH locked AS (SELECT id, status FROM tasks_task WHERE {check} FOR UPDATE) "  # noqa: S608
-        f"UPDATE tasks_task AS moved SET {assignments} FROM locked WHERE moved.id = locked.id "
-        f"RETURNING {_returned_columns()}, locked.status AS previous_status"
+        f'WITH locked AS (SELECT "{pk}", "{status}" FROM "{table}" '  # noqa: S608 (_meta names only)
+        f"WHERE {check} FOR UPDATE) "
+        f'UPDATE "{table}" AS moved SET {assignments} FROM locked '
+        f'WHERE moved."{pk}" = locked."{pk}" '
+        f'RETURNING {_returned_columns()}, locked."{status}" AS previous_status'
     )
-    return next(iter(Task.objects.raw(sql, [*check_params, *params])), None)
+    rows = Task.objects.raw(sql, [*check_params, *params], using=router.db_for_write(Task))
+    return next(iter(rows), None)
 
 
 def task_start(
@@ -971,12 +999,15 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
         # on overlapping owners cannot deadlock.
         due.sort(key=lambda task: (task.owner_id or 0, task.created_at))
         # The rows are locked above: one statement moves them all (a save() per row was
-        # most of a dispatch's CPU), then each change is recorded in that order.
+        # most of a dispatch's CPU), then each change is recorded in that order. The clock
+        # is read again now that the rows are ours, as save() did: a create that committed
+        # while this run waited is not stamped queued before it was created.
+        moved_at = timezone.now()
         Task.objects.filter(pk__in=[task.pk for task in due]).update(
-            status=TaskStatus.QUEUED, queued_at=now, updated_at=now
+            status=TaskStatus.QUEUED, queued_at=now, updated_at=moved_at
         )
         for task in due:
-            task.status, task.queued_at, task.updated_at = TaskStatus.QUEUED, now, now
+            task.status, task.queued_at, task.updated_at = TaskStatus.QUEUED, now, moved_at
             _record_change(task, previous_status=TaskStatus.PENDING)
             orders.append(queue.RunOrder.of(task))
 

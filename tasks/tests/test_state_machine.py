@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
+from notifications import protocol
 from notifications.models import Event
 from tasks import services
 from tasks.models import ALLOWED_SOURCES, Task, TaskStatus
@@ -123,3 +126,29 @@ def test_a_run_outcome_that_waited_while_a_retry_began_is_not_recorded_on_the_re
 
     task.refresh_from_db()
     assert (task.status, task.attempts) == (TaskStatus.IN_PROGRESS, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transition_that_waited_for_the_row_is_never_stamped_before_the_write_it_waited_for(
+    alice,
+):
+    # A page keeps the newest state it has seen (by updated_at): a cancel request written
+    # while the run's outcome waited for the row, here by a web process whose clock is a
+    # little ahead, must not look newer than the outcome.
+    task = make_task(owner=alice, status=TaskStatus.IN_PROGRESS)
+    cancel_requested_at = timezone.now() + timedelta(seconds=2)
+
+    with RowLock(task.pk) as lock:
+        lock.when_waited_for(
+            lock.write(
+                "UPDATE tasks_task SET stop_requested = 'cancel', updated_at = %s WHERE id = %s",
+                [cancel_requested_at, str(task.pk)],
+            )
+        )
+        completed = services.task_complete(task_id=task.pk, result={})
+
+    assert completed is not None and completed.updated_at >= cancel_requested_at
+    task.refresh_from_db()
+    assert task.updated_at == completed.updated_at
+    event = Event.objects.get(task_id=task.pk)
+    assert event.data["updated_at"] == protocol.format_ts(completed.updated_at)
