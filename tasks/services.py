@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, router, transaction
+from django.db import IntegrityError, connection, connections, router, transaction
 from django.utils import timezone
 
 from notifications import protocol
@@ -318,8 +318,18 @@ def _plain_values(changes: dict[str, Any]) -> bool:
 
 
 @functools.cache
-def _returned_columns() -> str:
-    return ", ".join(f'moved."{field.column}"' for field in Task._meta.concrete_fields)
+def _returned_row() -> tuple[str, list[str], list[tuple[int, Any, Any]]]:
+    """What the move returns, computed once: its columns, the model's attnames in that
+    order, and each field's converters from the database value (JSONField's json.loads),
+    which a queryset would apply."""
+    fields = Task._meta.concrete_fields
+    columns = ", ".join(f'moved."{field.column}"' for field in fields)
+    converters = [
+        (index, converter, field.get_col(Task._meta.db_table))
+        for index, field in enumerate(fields)
+        for converter in field.get_db_converters(connection)
+    ]
+    return columns, [field.attname for field in fields], converters
 
 
 def _move_in_one_statement(
@@ -366,15 +376,28 @@ def _move_in_one_statement(
         check += f' AND "{meta.get_field("attempts").column}" = %s'
         check_params.append(attempt)
     table = meta.db_table
+    columns, attnames, converters = _returned_row()
     sql = (
         f'WITH locked AS (SELECT "{pk}", "{status}" FROM "{table}" '  # noqa: S608 (_meta names only)
         f"WHERE {check} FOR UPDATE) "
         f'UPDATE "{table}" AS moved SET {assignments} FROM locked '
         f'WHERE moved."{pk}" = locked."{pk}" '
-        f'RETURNING {_returned_columns()}, locked."{status}" AS previous_status'
+        f'RETURNING {columns}, locked."{status}"'
     )
-    rows = Task.objects.raw(sql, [*check_params, *params], using=router.db_for_write(Task))
-    return next(iter(rows), None)
+    # Django's cursor (its query log, metrics and error translation) but no queryset: a
+    # RawQuerySet's column mapping was a sixth of a worker's CPU per task.
+    db = connections[router.db_for_write(Task)]
+    with db.cursor() as cursor:
+        cursor.execute(sql, [*check_params, *params])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    *values, previous_status = row
+    for index, converter, column in converters:
+        values[index] = converter(values[index], column, db)
+    task = Task.from_db(db.alias, attnames, values)
+    task.previous_status = previous_status
+    return task
 
 
 def task_start(
