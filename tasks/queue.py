@@ -1,4 +1,5 @@
-"""Every Celery message TaskHub sends: run a task, revoke a run, nudge the dispatcher.
+"""Every Celery message TaskHub sends: run a task, revoke a run, nudge the dispatcher;
+and how many wait in a queue.
 
 The one module that knows the Celery app. It names tasks by their registered names and
 never imports the Celery tasks themselves (tasks/tasks.py imports services, so a service
@@ -128,3 +129,23 @@ def send_dispatch(*, expires: float) -> None:
         if not is_redis_outage(exc):
             raise
         REDIS.failed(exc, "the dispatcher is not nudged; new tasks wait for its next tick")
+
+
+def waiting_messages(queue: str | None = None) -> int | None:
+    """Messages waiting in `queue` (default: the run messages' queue) and not yet taken by
+    a worker, as the broker counts them; None if it cannot be asked (Redis down: logged
+    once per outage)."""
+    queue = queue or app.conf.task_default_queue
+    try:
+        with app.connection_or_acquire() as connection:
+            try:
+                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+            except connection.channel_errors:
+                return 0  # no such queue: Redis drops an empty one's key
+    except Exception as exc:
+        if is_redis_outage(exc):
+            REDIS.failed(exc, "the run queue's length is unknown; the dispatcher keeps to its tick")
+        else:
+            logger.warning("could not count the messages waiting in %s", queue, exc_info=True)
+        return None
+    return declared.message_count

@@ -271,3 +271,45 @@ def test_two_dispatchers_at_once_enqueue_each_task_exactly_once(alice, bob, sent
     assert len(claimed[0]) >= 25 and len(claimed[1]) >= 25
     queued_events = Event.objects.filter(type="task.updated", data__status="queued").count()
     assert queued_events == len(tasks)
+
+
+@pytest.mark.django_db
+def test_a_full_batch_runs_the_dispatcher_again_at_once_while_the_workers_keep_up(
+    alice, settings, purge_broker, django_capture_on_commit_callbacks
+):
+    # A burst is let out batch after batch, not one batch per beat tick, until the workers'
+    # queue holds two batches; then the tick paces it and the rest waits in PostgreSQL.
+    # The broker is real (this test's Redis database); no worker consumes it.
+    settings.TASKHUB_DISPATCH_BATCH_SIZE = 3
+    for number in range(10):
+        make_task(owner=alice, title=f"burst {number}")
+    dispatch_queue = settings.CELERY_TASK_ROUTES[queue.DISPATCH_PENDING_TASKS]["queue"]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dispatch_pending_tasks()
+
+    assert queue.waiting_messages() == 3  # this batch's run messages
+    assert queue.waiting_messages(dispatch_queue) == 1  # and a run of the dispatcher, now
+
+    nudge.clear_nudges()  # as the dispatcher's run does first
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dispatch_pending_tasks()
+
+    assert queue.waiting_messages() == 6  # two batches wait: the workers are behind
+    assert queue.waiting_messages(dispatch_queue) == 1  # so no new run of the dispatcher
+    assert Task.objects.filter(status=TaskStatus.PENDING).count() == 4
+
+
+@pytest.mark.django_db
+def test_a_batch_that_is_not_full_leaves_the_dispatcher_to_its_tick(
+    alice, settings, purge_broker, django_capture_on_commit_callbacks
+):
+    settings.TASKHUB_DISPATCH_BATCH_SIZE = 3
+    make_task(owner=alice, title="alone")
+    dispatch_queue = settings.CELERY_TASK_ROUTES[queue.DISPATCH_PENDING_TASKS]["queue"]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dispatch_pending_tasks()
+
+    assert queue.waiting_messages() == 1
+    assert queue.waiting_messages(dispatch_queue) == 0
