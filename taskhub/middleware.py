@@ -32,8 +32,11 @@ from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
 from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.middleware import clickjacking, common, csrf, security
 from django_prometheus import middleware as prometheus
+from servestatic.middleware import ServeStaticMiddleware
+from servestatic.responders import MissingFileError
 
 
 class InlineAsyncMixin:
@@ -143,3 +146,18 @@ class PrometheusAfterMiddleware(InlineAsyncMixin, prometheus.PrometheusAfterMidd
     async def process_template_response(self, request: Any, response: Any) -> Any:  # type: ignore[override]
         # Counts the template's name: no I/O.
         return super().process_template_response(request, response)
+
+
+class StaticFilesMiddleware(ServeStaticMiddleware):
+    """ServeStatic, with a static URL that names no file answered 404 in development too.
+
+    Under DEBUG, ServeStatic raises MissingFileError for such a URL (`/static/`, a typo, a
+    file not collected yet), which Django turns into a 500 and a traceback in the log: a
+    wrong URL is the client's mistake, not the server's. It is a 404 with ServeStatic's own
+    explanation (where it looked) as the message; without DEBUG it is the usual JSON 404."""
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            return await super().__call__(request)
+        except MissingFileError as missing:
+            return JsonResponse({"detail": str(missing)}, status=404)

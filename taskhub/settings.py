@@ -136,7 +136,9 @@ MIDDLEWARE = _MiddlewareList(
         # Async-only (unlike WhiteNoise's, which it forks): a sync middleware would make every
         # request hop to a thread and back, and Daphne then hangs on SIGTERM with a request
         # in flight (the exiting interpreter joins a thread that waits for the stopped loop).
-        "servestatic.middleware.ServeStaticMiddleware",
+        # (taskhub.middleware's subclass: a static URL naming no file is a 404 under DEBUG
+        # too, not a 500.)
+        "taskhub.middleware.StaticFilesMiddleware",
         "taskhub.middleware.SessionMiddleware",
         "taskhub.middleware.CommonMiddleware",
         "taskhub.middleware.CsrfViewMiddleware",

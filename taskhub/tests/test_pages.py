@@ -137,6 +137,20 @@ def test_the_static_files_are_found_in_development(settings):
         assert finders.find(name), f"{name} is not found by the staticfiles finders"
 
 
+@pytest.mark.parametrize("debug", [True, False])
+@pytest.mark.parametrize("path", ["/static/", "/static/taskhub/no-such-file.js"])
+def test_a_static_url_that_names_no_file_is_a_404_with_a_message(client, settings, debug, path):
+    # Under DEBUG (`make run`), ServeStatic raised for it: a 500 and a traceback in the log.
+    settings.DEBUG = debug
+
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert response.json()["detail"]
+    if debug:  # the development answer says where it looked
+        assert "did not find the file" in response.json()["detail"]
+
+
 def test_collectstatic_gathers_the_page_files_for_production(settings, tmp_path: Path):
     settings.STATIC_ROOT = tmp_path
 
