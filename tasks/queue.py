@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from kombu.exceptions import ChannelError
+
 from taskhub.celery import app
 from taskhub.outages import REDIS, is_redis_outage
 
@@ -80,7 +82,9 @@ def parse_run_message_id(celery_id: str) -> tuple[UUID, int | None] | None:
         return None
 
 
-def send_run_messages(orders: Iterable[RunOrder]) -> None:
+def send_run_messages(orders: Iterable[RunOrder]) -> int:
+    """Send each order's run message; returns how many went out (fewer: Redis is down, and
+    the rest wait for the dispatcher's resend)."""
     orders = list(orders)
     for sent, order in enumerate(orders):
         try:
@@ -104,9 +108,10 @@ def send_run_messages(orders: Iterable[RunOrder]) -> None:
                 f"run messages not sent ({len(orders) - sent} task(s) stay queued until the "
                 "dispatcher re-sends them after QUEUED_RESEND_AFTER)",
             )
-            return
+            return sent
     if orders:
         REDIS.recovered()
+    return len(orders)
 
 
 def revoke_run_message(task_id: UUID | str, attempt: int) -> None:
@@ -134,18 +139,23 @@ def send_dispatch(*, expires: float) -> None:
 def waiting_messages(queue: str | None = None) -> int | None:
     """Messages waiting in `queue` (default: the run messages' queue) and not yet taken by
     a worker, as the broker counts them; None if it cannot be asked (Redis down: logged
-    once per outage)."""
+    once per outage, and not asked again while the outage lasts)."""
+    if REDIS.down:
+        return None
     queue = queue or app.conf.task_default_queue
     try:
         with app.connection_or_acquire() as connection:
             try:
                 declared = connection.default_channel.queue_declare(queue=queue, passive=True)
-            except connection.channel_errors:
-                return 0  # no such queue: Redis drops an empty one's key
+            except ChannelError as missing:
+                if "NOT_FOUND" not in str(missing):
+                    raise
+                return 0  # Redis drops an empty queue's key: no such queue, nothing waits
     except Exception as exc:
         if is_redis_outage(exc):
             REDIS.failed(exc, "the run queue's length is unknown; the dispatcher keeps to its tick")
         else:
             logger.warning("could not count the messages waiting in %s", queue, exc_info=True)
         return None
+    REDIS.recovered()
     return declared.message_count

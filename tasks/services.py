@@ -347,31 +347,30 @@ def _move_in_one_statement(
     transition"). A concurrent transition holding the lock makes this one wait and then
     check the status it left, as select_for_update() does.
 
-    `updated_at` is this call's clock, but never earlier than the row's own: the clock is
-    read before the statement may wait for the lock, and a write that got the row first
-    (a cancel request, say) must not look newer than this one to a page that keeps the
-    newest state it saw (save() read the clock after the lock)."""
+    `updated_at` is this call's clock, but always after the row's own (by a microsecond at
+    least): the clock is read before the statement may wait for the lock, and a write that
+    got the row first (a cancel request, say) must not look as new as this one to a page
+    that keeps the newest state it saw (save() read the clock after the lock)."""
     meta = Task._meta
+    db = connections[router.db_for_write(Task)]
     fields = [meta.get_field(name) for name in ("status", *changes)]
     values = [to, *changes.values()]
     updated_at = meta.get_field("updated_at").column
     assignments = ", ".join(
         [
             *(f'"{field.column}" = %s' for field in fields),
-            f'"{updated_at}" = GREATEST(%s, moved."{updated_at}")',
+            f'"{updated_at}" = GREATEST(%s, moved."{updated_at}" + interval \'1 microsecond\')',
         ]
     )
     params: list[Any] = [
-        *(
-            field.get_db_prep_save(value, connection)
-            for field, value in zip(fields, values, strict=True)
-        ),
+        *(field.get_db_prep_save(value, db) for field, value in zip(fields, values, strict=True)),
         timezone.now(),
     ]
     pk = meta.pk.column
     status = meta.get_field("status").column
     check = f'"{pk}" = %s AND "{status}" = ANY(%s)'
-    check_params: list[Any] = [task_id, list(sources)]
+    # to_python: a malformed id is a ValidationError, as the ORM's filter(pk=...) made it.
+    check_params: list[Any] = [meta.pk.to_python(task_id), list(sources)]
     if attempt is not None:
         check += f' AND "{meta.get_field("attempts").column}" = %s'
         check_params.append(attempt)
@@ -386,7 +385,6 @@ def _move_in_one_statement(
     )
     # Django's cursor (its query log, metrics and error translation) but no queryset: a
     # RawQuerySet's column mapping was a sixth of a worker's CPU per task.
-    db = connections[router.db_for_write(Task)]
     with db.cursor() as cursor:
         cursor.execute(sql, [*check_params, *params])
         row = cursor.fetchone()
@@ -1052,20 +1050,23 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
             Task.objects.filter(pk__in=[task.pk for task in stale]).update(queued_at=now)
 
         if orders:
-            transaction.on_commit(lambda: queue.send_run_messages(orders), robust=True)
-        if len(due) == limit:
-            transaction.on_commit(lambda: _dispatch_again_while_workers_keep_up(limit), robust=True)
+            full = len(due) == limit
+            transaction.on_commit(lambda: _send_and_go_on(orders, full, limit), robust=True)
     return orders
 
 
-def _dispatch_again_while_workers_keep_up(batch: int) -> None:
-    """A full batch was claimed, so more may be due: run again at once instead of at the
-    next tick, as long as the workers keep up, i.e. their queue holds less than two
-    batches (this one's messages included). Otherwise the tick paces the dispatcher, and
-    the backlog stays `pending` in PostgreSQL rather than waiting in the broker, where a
-    message older than QUEUED_RESEND_AFTER would be sent a second time. Without this, a
-    burst was let out at one batch per tick (docs/benchmarks.md, "Drain: one statement
-    per transition")."""
+def _send_and_go_on(orders: list[queue.RunOrder], full: bool, batch: int) -> None:
+    """After the dispatcher's commit: send the run messages, and if the batch was full
+    (more may be due) and every message went out, run again at once instead of at the next
+    tick while the workers keep up, i.e. their queue holds less than two batches (this
+    one's included). Otherwise the tick paces the dispatcher, as it always did; the rest
+    of the backlog waits as `pending` rows rather than as messages in the broker, where
+    one older than QUEUED_RESEND_AFTER would be sent twice. Without the re-run a burst was
+    let out at one batch per tick (docs/benchmarks.md, "Drain: one statement per
+    transition")."""
+    sent = queue.send_run_messages(orders)
+    if not full or sent < len(orders):
+        return
     waiting = queue.waiting_messages()
     if waiting is not None and waiting < 2 * batch:
         nudge_dispatcher()
