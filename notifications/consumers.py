@@ -64,7 +64,7 @@ from notifications.middleware import (
     session_group,
     subprotocol_to_accept,
 )
-from taskhub import metrics, outages
+from taskhub import gc_policy, metrics, outages
 from taskhub.instance import instance_name
 
 logger = logging.getLogger(__name__)
@@ -280,9 +280,11 @@ class SocketHub:
         """Forget a socket that ended; returns a future done once its groups and registry
         entries are gone (None if it had none)."""
         self.sockets.discard(consumer)
+        gc_policy.sockets.socket_closed()
         if not self.sockets and self._task is not None:
             self._task.cancel()  # nothing left to look after: no task lingers
             self._task = None
+            gc_policy.sockets.tick(open_sockets=0)  # the ticks stop with the task
         if entry is None:
             return None
         self._pending.append(entry)
@@ -382,6 +384,7 @@ class SocketHub:
                 tick = min(tick, catchup_every / 2)
             await asyncio.sleep(max(0.05, tick))
             now = loop.time()
+            gc_policy.sockets.tick(open_sockets=len(self.sockets))
             try:
                 self._close_idle(time.monotonic())
                 if now - last_refresh >= settings.TASKHUB_WS_PRESENCE_REFRESH:

@@ -515,6 +515,9 @@ TASKHUB_WS_PRESENCE_REFRESH = env_float("WS_PRESENCE_REFRESH", 60.0, minimum=1.0
 # (a connect storm costs no query per socket): a deactivated user's new sockets are
 # refused at most this long after, and their open ones closed by the next sweep.
 TASKHUB_WS_AUTH_CACHE_SECONDS = env_float("WS_AUTH_CACHE_SECONDS", 30.0, minimum=0.0)
+# Freeze open sockets' objects out of the cyclic collector's full passes, which otherwise
+# stop a web process for ~1 s every few seconds at 5,000 sockets (taskhub/gc_policy.py).
+TASKHUB_WS_GC_FREEZE = env_bool("WS_GC_FREEZE", True)
 # How long one process trusts a REST token's user row (taskhub/auth_jwt.py); 0: no cache.
 TASKHUB_REST_AUTH_CACHE_SECONDS = env_float("REST_AUTH_CACHE_SECONDS", 5.0, minimum=0.0)
 # The sockets' own small pool of async PostgreSQL connections per web process

@@ -5,6 +5,7 @@ deactivated account shut out within a known time."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -14,6 +15,7 @@ from django.test import override_settings
 from conftest import access_token_for, subscribed_in_redis
 from devserver.wsclient import eventually, open_in_process
 from notifications import middleware, protocol, selectors
+from notifications.consumers import socket_hub
 from notifications.tests.conftest import publish_event, write_event_without_push
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -154,3 +156,21 @@ async def test_a_deactivated_users_token_is_let_in_only_until_the_auth_cache_exp
         assert (first["type"], first["data"].get("code")) == ("error", "unauthenticated")
         code, frames = await refused.receive_close()
     assert (code, frames) == (4401, [])
+
+
+# --- The garbage collector -----------------------------------------------------------------
+
+
+async def test_an_open_sockets_consumer_is_frozen_out_of_full_collections(alice, connect):
+    """taskhub/gc_policy.py: the hub's next tick after a socket opened freezes it, so the
+    collector's full passes (a second each at 5,000 sockets) never scan open sockets."""
+    gc.unfreeze()
+    try:
+        await connect(alice)
+        [consumer] = socket_hub().sockets
+        await eventually(
+            lambda: not any(tracked is consumer for tracked in gc.get_objects()),
+            message="the consumer to be frozen",
+        )
+    finally:
+        gc.unfreeze()
