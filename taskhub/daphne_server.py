@@ -48,8 +48,11 @@ docker-compose.yml, the Dockerfile and devserver/processes.py start web with thi
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +75,11 @@ from taskhub.redaction import redact
 LINGER_SECONDS = 10
 # How long a WebSocket whose closing handshake is over may take to read our close frame.
 CLOSE_LINGER_SECONDS = 5
+# Connections Daphne's periodic checks visit in one turn of the event loop (see
+# TaskHubServer.application_checker); a turn of 500 takes a few milliseconds.
+CHECKS_PER_TURN = 500
+
+logger = logging.getLogger("daphne.server")  # where Daphne's own checker logs
 
 
 class RedactingAccessLog(AccessLogGenerator):
@@ -143,6 +151,8 @@ class TaskHubServer(Server):
         super().__init__(
             *args, action_logger=action_logger, ready_callable=self._configure, **kwargs
         )
+        self._application_rounds = _Rounds(self._check_application, period=1.0)
+        self._timeout_rounds = _Rounds(self._check_timeouts, period=2.0)
 
     def _configure(self) -> None:
         # Called by Server.run() right after it built self.ws_factory, before reactor.run().
@@ -164,6 +174,79 @@ class TaskHubServer(Server):
         self.http_factory.buildProtocol = build_protocol
         if self._then_ready is not None:
             self._then_ready()
+
+    # Daphne visits every connection in one turn of the loop: application_checker every
+    # second (reap finished applications, cancel those past their close timeout) and
+    # timeout_checker every two (timeouts, keepalive pings). At 5,000 sockets those turns
+    # held every delivery up for about 40 and 90 ms (docs/benchmarks.md, "Delivery: the
+    # collector's pauses"). Here each still visits every connection once per period, in
+    # turns of at most CHECKS_PER_TURN spread evenly over it.
+
+    def application_checker(self) -> None:
+        reactor.callLater(self._application_rounds.turn(self.connections), self.application_checker)
+
+    def timeout_checker(self) -> None:
+        reactor.callLater(self._timeout_rounds.turn(self.connections), self.timeout_checker)
+
+    def _check_timeouts(self, protocol: Any) -> None:
+        if protocol in self.connections:  # not gone since this round began
+            protocol.check_timeouts()
+
+    def _check_application(self, protocol: Any) -> None:
+        """What Daphne's application_checker does for one connection."""
+        details = self.connections.get(protocol)
+        if details is None:  # gone since this round began
+            return
+        disconnected = details.get("disconnected")
+        instance = details.get("application_instance")
+        if (
+            disconnected
+            and instance is not None
+            and not instance.done()
+            and time.time() - disconnected > self.application_close_timeout
+        ):
+            logger.warning(
+                "Application instance %r for connection %s took too long to shut down "
+                "and was killed.",
+                instance,
+                repr(protocol),
+            )
+            instance.cancel()
+        if instance is not None and instance.done():
+            failure = None if instance.cancelled() else instance.exception()
+            if isinstance(failure, KeyboardInterrupt):  # the application asks us to exit
+                self.stop()
+            elif failure is not None:
+                logger.error("Exception inside application: %s", failure, exc_info=failure)
+                if not disconnected:
+                    protocol.handle_exception(failure)
+            del details["application_instance"]
+            instance = None
+        if instance is None and disconnected:
+            del self.connections[protocol]
+
+
+class _Rounds:
+    """A periodic visit of every connection, in turns of at most CHECKS_PER_TURN spread
+    evenly over the period. A round covers the connections open at its start (one that
+    closed since is skipped by the visit); the next round starts when it is done."""
+
+    def __init__(self, visit: Callable[[Any], None], period: float) -> None:
+        self.visit = visit
+        self.period = period
+        self.pending: list[Any] = []
+        self.delay = period
+
+    def turn(self, connections: dict[Any, Any]) -> float:
+        """Visit the next connections of the round; returns the seconds to the next turn."""
+        if not self.pending:
+            self.pending = list(connections)
+            self.pending.reverse()  # popped from the end: in the order Daphne keeps them
+            turns = max(1, math.ceil(len(self.pending) / CHECKS_PER_TURN))
+            self.delay = self.period / turns
+        for _ in range(min(CHECKS_PER_TURN, len(self.pending))):
+            self.visit(self.pending.pop())
+        return self.delay
 
 
 def _forget(result: Any) -> None:
