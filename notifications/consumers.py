@@ -223,6 +223,7 @@ class SocketHub:
         self._resync_again = False
         self._registrations: list[tuple[EventConsumer, asyncio.Future[bool]]] = []
         self._registrar: asyncio.Task[None] | None = None
+        self._last_tick_scheduled = False
 
     def register(self, consumer: EventConsumer) -> asyncio.Future[bool]:
         """services.connection_register for a new socket, batched: the sockets that ask
@@ -281,10 +282,18 @@ class SocketHub:
         entries are gone (None if it had none)."""
         self.sockets.discard(consumer)
         gc_policy.sockets.socket_closed()
-        if not self.sockets and self._task is not None:
-            self._task.cancel()  # nothing left to look after: no task lingers
-            self._task = None
-            gc_policy.sockets.tick(open_sockets=0)  # the ticks stop with the task
+        if not self.sockets:
+            if self._task is not None:
+                self._task.cancel()  # nothing left to look after: no task lingers
+                self._task = None
+            if not self._last_tick_scheduled:
+                # The ticks stop with the task: the collector gets two more (its full pass
+                # becomes due, then runs after its grace; taskhub/gc_policy.py).
+                self._last_tick_scheduled = True
+                gc_policy.sockets.tick(open_sockets=0)
+                asyncio.get_running_loop().call_later(
+                    gc_policy.sockets.grace + 0.1, self._last_collector_tick
+                )
         if entry is None:
             return None
         self._pending.append(entry)
@@ -374,7 +383,23 @@ class SocketHub:
         finally:
             self._resync = None
 
+    def _tick_collector(self) -> None:
+        gc_policy.sockets.tick(open_sockets=len(self.sockets))
+
+    def _last_collector_tick(self) -> None:
+        self._last_tick_scheduled = False
+        self._tick_collector()
+
     async def _run(self) -> None:
+        try:
+            await self._look_after_sockets()
+        finally:
+            # Sockets dropped without release() (idle, deactivated) can empty the set: the
+            # next socket must start a new task.
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    async def _look_after_sockets(self) -> None:
         loop = asyncio.get_running_loop()
         last_refresh = last_sweep = loop.time()
         while self.sockets:
@@ -384,8 +409,8 @@ class SocketHub:
                 tick = min(tick, catchup_every / 2)
             await asyncio.sleep(max(0.05, tick))
             now = loop.time()
-            gc_policy.sockets.tick(open_sockets=len(self.sockets))
             try:
+                self._tick_collector()
                 self._close_idle(time.monotonic())
                 if now - last_refresh >= settings.TASKHUB_WS_PRESENCE_REFRESH:
                     last_refresh = now

@@ -28,6 +28,6 @@ application = ProtocolTypeRouter(
 
 # Everything loaded so far (Django, the apps, their modules) lives as long as the process:
 # freeze it out of the cyclic collector, whose full passes would otherwise rescan it
-# beside the objects of thousands of sockets. The socket hub freezes the sockets' own
-# objects as they open (taskhub/gc_policy.py).
+# beside the objects of thousands of sockets. While many sockets are open, the socket hub
+# freezes again about every second (taskhub/gc_policy.py).
 gc.freeze()

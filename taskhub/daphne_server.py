@@ -179,14 +179,22 @@ class TaskHubServer(Server):
     # second (reap finished applications, cancel those past their close timeout) and
     # timeout_checker every two (timeouts, keepalive pings). At 5,000 sockets those turns
     # held every delivery up for about 40 and 90 ms (docs/benchmarks.md, "Delivery: the
-    # collector's pauses"). Here each still visits every connection once per period, in
-    # turns of at most CHECKS_PER_TURN spread evenly over it.
+    # collector's pauses"). Here each visits the connections in turns of at most
+    # CHECKS_PER_TURN spread over the period (a connection opened during a round waits for
+    # the next one: up to two periods instead of one), and a visit that raises is logged
+    # instead of ending the checks for good, as it did in Daphne.
 
     def application_checker(self) -> None:
-        reactor.callLater(self._application_rounds.turn(self.connections), self.application_checker)
+        try:
+            self._application_rounds.turn(self.connections)
+        finally:
+            reactor.callLater(self._application_rounds.delay, self.application_checker)
 
     def timeout_checker(self) -> None:
-        reactor.callLater(self._timeout_rounds.turn(self.connections), self.timeout_checker)
+        try:
+            self._timeout_rounds.turn(self.connections)
+        finally:
+            reactor.callLater(self._timeout_rounds.delay, self.timeout_checker)
 
     def _check_timeouts(self, protocol: Any) -> None:
         if protocol in self.connections:  # not gone since this round began
@@ -228,25 +236,29 @@ class TaskHubServer(Server):
 
 class _Rounds:
     """A periodic visit of every connection, in turns of at most CHECKS_PER_TURN spread
-    evenly over the period. A round covers the connections open at its start (one that
-    closed since is skipped by the visit); the next round starts when it is done."""
+    evenly over the period. A round covers the connections open at its start, held weakly
+    (a closed one is freed as it closes, taskhub/daphne_server.py's docstring); the next
+    round starts when it is done. `delay` is the time from this turn to the next."""
 
     def __init__(self, visit: Callable[[Any], None], period: float) -> None:
         self.visit = visit
         self.period = period
-        self.pending: list[Any] = []
+        self.pending: list[weakref.ref[Any]] = []
         self.delay = period
 
-    def turn(self, connections: dict[Any, Any]) -> float:
-        """Visit the next connections of the round; returns the seconds to the next turn."""
+    def turn(self, connections: dict[Any, Any]) -> None:
         if not self.pending:
-            self.pending = list(connections)
-            self.pending.reverse()  # popped from the end: in the order Daphne keeps them
+            self.pending = [weakref.ref(protocol) for protocol in reversed(list(connections))]
             turns = max(1, math.ceil(len(self.pending) / CHECKS_PER_TURN))
             self.delay = self.period / turns
         for _ in range(min(CHECKS_PER_TURN, len(self.pending))):
-            self.visit(self.pending.pop())
-        return self.delay
+            protocol = self.pending.pop()()  # popped from the end: in Daphne's order
+            if protocol is None:
+                continue
+            try:
+                self.visit(protocol)
+            except Exception:
+                logger.exception("checking connection %r failed", protocol)
 
 
 def _forget(result: Any) -> None:

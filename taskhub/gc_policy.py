@@ -7,21 +7,30 @@ await_many_dispatch), which then wait for the next one. The collector's full pas
 every tracked object with the event loop stopped, and CPython starts one whenever the
 objects promoted since the last pass reach a quarter of those that survived it. With
 5,000 open sockets a pass took about 1 s and came every 10-15 s at 1,000 events/s (every
-3-4 s while sockets connected), and it freed nothing: open sockets are not garbage.
-Delivery's p99 was those pauses (docs/benchmarks.md, "Delivery: the collector's pauses").
+3-4 s while sockets connected), and it found nothing to free: open sockets are not
+garbage. Delivery's p99 was those pauses (docs/benchmarks.md, "Delivery: the collector's
+pauses").
 
-What. `gc.freeze()` moves every tracked object into the permanent generation, which no
-pass scans; it is a constant-time list splice. The web process freezes what start-up
-loaded (taskhub/asgi.py), and the socket hub (notifications/consumers.py) calls `tick`
-about once a second while sockets are open, which freezes again: the collector's own
-passes only ever scan what is younger than a second. Frozen objects are still freed by
-reference counting the moment nothing uses them; only reference cycles among them wait.
-For those, this schedule runs one full pass over everything (unfreeze, collect, freeze):
-once as many sockets closed since the last one as are open (and at least
-FULL_PASS_MIN_CLOSED), since closed sockets are where cycles come from, and at least
-every FULL_PASS_INTERVAL for anything else. That pass's pause (about 1 s at 5,000
-sockets) comes every many minutes instead of every few seconds, and what waits for it is
-bounded by those two limits.
+What. While at least WS_GC_FREEZE_MIN_SOCKETS sockets are open, the socket hub
+(notifications/consumers.py) calls `tick` about once a second, which collects what is
+younger than the last tick (cheap: everything older is frozen) and then `gc.freeze()`s
+the survivors into the permanent generation, which no pass scans (a constant-time list
+splice). CPython's own passes then only ever scan a second's worth of objects.
+
+What it costs. Frozen objects are still freed by reference counting the moment nothing
+uses them; only reference cycles among them wait, and nothing is frozen that was garbage
+at the tick. Such cycles come from what was alive at a tick and was dropped later: a
+socket that closed since, an HTTP request in flight at the tick (a DRF response is a
+cycle). One full pass over everything (unfreeze, collect, freeze) reclaims them:
+
+* once as many sockets closed since the last pass as are open (and at least
+  FULL_PASS_MIN_CLOSED), GRACE seconds after that, when Daphne has let go of them;
+* at least every FULL_PASS_INTERVAL, for the rest;
+* GRACE seconds after the open sockets fell below the minimum, where CPython's own
+  schedule takes over again.
+
+So what waits is bounded by those limits, and the full pass's pause (about 1 s at 5,000
+sockets) comes every few minutes instead of every few seconds.
 """
 
 from __future__ import annotations
@@ -29,35 +38,42 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-# Closed sockets that justify a full pass even with few sockets open (a pass with few
-# sockets open is short).
+# Closed sockets that justify a full pass however few are open.
 FULL_PASS_MIN_CLOSED = 1000
 # Seconds between full passes at most, for cycles that do not come from closed sockets.
-FULL_PASS_INTERVAL = 600.0
+FULL_PASS_INTERVAL = 300.0
+# Seconds from the moment a pass is due to the pass: Daphne reaps a closed connection
+# within 1 s and the hub releases a closed socket within RELEASE_WAIT (3 s).
+GRACE = 5.0
 
 
 class SocketCollector:
-    """The freeze-and-reclaim schedule of one process (see the module docstring). The
-    socket hub reports closes and calls `tick` from its housekeeping loop."""
+    """The freeze-and-reclaim schedule of one process (see the module docstring)."""
 
     def __init__(
         self,
         *,
         min_closed: int = FULL_PASS_MIN_CLOSED,
         interval: float = FULL_PASS_INTERVAL,
-        clock=time.monotonic,
+        grace: float = GRACE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.min_closed = min_closed
         self.interval = interval
+        self.grace = grace
         self.clock = clock
         self.closed_since_full_pass = 0
         self.full_passes = 0
         self.last_full_pass = clock()
+        self.frozen_since_full_pass = False
+        self.pass_due_at: float | None = None
+        self.pass_reason = ""
 
     def socket_closed(self) -> None:
         self.closed_since_full_pass += 1
@@ -65,30 +81,51 @@ class SocketCollector:
     def tick(self, open_sockets: int) -> None:
         if not settings.TASKHUB_WS_GC_FREEZE:
             return
-        if (
-            self.closed_since_full_pass >= max(self.min_closed, open_sockets)
-            or self.clock() - self.last_full_pass >= self.interval
-        ):
+        now = self.clock()
+        if open_sockets < settings.TASKHUB_WS_GC_FREEZE_MIN_SOCKETS:
+            if self.frozen_since_full_pass:
+                self._due(now, "open sockets fell below the minimum")
+                if now >= self.pass_due_at:
+                    self.full_pass(open_sockets)
+            return
+        if self.closed_since_full_pass >= max(self.min_closed, open_sockets):
+            self._due(now, f"{self.closed_since_full_pass} sockets closed")
+        elif now - self.last_full_pass >= self.interval:
+            self._due(now, f"{self.interval:g} s since the last one")
+        if self.pass_due_at is not None and now >= self.pass_due_at:
             self.full_pass(open_sockets)
-        else:
-            gc.freeze()
+            return
+        gc.collect()  # only what is younger than the last tick: the rest is frozen
+        gc.freeze()
+        self.frozen_since_full_pass = True
+
+    def _due(self, now: float, reason: str) -> None:
+        if self.pass_due_at is None:
+            self.pass_due_at = now + self.grace
+            self.pass_reason = reason
 
     def full_pass(self, open_sockets: int) -> None:
-        """Reclaim the cycles among frozen objects, then freeze again what is in use."""
+        """Reclaim the cycles among frozen objects, then freeze again what is in use (what
+        start-up loaded among it, taskhub/asgi.py)."""
         started = time.perf_counter()
         gc.unfreeze()
-        freed = gc.collect()
+        unreachable = gc.collect()
         gc.freeze()
         logger.info(
-            "gc: full pass after %d sockets closed: %d objects freed in %.0f ms, %d sockets open",
-            self.closed_since_full_pass,
-            freed,
+            "gc: full pass (%s): %d unreachable objects in %.0f ms, %d sockets open",
+            self.pass_reason or "asked for",
+            unreachable,
             (time.perf_counter() - started) * 1000,
             open_sockets,
         )
         self.full_passes += 1
         self.closed_since_full_pass = 0
         self.last_full_pass = self.clock()
+        self.pass_due_at = None
+        self.pass_reason = ""
+        # Below the minimum the next freeze waits for the minimum: what the few sockets
+        # open now leave in cycles when they close waits for that (a bounded amount).
+        self.frozen_since_full_pass = False
 
 
 # The process's one schedule: the collector is process-wide, whatever loop a hub runs on.

@@ -518,6 +518,8 @@ TASKHUB_WS_AUTH_CACHE_SECONDS = env_float("WS_AUTH_CACHE_SECONDS", 30.0, minimum
 # Freeze open sockets' objects out of the cyclic collector's full passes, which otherwise
 # stop a web process for ~1 s every few seconds at 5,000 sockets (taskhub/gc_policy.py).
 TASKHUB_WS_GC_FREEZE = env_bool("WS_GC_FREEZE", True)
+# ...while at least this many sockets are open in the process (below, its passes are short).
+TASKHUB_WS_GC_FREEZE_MIN_SOCKETS = env_int("WS_GC_FREEZE_MIN_SOCKETS", 500, minimum=1)
 # How long one process trusts a REST token's user row (taskhub/auth_jwt.py); 0: no cache.
 TASKHUB_REST_AUTH_CACHE_SECONDS = env_float("REST_AUTH_CACHE_SECONDS", 5.0, minimum=0.0)
 # The sockets' own small pool of async PostgreSQL connections per web process

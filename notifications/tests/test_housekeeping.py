@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Iterator
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -15,8 +16,9 @@ from django.test import override_settings
 from conftest import access_token_for, subscribed_in_redis
 from devserver.wsclient import eventually, open_in_process
 from notifications import middleware, protocol, selectors
-from notifications.consumers import socket_hub
+from notifications.consumers import SocketHub, socket_hub
 from notifications.tests.conftest import publish_event, write_event_without_push
+from taskhub import gc_policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -161,16 +163,65 @@ async def test_a_deactivated_users_token_is_let_in_only_until_the_auth_cache_exp
 # --- The garbage collector -----------------------------------------------------------------
 
 
-async def test_an_open_sockets_consumer_is_frozen_out_of_full_collections(alice, connect):
-    """taskhub/gc_policy.py: the hub's next tick after a socket opened freezes it, so the
-    collector's full passes (a second each at 5,000 sockets) never scan open sockets."""
+@pytest.fixture
+def collector(monkeypatch, settings) -> Iterator[gc_policy.SocketCollector]:
+    """The process's collector schedule (taskhub/gc_policy.py) from one socket on, with a
+    short grace; nothing frozen before or after the test."""
+    settings.TASKHUB_WS_GC_FREEZE = True
+    settings.TASKHUB_WS_GC_FREEZE_MIN_SOCKETS = 1
+    fresh = gc_policy.SocketCollector(grace=0.2)
+    monkeypatch.setattr(gc_policy, "sockets", fresh)
     gc.unfreeze()
-    try:
-        await connect(alice)
-        [consumer] = socket_hub().sockets
-        await eventually(
-            lambda: not any(tracked is consumer for tracked in gc.get_objects()),
-            message="the consumer to be frozen",
-        )
-    finally:
-        gc.unfreeze()
+    yield fresh
+    gc.unfreeze()
+
+
+async def test_open_sockets_are_frozen_and_the_last_close_brings_one_full_pass(
+    alice, connect, collector
+):
+    """The hub ticks the collector while sockets are open (so the collector's own passes
+    never scan them), and after the last one closed, its two last ticks make the full pass
+    that reclaims what the sockets left (the hub's task has ended by then)."""
+    socket = await connect(alice)
+    [consumer] = socket_hub().sockets
+    await eventually(
+        lambda: not any(tracked is consumer for tracked in gc.get_objects()),
+        message="the consumer to be frozen",
+    )
+    assert collector.full_passes == 0
+
+    await socket.close()
+
+    await eventually(lambda: collector.full_passes == 1, message="one full pass")
+    assert collector.closed_since_full_pass == 0
+
+
+class IdleSocket:
+    """What the hub reads of a consumer to close it for idleness, and nothing else: the
+    hub drops it from its set itself, and its release() never comes."""
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._last_seen = 0.0  # long ago
+        self._idle_timeout = 0.01
+        self.closed_idle = asyncio.Event()
+
+    async def _close_idle(self) -> None:
+        self.closed_idle.set()
+
+
+async def test_a_hub_left_with_no_socket_by_its_own_closes_looks_after_the_next(settings):
+    """Sockets the hub itself drops (idle, deactivated) can leave it with none before
+    their release() arrives: its task ends, and the next socket must start a new one, or
+    nothing would ever close that socket when idle."""
+    settings.TASKHUB_WS_IDLE_TIMEOUT = 1.0  # the hub ticks every 0.25 s
+    hub = SocketHub()
+    first = IdleSocket()
+    hub.add(first)
+    await asyncio.wait_for(first.closed_idle.wait(), 5)
+    await eventually(lambda: hub._task is None or hub._task.done(), message="the task to end")
+
+    second = IdleSocket()
+    hub.add(second)
+
+    await asyncio.wait_for(second.closed_idle.wait(), 5)

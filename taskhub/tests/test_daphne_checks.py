@@ -127,6 +127,30 @@ for _ in range(4):  # one round (2 connections, 1 turn) cancels it, the next rea
     settle()
 out["stubborn_cancelled"] = stubborn[0].cancelled()
 out["left"] = len(server.connections)
+
+# A visit that raises is logged and the checks go on (in Daphne, one exception ended
+# them for good: nothing reaped, pinged or timed out again, and nothing logged).
+import logging
+failures = []
+handler = logging.Handler()
+handler.emit = lambda record: failures.append(record.getMessage())
+logging.getLogger("daphne.server").addHandler(handler)
+broken, healthy = open_socket(), open_socket()
+settle()
+broken_protocol = broken.protocol
+def fail():
+    raise RuntimeError("a bug in one connection's check")
+broken_protocol.check_timeouts = fail
+visited = []
+healthy.protocol.check_timeouts = lambda: visited.append(True)
+scheduled.clear()
+for _ in range(2):  # one round: 4 connections (2 requests, 2 WebSockets) in turns of 2
+    server.timeout_checker()
+out["after_a_failing_visit"] = {
+    "turns_scheduled": len(scheduled),
+    "healthy_visited": len(visited),
+    "logged": [message for message in failures if "failed" in message],
+}
 print(json.dumps(out))
 """
 
@@ -161,3 +185,10 @@ def test_closed_connections_are_reaped_two_per_turn_within_the_period(child):
 def test_an_application_that_outlives_its_close_timeout_is_cancelled_and_reaped(child):
     assert child["stubborn_cancelled"] is True
     assert child["left"] == 0
+
+
+def test_a_check_that_raises_is_logged_and_the_checks_go_on(child):
+    after = child["after_a_failing_visit"]
+    assert after["turns_scheduled"] == 2
+    assert after["healthy_visited"] == 1
+    assert len(after["logged"]) == 1
