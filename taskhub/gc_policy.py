@@ -12,16 +12,17 @@ garbage. Delivery's p99 was those pauses (docs/benchmarks.md, "Delivery: the col
 pauses").
 
 What. While at least WS_GC_FREEZE_MIN_SOCKETS sockets are open, the socket hub
-(notifications/consumers.py) calls `tick` about once a second, which collects what is
-younger than the last tick (cheap: everything older is frozen) and then `gc.freeze()`s
-the survivors into the permanent generation, which no pass scans (a constant-time list
-splice). CPython's own passes then only ever scan a second's worth of objects.
+(notifications/consumers.py) calls `tick` about once a second, which collects the
+youngest generation (cheap) and then `gc.freeze()`s everything tracked into the permanent
+generation, which no pass scans (a constant-time list splice). CPython's own passes then
+only ever scan a second's worth of objects.
 
 What it costs. Frozen objects are still freed by reference counting the moment nothing
-uses them; only reference cycles among them wait, and nothing is frozen that was garbage
-at the tick. Such cycles come from what was alive at a tick and was dropped later: a
-socket that closed since, an HTTP request in flight at the tick (a DRF response is a
-cycle). One full pass over everything (unfreeze, collect, freeze) reclaims them:
+uses them; only reference cycles among them wait. Those come from what was alive at a
+tick and was dropped later (a socket that closed since, an HTTP request in flight at the
+tick: a DRF response is a cycle), and from garbage that had already left the youngest
+generation when a tick came. One full pass over everything (unfreeze,
+collect, freeze) reclaims them:
 
 * once as many sockets closed since the last pass as are open (and at least
   FULL_PASS_MIN_CLOSED), GRACE seconds after that, when Daphne has let go of them;
@@ -95,7 +96,10 @@ class SocketCollector:
         if self.pass_due_at is not None and now >= self.pass_due_at:
             self.full_pass(open_sockets)
             return
-        gc.collect()  # only what is younger than the last tick: the rest is frozen
+        # The youngest generation only (at most a few hundred objects): a full collect()
+        # here cost ~35 ms a tick at 5,000 sockets, the two young ones ~16 ms
+        # (docs/benchmarks.md, "Delivery: the collector's pauses").
+        gc.collect(0)
         gc.freeze()
         self.frozen_since_full_pass = True
 

@@ -1,8 +1,9 @@
-"""The cyclic garbage collector and open sockets (taskhub/gc_policy.py): with enough sockets
-open, what is in use is frozen out of the collector's full passes (which stopped a web
-process for about a second every 10-15 s at 5,000 sockets), garbage is never frozen, and
-cycles dropped after a freeze are still reclaimed: once as many sockets closed as are
-open, every few minutes, and once the sockets fall below the minimum."""
+"""The cyclic garbage collector and open sockets (taskhub/gc_policy.py): with enough
+sockets open, what is in use is frozen out of the collector's full passes (which stopped
+a web process for about a second every 10-15 s at 5,000 sockets), young garbage is
+collected rather than frozen, and cycles dropped after a freeze are still reclaimed: once
+as many sockets closed as are open, every few minutes, and once the sockets fall below
+the minimum."""
 
 from __future__ import annotations
 
