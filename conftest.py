@@ -31,7 +31,7 @@ from devserver.wsclient import Socket, open_in_process
 from notifications.models import Event
 from notifications.redis_client import close_async_redis, sync_redis
 from notifications.selectors import close_async_pool
-from taskhub import outages
+from taskhub import gc_policy, outages
 from taskhub.celery import app as celery_app
 from tasks.models import Task
 from tasks.nudge import clear_nudges
@@ -43,6 +43,14 @@ def no_outage_carried_over() -> None:
     left open would keep this test's first failure from being logged."""
     outages.REDIS.forget()
     outages.DATABASE.forget()
+
+
+@pytest.fixture(autouse=True)
+def fresh_gc_schedule(monkeypatch) -> None:
+    """The collector's schedule (taskhub/gc_policy.py) is one per process: each test starts
+    from a fresh one, so closes counted or a pass made due in one test never act in the
+    next."""
+    monkeypatch.setattr(gc_policy, "sockets", gc_policy.SocketCollector())
 
 
 @pytest.fixture

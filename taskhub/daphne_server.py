@@ -29,8 +29,9 @@ Every `daphne` option works as documented; this adds (docs/protocol.md, "Limits"
   ASGI application, so no ASGI code could stop it (taskhub/body_limit.py).
 * The access log goes through taskhub.redaction: `/ws?token=<jwt>` (and any other
   credential in a request line) is written as [redacted].
-* A closed connection is freed by reference counting, as it closes, not left in a
-  reference cycle: the line-limit hook holds its channel weakly, and two cycles of the
+* A closed connection is freed by reference counting once Daphne lets go of it (its
+  checks reap it within a second, and their current round may hold it 2 s more), not
+  left in a reference cycle: the line-limit hook holds its channel weakly, and two cycles of the
   libraries' are broken (autobahn's is_closed Deferred keeps the protocol as its result;
   Twisted's HTTPChannel keeps the request Daphne upgraded to a WebSocket in its queue,
   and that request keeps the channel). In cycles, closed connections waited for a full
@@ -227,7 +228,13 @@ class TaskHubServer(Server):
             elif failure is not None:
                 logger.error("Exception inside application: %s", failure, exc_info=failure)
                 if not disconnected:
-                    protocol.handle_exception(failure)
+                    try:
+                        # It raises on an HTTP response already started: reap it anyway,
+                        # not once more every round.
+                        protocol.handle_exception(failure)
+                    finally:
+                        del details["application_instance"]
+                    return
             del details["application_instance"]
             instance = None
         if instance is None and disconnected:

@@ -12,15 +12,15 @@ garbage. Delivery's p99 was those pauses (docs/benchmarks.md, "Delivery: the col
 pauses").
 
 What. While at least WS_GC_FREEZE_MIN_SOCKETS sockets are open, the socket hub
-(notifications/consumers.py) calls `tick` about once a second, which collects the
-youngest generation (cheap) and then `gc.freeze()`s everything tracked into the permanent
+(notifications/consumers.py) calls `tick` about once a second, which collects the two
+young generations and then `gc.freeze()`s everything tracked into the permanent
 generation, which no pass scans (a constant-time list splice). CPython's own passes then
 only ever scan a second's worth of objects.
 
 What it costs. Frozen objects are still freed by reference counting the moment nothing
 uses them; only reference cycles among them wait. Those come from what was alive at a
 tick and was dropped later (a socket that closed since, an HTTP request in flight at the
-tick: a DRF response is a cycle), and from garbage that had already left the youngest
+tick: a DRF response is a cycle), and from garbage that had already reached the oldest
 generation when a tick came. One full pass over everything (unfreeze,
 collect, freeze) reclaims them:
 
@@ -28,10 +28,13 @@ collect, freeze) reclaims them:
   FULL_PASS_MIN_CLOSED), GRACE seconds after that, when Daphne has let go of them;
 * at least every FULL_PASS_INTERVAL, for the rest;
 * GRACE seconds after the open sockets fell below the minimum, where CPython's own
-  schedule takes over again.
+  schedule takes over again, and once more after the last socket closed if that pass
+  froze sockets still open.
 
-So what waits is bounded by those limits, and the full pass's pause (about 1 s at 5,000
-sockets) comes every few minutes instead of every few seconds.
+So what waits is bounded by those limits in time, and the full pass's pause (about 1 s at
+5,000 sockets) comes every few minutes instead of every 10-15 s. How much memory waits
+under heavy REST traffic beside thousands of sockets is not measured yet: each pass logs
+how many unreachable objects it found (the waiting cycles), which is the figure to watch.
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ logger = logging.getLogger(__name__)
 FULL_PASS_MIN_CLOSED = 1000
 # Seconds between full passes at most, for cycles that do not come from closed sockets.
 FULL_PASS_INTERVAL = 300.0
-# Seconds from the moment a pass is due to the pass: Daphne reaps a closed connection
-# within 1 s and the hub releases a closed socket within RELEASE_WAIT (3 s).
-GRACE = 5.0
+# Seconds from the moment a pass is due to the pass, so that what closed just before is
+# garbage by then: the hub releases a closed socket within RELEASE_WAIT (3 s), Daphne
+# reaps it within 1 s after that, and its timeout round may hold it 2 s more.
+GRACE = 10.0
 
 
 class SocketCollector:
@@ -72,7 +76,10 @@ class SocketCollector:
         self.closed_since_full_pass = 0
         self.full_passes = 0
         self.last_full_pass = clock()
+        # Frozen by a tick since the last full pass (cycles may be waiting).
         self.frozen_since_full_pass = False
+        # Sockets were open at the last full pass, which froze them again.
+        self.sockets_frozen_by_pass = False
         self.pass_due_at: float | None = None
         self.pass_reason = ""
 
@@ -84,11 +91,19 @@ class SocketCollector:
             return
         now = self.clock()
         if open_sockets < settings.TASKHUB_WS_GC_FREEZE_MIN_SOCKETS:
+            # CPython's schedule again. What was frozen is reclaimed once, and once more
+            # when the last socket is gone if the first pass froze some still open.
             if self.frozen_since_full_pass:
                 self._due(now, "open sockets fell below the minimum")
-                if now >= self.pass_due_at:
-                    self.full_pass(open_sockets)
+            elif open_sockets == 0 and self.sockets_frozen_by_pass:
+                self._due(now, "the last socket closed")
+            if self.pass_due_at is not None and now >= self.pass_due_at:
+                self.full_pass(open_sockets)
             return
+        if not (self.frozen_since_full_pass or self.sockets_frozen_by_pass):
+            # Freezing starts from nothing frozen: count closes and time from now.
+            self.closed_since_full_pass = 0
+            self.last_full_pass = now
         if self.closed_since_full_pass >= max(self.min_closed, open_sockets):
             self._due(now, f"{self.closed_since_full_pass} sockets closed")
         elif now - self.last_full_pass >= self.interval:
@@ -96,10 +111,10 @@ class SocketCollector:
         if self.pass_due_at is not None and now >= self.pass_due_at:
             self.full_pass(open_sockets)
             return
-        # The youngest generation only (at most a few hundred objects): a full collect()
-        # here cost ~35 ms a tick at 5,000 sockets, the two young ones ~16 ms
-        # (docs/benchmarks.md, "Delivery: the collector's pauses").
-        gc.collect(0)
+        # The two young generations only: a full collect() here cost ~35 ms a tick at
+        # 5,000 sockets, these ~16 ms (docs/benchmarks.md, "Delivery: the collector's
+        # pauses"). Garbage already in the oldest one is frozen and waits for a pass.
+        gc.collect(1)
         gc.freeze()
         self.frozen_since_full_pass = True
 
@@ -127,9 +142,8 @@ class SocketCollector:
         self.last_full_pass = self.clock()
         self.pass_due_at = None
         self.pass_reason = ""
-        # Below the minimum the next freeze waits for the minimum: what the few sockets
-        # open now leave in cycles when they close waits for that (a bounded amount).
         self.frozen_since_full_pass = False
+        self.sockets_frozen_by_pass = open_sockets > 0
 
 
 # The process's one schedule: the collector is process-wide, whatever loop a hub runs on.

@@ -516,7 +516,7 @@ TASKHUB_WS_PRESENCE_REFRESH = env_float("WS_PRESENCE_REFRESH", 60.0, minimum=1.0
 # refused at most this long after, and their open ones closed by the next sweep.
 TASKHUB_WS_AUTH_CACHE_SECONDS = env_float("WS_AUTH_CACHE_SECONDS", 30.0, minimum=0.0)
 # Freeze open sockets' objects out of the cyclic collector's full passes, which otherwise
-# stop a web process for ~1 s every few seconds at 5,000 sockets (taskhub/gc_policy.py).
+# stop a web process for ~1 s every 10-15 s at 5,000 sockets (taskhub/gc_policy.py).
 TASKHUB_WS_GC_FREEZE = env_bool("WS_GC_FREEZE", True)
 # ...while at least this many sockets are open in the process (below, its passes are short).
 TASKHUB_WS_GC_FREEZE_MIN_SOCKETS = env_int("WS_GC_FREEZE_MIN_SOCKETS", 500, minimum=1)

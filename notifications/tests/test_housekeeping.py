@@ -181,7 +181,7 @@ async def test_open_sockets_are_frozen_and_the_last_close_brings_one_full_pass(
 ):
     """The hub ticks the collector while sockets are open (so the collector's own passes
     never scan them), and after the last one closed, its two last ticks make the full pass
-    that reclaims what the sockets left (the hub's task has ended by then)."""
+    due and run it (the hub's task has ended by then)."""
     socket = await connect(alice)
     [consumer] = socket_hub().sockets
     await eventually(

@@ -39,6 +39,9 @@ stubborn = []  # applications that ignore the disconnect
 
 
 async def app(scope, receive, send):
+    if scope["type"] == "http":  # fails after its response started
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("a bug after the response started")
     assert (await receive())["type"] == "websocket.connect"
     await send({"type": "websocket.accept"})
     if scope["query_string"] == b"stubborn":
@@ -151,6 +154,24 @@ out["after_a_failing_visit"] = {
     "healthy_visited": len(visited),
     "logged": [message for message in failures if "failed" in message],
 }
+
+# An HTTP application that fails after its response started: Daphne's answer to a failed
+# application (a 500) raises then. It is reaped anyway, and its failure logged once.
+transport = Transport(
+    IPv4Address("TCP", "127.0.0.1", 8000), IPv4Address("TCP", "127.0.0.1", 50001)
+)
+protocol = server.http_factory.buildProtocol(transport.getPeer())
+transport.protocol = protocol
+protocol.makeConnection(transport)
+protocol.dataReceived(b"GET /boom HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+settle()
+failures.clear()
+for _ in range(6):  # a few rounds (5 connections in turns of 2)
+    server.application_checker()
+out["failed_after_start"] = {
+    "logged": sum("Exception inside application" in message for message in failures),
+    "still_held": "application_instance" in server.connections.get(protocol, {}),
+}
 print(json.dumps(out))
 """
 
@@ -192,3 +213,7 @@ def test_a_check_that_raises_is_logged_and_the_checks_go_on(child):
     assert after["turns_scheduled"] == 2
     assert after["healthy_visited"] == 1
     assert len(after["logged"]) == 1
+
+
+def test_an_application_failing_after_its_response_started_is_reaped_and_logged_once(child):
+    assert child["failed_after_start"] == {"logged": 1, "still_held": False}

@@ -55,7 +55,9 @@ def thawed(settings) -> Iterator[None]:
     settings.TASKHUB_WS_GC_FREEZE = True
     settings.TASKHUB_WS_GC_FREEZE_MIN_SOCKETS = 3
     gc.unfreeze()
+    gc.disable()  # no automatic collection moves the tests' objects behind their backs
     yield
+    gc.enable()
     gc.unfreeze()
 
 
@@ -115,14 +117,26 @@ def test_cycles_are_reclaimed_a_grace_after_as_many_sockets_closed_as_are_open()
 
 def test_with_few_sockets_open_the_pass_waits_for_the_minimum_of_closes() -> None:
     clock = Clock()
-    collector = SocketCollector(min_closed=3, grace=0, clock=clock)
-    for _ in range(2):
+    collector = SocketCollector(min_closed=5, grace=0, clock=clock)
+    collector.tick(open_sockets=3)  # freezing starts
+    for _ in range(4):
         collector.socket_closed()
-    collector.tick(open_sockets=3)
+    collector.tick(open_sockets=3)  # 4 closed: more than are open, fewer than the minimum
     assert collector.full_passes == 0
     collector.socket_closed()
     collector.tick(open_sockets=3)
     assert collector.full_passes == 1
+
+
+def test_closes_before_freezing_started_do_not_count() -> None:
+    clock = Clock()
+    collector = SocketCollector(min_closed=3, grace=0, clock=clock)
+    for _ in range(5):
+        collector.socket_closed()  # few sockets: nothing frozen, CPython's schedule
+    clock.now += 600
+    collector.tick(open_sockets=3)  # freezing starts: closes and time count from here
+    collector.tick(open_sockets=3)
+    assert collector.full_passes == 0
 
 
 def test_cycles_not_from_closed_sockets_wait_at_most_the_interval() -> None:
@@ -155,6 +169,33 @@ def test_once_the_sockets_fall_below_the_minimum_one_pass_reclaims_what_was_froz
     collector.tick(open_sockets=1)
     collector.tick(open_sockets=1)
     assert collector.full_passes == 1
+
+
+def test_a_gradual_drain_still_ends_with_a_pass_after_the_last_socket() -> None:
+    """The pass when the sockets fell below the minimum froze those still open; once
+    they are gone too, one more pass reclaims what they left."""
+    clock = Clock()
+    collector = SocketCollector(grace=5, clock=clock)
+    collector.tick(open_sockets=4)
+    collector.tick(open_sockets=2)  # below the minimum: a pass is due
+    clock.now += 5
+    gone = dropped_after_a_tick(collector, open_sockets=2)  # the pass, with 2 still open
+    assert collector.full_passes == 1
+    assert gone() is not None  # in use at the pass: frozen again by it
+
+    collector.tick(open_sockets=1)
+    clock.now += 60
+    collector.tick(open_sockets=1)
+    assert collector.full_passes == 1  # no pass every grace while a few stay open
+    collector.tick(open_sockets=0)
+    clock.now += 5
+    collector.tick(open_sockets=0)
+
+    assert collector.full_passes == 2
+    assert gone() is None
+    clock.now += 600
+    collector.tick(open_sockets=0)
+    assert collector.full_passes == 2
 
 
 def test_turned_off_nothing_is_frozen_and_no_pass_is_forced(settings) -> None:
