@@ -7,19 +7,21 @@ They run with the test database pytest-django created, so a test that uses them 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection
@@ -108,6 +110,22 @@ def process_env(**overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def python_child_json(source: str, *, timeout: float = 120) -> Any:
+    """Run `source` in a fresh Python with the tests' environment (for what must not
+    happen in the test process, such as installing Daphne's reactor) and return the JSON
+    its last line of output printed; fail with its output if it did not exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", source],
+        cwd=BASE_DIR,
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class ManagedProcess:

@@ -12,10 +12,6 @@ the next call they schedule.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from devserver import testing
@@ -178,16 +174,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def child() -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        cwd=testing.BASE_DIR,
-        env=testing.process_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return testing.python_child_json(CHILD)
 
 
 def test_the_timeout_checks_visit_every_connection_once_per_period_in_small_turns(child):

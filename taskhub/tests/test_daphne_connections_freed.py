@@ -15,10 +15,6 @@ connections through in-memory transports that end as a TCP connection does.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from devserver import testing
@@ -112,16 +108,7 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def child() -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        cwd=testing.BASE_DIR,
-        env=testing.process_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return testing.python_child_json(CHILD)
 
 
 def test_the_check_tracks_every_object_it_names_and_daphne_let_go_of_them(child):
