@@ -31,14 +31,15 @@ Every `daphne` option works as documented; this adds (docs/protocol.md, "Limits"
   credential in a request line) is written as [redacted].
 * A closed connection is freed by reference counting once Daphne lets go of it (its
   checks reap it within a second, and their current round may hold it 2 s more), not
-  left in a reference cycle: the line-limit hook holds its channel weakly, and two cycles of the
-  libraries' are broken (autobahn's is_closed Deferred keeps the protocol as its result;
-  Twisted's HTTPChannel keeps the request Daphne upgraded to a WebSocket in its queue,
-  and that request keeps the channel). In cycles, closed connections waited for a full
-  collection of the cyclic GC, which CPython holds back until the survivors of younger
-  collections reach a quarter of what the last full one kept: 2 full collections in R6's
-  10,000 malformed frames, up to 750 closed connections alive at once, and the heap grew
-  to hold them (+15 MiB of RSS; issue 13, docs/reliability.md, R6).
+  left in a reference cycle: the line-limit hook holds its channel weakly, and two
+  cycles of the libraries' are broken (autobahn's is_closed Deferred keeps the protocol
+  as its result; Twisted's HTTPChannel keeps the request Daphne upgraded to a WebSocket
+  in its queue, and that request keeps the channel). In cycles, closed connections
+  waited for a full collection of the cyclic GC, which CPython holds back until the
+  survivors of younger collections reach a quarter of what the last full one kept: 2
+  full collections in R6's 10,000 malformed frames, up to 750 closed connections alive
+  at once, and the heap grew to hold them (+15 MiB of RSS; issue 13,
+  docs/reliability.md, R6).
 
 The line limit and the body limit rely on two private names of Twisted's (HTTPChannel's
 first-line flag, the HTTP/1.1 channel inside the protocol that negotiates HTTP/2):
@@ -223,20 +224,16 @@ class TaskHubServer(Server):
             instance.cancel()
         if instance is not None and instance.done():
             failure = None if instance.cancelled() else instance.exception()
+            # Reaped before its failure is handled: the handler raises on an HTTP response
+            # already started, and must not run again every round.
+            del details["application_instance"]
+            instance = None
             if isinstance(failure, KeyboardInterrupt):  # the application asks us to exit
                 self.stop()
             elif failure is not None:
                 logger.error("Exception inside application: %s", failure, exc_info=failure)
                 if not disconnected:
-                    try:
-                        # It raises on an HTTP response already started: reap it anyway,
-                        # not once more every round.
-                        protocol.handle_exception(failure)
-                    finally:
-                        del details["application_instance"]
-                    return
-            del details["application_instance"]
-            instance = None
+                    protocol.handle_exception(failure)
         if instance is None and disconnected:
             del self.connections[protocol]
 
