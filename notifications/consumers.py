@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -520,12 +521,94 @@ class EventConsumer(AsyncWebsocketConsumer):
         handshake with a 500 and a traceback per socket (a browser sees only 1006): accept
         and close with 4503 instead, logged once per outage (taskhub/outages.py)."""
         try:
-            return await super().__call__(scope, receive, send)
+            return await self._serve(scope, receive, send)
         except Exception as exc:
             if getattr(self, "channel_name", None) is not None or not outages.is_redis_outage(exc):
                 raise  # the socket ran: not a failed subscribe
             outages.REDIS.failed(exc, f"new WebSockets are closed with {CLOSE_SERVICE_UNAVAILABLE}")
             await close_with(CLOSE_SERVICE_UNAVAILABLE, scope, receive, send)
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """channels.consumer.AsyncConsumer.__call__ (Channels 4.3), with its dispatch loop
+        replaced by _dispatch_until_stopped, and without its branches for a consumer with
+        no channel layer or a sync one (this consumer is neither)."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            await self._dispatch_until_stopped(receive)
+
+    async def _dispatch_until_stopped(self, receive: Callable[[], Awaitable[Any]]) -> None:
+        """Dispatch the client's messages (Daphne's `receive`) and the channel layer's
+        (pushes, group messages) one at a time, until a handler raises; StopConsumer is
+        how websocket_disconnect ends it.
+
+        Channels' own loop (channels.utils.await_many_dispatch) does the same with a new
+        task, context and asyncio.wait() for every message, and those live until the
+        socket's next message. At 5,000 sockets and 1,000 events/s that was 20,000-30,000
+        live objects a second that the garbage collector's young generations had to scan:
+        the tick of taskhub/gc_policy.py took 25-130 ms (docs/benchmarks.md, "Delivery:
+        the young generation and the housekeeping turns"). Here the client's messages are
+        read by this coroutine and the layer's by one task that lives as long as the
+        socket, and a lock keeps Channels' rule that a consumer handles one message at a
+        time.
+
+        As in Channels, an exception from either side ends both. The reader hands its
+        exception over by cancelling this coroutine once the message in hand here is
+        done, and this coroutine raises it. If this coroutine ends first (a disconnect,
+        its own exception, Daphne's cancel), the reader's exception is logged, not lost."""
+        one_at_a_time = asyncio.Lock()
+        this_task = asyncio.current_task()
+        if this_task is None:  # an ASGI application always runs in a task
+            raise RuntimeError("the consumer must run in an asyncio task")
+        failure: BaseException | None = None  # what ended the reader, if not this coroutine
+        reader_cancelled_us = False
+
+        async def read_layer() -> None:
+            nonlocal failure, reader_cancelled_us
+            try:
+                while True:
+                    message = await self.channel_receive()
+                    async with one_at_a_time:
+                        await self.dispatch(message)
+            except asyncio.CancelledError as exc:
+                reader = asyncio.current_task()
+                if reader is not None and reader.cancelling():
+                    raise  # this coroutine's finally ending the reader
+                failure = exc  # something a handler awaited was cancelled
+            except BaseException as exc:
+                failure = exc
+            async with one_at_a_time:  # not in the middle of a client's message
+                reader_cancelled_us = True
+                this_task.cancel()
+
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(read_layer(), name=f"layer reader {self.channel_name}")
+        handed_over = False
+        try:
+            while True:
+                message = await receive()
+                async with one_at_a_time:
+                    await self.dispatch(message)
+        except asyncio.CancelledError:
+            # Cancelled by the reader alone, not by Daphne as well: its exception is ours.
+            if reader_cancelled_us and failure is not None and this_task.uncancel() == 0:
+                handed_over = True
+                raise failure from None
+            raise
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                # Waiting in receive, as it mostly is, the reader's cancel makes the layer
+                # unsubscribe this socket's channel (channels_redis), as in Channels.
+                await reader
+            if failure is not None and not handed_over and not isinstance(failure, StopConsumer):
+                logger.error(
+                    "a channel layer message's handler failed as the socket ended",
+                    exc_info=failure,
+                )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, less its close_old_connections() before every message: that

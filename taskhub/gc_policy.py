@@ -1,9 +1,10 @@
 """Keep CPython's cyclic garbage collector from stopping a web process full of sockets.
 
 Why. What a socket is made of lives as long as the socket: Twisted's transport,
-autobahn's protocol, the Channels consumer, and the task, coroutine, future and context
-its dispatch loop creates anew for every message it receives (channels.utils'
-await_many_dispatch), which then wait for the next one. The collector's full pass scans
+autobahn's protocol, the Channels consumer, and the coroutines and future of the receive
+it waits in, made anew for every message it gets, which then wait for the next one
+(Channels' own dispatch loop added a task, a context and an asyncio.wait() per message;
+the consumer replaced it, notifications/consumers.py). The collector's full pass scans
 every tracked object with the event loop stopped, and CPython starts one whenever the
 objects promoted since the last pass reach a quarter of those that survived it. With
 5,000 open sockets a pass took about 1 s and came every 10-15 s at 1,000 events/s (every
@@ -114,6 +115,10 @@ class SocketCollector:
         # The two young generations only: a full collect() here cost ~35 ms a tick at
         # 5,000 sockets, these ~16 ms (docs/benchmarks.md, "Delivery: the collector's
         # pauses"). Garbage already in the oldest one is frozen and waits for a pass.
+        # CPython seldom collects the youngest generation itself here: its count is new
+        # objects less freed ones, and every delivered message frees the (frozen) receive
+        # it replaces, so what this collects is about a second's worth of what lives on
+        # (docs/benchmarks.md, "Delivery: the young generation and the housekeeping turns").
         gc.collect(1)
         gc.freeze()
         self.frozen_since_full_pass = True

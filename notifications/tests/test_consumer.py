@@ -3,6 +3,8 @@ welcome, live pushes, isolation between users, errors and limits."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -11,7 +13,7 @@ from django.test import override_settings
 
 from chat.models import ChatRoom
 from conftest import access_token_for
-from devserver.wsclient import open_in_process
+from devserver.wsclient import eventually, open_in_process
 from notifications import consumers, protocol, selectors
 from notifications.tests.conftest import publish_event, publish_event_data
 
@@ -360,6 +362,56 @@ async def test_chat_commands_without_chat_get_an_unavailable_error(alice, connec
     await client.send({"type": "chat.shout", "ref": "u"})
     error = await client.receive_type("error")
     assert (error["data"]["code"], error["ref"]) == ("unknown_type", "u")
+
+
+# --- One message at a time --------------------------------------------------------------
+
+
+async def test_a_push_waits_until_the_client_frame_in_hand_is_handled(alice, connect, monkeypatch):
+    # Channels' rule, on which the consumer's order and no-duplicate guarantees rest (the
+    # module docstring): a push never runs beside a client's frame, it waits for it.
+    in_hand, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_command(consumer, message):
+        in_hand.set()
+        await release.wait()
+        await consumer.reply("chat.history", {"room": message["room"]}, ref=message.get("ref"))
+
+    monkeypatch.setattr(protocol, "client_command_handlers", {})
+    protocol.register_client_commands(slow_command, protocol.CHAT_COMMANDS)
+    client = await connect(alice)
+    await client.send({"type": "subscribe.chat", "room": "lobby", "ref": 1})
+    await asyncio.wait_for(in_hand.wait(), 10)
+    pushed = await publish_event(alice)  # after commit, while the command is in hand
+
+    # A push handled now would arrive within milliseconds.
+    assert await client.communicator.receive_nothing(timeout=1.0)
+    release.set()
+    first, second = await client.receive(), await client.receive()
+    assert (first["type"], first["ref"]) == ("chat.history", 1)
+    assert second["id"] == pushed
+
+
+async def test_a_layer_message_no_handler_takes_ends_the_socket_and_releases_it(alice, connect):
+    # As in Channels: an exception from a handler ends the consumer (Daphne then closes
+    # the socket with 1011), whichever side the message came from. `connect` is here for
+    # its clean-up of this loop's pools; the socket is opened without it, since it ends.
+    count = sync_to_async(selectors.active_connection_count)
+    client = await open_in_process(token=await sync_to_async(access_token_for)(alice))
+    await client.receive_type("welcome")
+    assert await count() == 1
+
+    await get_channel_layer().group_send(protocol.user_group(alice.pk), {"type": "no.such"})
+
+    application = client.communicator.future
+
+    async def ended() -> bool:
+        return application.done()
+
+    await eventually(ended, message="the consumer ended")
+    with pytest.raises(ValueError, match=r"No handler for message type no\.such"):
+        application.result()
+    await eventually(lambda: selectors.active_connection_count() == 0, message="released")
 
 
 # --- A client gone before its frame ------------------------------------------------------
