@@ -436,7 +436,13 @@ class SocketHub:
 
     async def _refresh(self) -> None:
         sockets = [c for c in self.sockets if c._registered and not c._closed]
-        await services.connection_refresh_many([(c.user.pk, c.channel_name) for c in sockets])
+        batch_size = services.REFRESH_BATCH
+        for start in range(0, len(sockets), batch_size):
+            # Each batch is taken as it goes: a socket released while the batches before it
+            # were at Redis must not be renewed after its entry was removed.
+            batch = [c for c in sockets[start : start + batch_size] if c._registered]
+            if batch:
+                await services.connection_refresh_many([(c.user.pk, c.channel_name) for c in batch])
         # Re-adding renews a membership before channels_redis' group_expiry drops a
         # long-lived socket from its groups; only sockets that old need it.
         layer = get_channel_layer()

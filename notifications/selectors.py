@@ -367,13 +367,20 @@ async def aevent_frames_after(
     return [protocol.envelope(type, data, id=seq, ts=created) for seq, type, data, created in rows]
 
 
+# Users per query of ausers_state. Each query's rows are decoded in one turn of the event
+# loop that every socket of the process waits for: 5,000 at once made a 112 ms turn, 72 ms
+# of it a garbage collection its rows set off
+# (docs/benchmarks.md, "Delivery: the young generation and the housekeeping turns").
+USERS_STATE_BATCH = 1000
+
+
 async def ausers_state(*, user_ids: list[int]) -> dict[int, tuple[bool, int]]:
     """For each of `user_ids` that still exists: (is_active, newest event id). One query
     for every connected user of a process (the consumer's sweep)."""
     state: dict[int, tuple[bool, int]] = {}
-    for start in range(0, len(user_ids), 5000):
+    for start in range(0, len(user_ids), USERS_STATE_BATCH):
         for user_id, is_active, newest in await _fetch(
-            _query("users_state"), [user_ids[start : start + 5000]]
+            _query("users_state"), [user_ids[start : start + USERS_STATE_BATCH]]
         ):
             state[user_id] = (bool(is_active), int(newest))
     return state

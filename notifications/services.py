@@ -322,6 +322,12 @@ async def connection_register_many(entries: list[tuple[int, str]]) -> list[bool]
 
 # A batch of registry writes goes out as pipelines of at most this many commands.
 _REGISTRY_BATCH = 1000
+# The periodic renewal goes out in pipelines of this many sockets (three commands per
+# user). redis-py packs a pipeline's commands and parses its replies in one turn of the
+# event loop, and every socket of the process waits for that turn: at 5,000 sockets,
+# pipelines of 1,000 sockets stopped delivery for 100-165 ms each, once a minute
+# (docs/benchmarks.md, "Delivery: the young generation and the housekeeping turns").
+REFRESH_BATCH = 200
 
 
 async def connection_refresh_many(entries: list[tuple[int, str]]) -> None:
@@ -332,8 +338,8 @@ async def connection_refresh_many(entries: list[tuple[int, str]]) -> None:
     stale_after = selectors.presence_stale_after()
     ttl = int(stale_after) + 1
     client = async_redis()
-    for start in range(0, len(entries), _REGISTRY_BATCH):
-        batch = entries[start : start + _REGISTRY_BATCH]
+    for start in range(0, len(entries), REFRESH_BATCH):
+        batch = entries[start : start + REFRESH_BATCH]
         by_user: dict[int, dict[str, float]] = {}
         for user_id, channel_name in batch:
             by_user.setdefault(user_id, {})[channel_name] = now

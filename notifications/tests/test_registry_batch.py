@@ -5,6 +5,7 @@ against the per-user cap on its own."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,13 +21,16 @@ ALICE, BOB = 910_001, 910_002
 
 
 class Socket:
-    """What SocketHub reads and writes of a consumer while it registers it."""
+    """What SocketHub reads and writes of a consumer while it registers and renews it."""
 
     def __init__(self, user_id: int, channel_name: str) -> None:
         self.user: Any = type("User", (), {"pk": user_id})()
         self.channel_name = channel_name
         self._registered = False
         self._released = False
+        self._closed = False
+        self._groups: set[str] = set()
+        self._groups_renewed_at = time.monotonic()
 
 
 def registered(user_id: int) -> set[str]:
@@ -93,3 +97,46 @@ async def test_when_redis_fails_every_socket_of_the_batch_gets_the_error():
         waiting = [hub.register(Socket(ALICE, "a.1")), hub.register(Socket(BOB, "b.1"))]
         results = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(outages.is_redis_outage(result) for result in results), results
+
+
+async def test_a_renewal_in_several_pipelines_renews_every_socket(monkeypatch):
+    # The hub's periodic renewal goes out in small pipelines (services.REFRESH_BATCH), so
+    # that no one turn of the event loop packs and parses thousands of commands.
+    monkeypatch.setattr(services, "REFRESH_BATCH", 2)
+    entries = [(ALICE, "a.1"), (ALICE, "a.2"), (ALICE, "a.3"), (BOB, "b.1"), (BOB, "b.2")]
+    await services.connection_register_many(entries)
+    redis = sync_redis()
+    for user_id, channel in entries:  # as if registered a while ago
+        redis.zadd(selectors.user_connections_key(user_id), {channel: 1.0}, xx=True)
+        redis.zadd(selectors.CONNECTIONS_KEY, {channel: 1.0}, xx=True)
+    before = time.time()
+
+    await services.connection_refresh_many(entries)
+
+    assert registered(ALICE) == {"a.1", "a.2", "a.3"}
+    assert registered(BOB) == {"b.1", "b.2"}
+    for key in (selectors.CONNECTIONS_KEY, *map(selectors.user_connections_key, (ALICE, BOB))):
+        renewed_at = redis.zrange(key, 0, -1, withscores=True)
+        assert renewed_at and min(score for _, score in renewed_at) >= before, key
+
+
+async def test_a_socket_released_while_the_renewal_is_under_way_is_not_renewed(monkeypatch):
+    # Renewing it after its release removed its entry would count a socket that is gone
+    # against its user's cap until the entry went stale.
+    monkeypatch.setattr(services, "REFRESH_BATCH", 1)
+    hub = consumers.SocketHub()
+    alice, bob = Socket(ALICE, "a.1"), Socket(BOB, "b.1")
+    for socket in (alice, bob):
+        socket._registered = True
+        hub.sockets.add(socket)
+    renewed: list[tuple[int, str]] = []
+
+    async def renew_then_release_the_other(entries: list[tuple[int, str]]) -> None:
+        renewed.extend(entries)
+        other = bob if entries == [(ALICE, "a.1")] else alice
+        other._registered = False  # as EventConsumer._release does, between two batches
+
+    monkeypatch.setattr(services, "connection_refresh_many", renew_then_release_the_other)
+    await hub._refresh()
+
+    assert len(renewed) == 1
