@@ -499,6 +499,12 @@ def socket_hub() -> SocketHub:
     return hub
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task has a cancel pending (Python 3.11's Task.cancelling())."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class EventConsumer(AsyncWebsocketConsumer):
     """One user's socket. Other apps' handlers (chat.ws) use: `user`, `channel_name`,
     `send_frame`, `reply`, `reply_error`, `join_group`, `leave_group`."""
@@ -580,12 +586,16 @@ class EventConsumer(AsyncWebsocketConsumer):
                     async with one_at_a_time:
                         await self.dispatch(message)
             except asyncio.CancelledError as exc:
-                reader = asyncio.current_task()
-                if reader is not None and reader.cancelling():
+                if _being_cancelled():
                     raise  # this coroutine's finally ending the reader
-                failure = exc  # something a handler awaited was cancelled
+                # Something a handler awaited was cancelled. Handed over as it is, it would
+                # end the socket as a cancel, which Daphne neither logs nor closes.
+                failure = RuntimeError("a channel layer message's handler was cancelled")
+                failure.__cause__ = exc
             except BaseException as exc:
                 failure = exc
+            if _being_cancelled():
+                return  # ending anyway: the finally below logs the failure
             async with one_at_a_time:  # not in the middle of a client's message
                 reader_cancelled_us = True
                 this_task.cancel()

@@ -392,26 +392,56 @@ async def test_a_push_waits_until_the_client_frame_in_hand_is_handled(alice, con
     assert second["id"] == pushed
 
 
+async def _socket_for(user):
+    """An in-process socket past its welcome, opened without `connect`: these end."""
+    client = await open_in_process(token=await sync_to_async(access_token_for)(user))
+    await client.receive_type("welcome")
+    return client
+
+
+async def _ended(client):
+    """The socket's application, once it has ended."""
+    application = client.communicator.future
+
+    async def done() -> bool:
+        return application.done()
+
+    await eventually(done, message="the consumer ended")
+    return application
+
+
 async def test_a_layer_message_no_handler_takes_ends_the_socket_and_releases_it(alice, connect):
     # As in Channels: an exception from a handler ends the consumer (Daphne then closes
     # the socket with 1011), whichever side the message came from. `connect` is here for
-    # its clean-up of this loop's pools; the socket is opened without it, since it ends.
+    # its clean-up of this loop's pools.
     count = sync_to_async(selectors.active_connection_count)
-    client = await open_in_process(token=await sync_to_async(access_token_for)(alice))
-    await client.receive_type("welcome")
+    client = await _socket_for(alice)
     assert await count() == 1
 
     await get_channel_layer().group_send(protocol.user_group(alice.pk), {"type": "no.such"})
 
-    application = client.communicator.future
-
-    async def ended() -> bool:
-        return application.done()
-
-    await eventually(ended, message="the consumer ended")
+    application = await _ended(client)
     with pytest.raises(ValueError, match=r"No handler for message type no\.such"):
         application.result()
     await eventually(lambda: selectors.active_connection_count() == 0, message="released")
+
+
+async def test_a_layer_handler_cancelled_from_outside_ends_the_socket_with_an_error(
+    alice, connect, monkeypatch
+):
+    # Ended as a plain cancel, the socket would stay open with nothing reading it: Daphne
+    # neither logs a cancelled application nor closes its socket.
+    async def cancelled(consumer, message):
+        raise asyncio.CancelledError  # as when something it awaits is cancelled
+
+    monkeypatch.setitem(protocol.group_message_handlers, "test.cancelled", cancelled)
+    client = await _socket_for(alice)
+
+    await get_channel_layer().group_send(protocol.user_group(alice.pk), {"type": "test.cancelled"})
+
+    application = await _ended(client)
+    with pytest.raises(RuntimeError, match="handler was cancelled"):
+        application.result()
 
 
 # --- A client gone before its frame ------------------------------------------------------
