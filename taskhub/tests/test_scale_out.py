@@ -432,7 +432,11 @@ async def test_an_instance_killed_under_500_sockets_loses_its_clients_nothing(fa
         assert_every_event_once_in_order(follower, newest[follower.user.id])
     moved = [f for f in on_web1 if f.reconnects]
     assert len(moved) == len(on_web1), "every client of web1 reconnected"
-    assert all(f.servers[1:] and f.servers[1] == "web2" for f in moved)
+    # Their first reconnect found web1 dead, so nginx sent it on to web2. (A client whose
+    # first reconnect came only after the launcher had web1 back may land on either: the
+    # list says which clients and how often they tried, if that ever happens.)
+    strays = [(f.servers, f.reconnects) for f in moved if f.servers[1:2] != ["web2"]]
+    assert not strays, strays
     assert "web1 exited with signal SIGKILL; restarting it" in farm.launcher.output
 
 
