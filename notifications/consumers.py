@@ -90,6 +90,8 @@ HANDLERS = {
 # How long disconnect() waits for its batch of group/registry releases; far below
 # Daphne's application close timeout, so a mass close never gets consumers killed.
 RELEASE_WAIT = 3.0
+# How long an ended socket waits to unsubscribe a channel its reader left subscribed.
+CHANNEL_DELETE_WAIT = 3.0
 # Group discards of one release batch in flight at once (the channel layer's pool must
 # never be exhausted by a mass disconnect: MaxConnectionsError).
 RELEASE_CONCURRENCY = 32
@@ -549,8 +551,27 @@ class EventConsumer(AsyncWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            await self._dispatch_until_stopped(receive)
+        try:
+            with contextlib.suppress(StopConsumer):
+                await self._dispatch_until_stopped(receive)
+        finally:
+            await self._delete_channel()
+
+    async def _delete_channel(self) -> None:
+        """Unsubscribe this socket's channel if its reader did not (layers.delete_channel
+        says when that happens). Bounded: a Redis that stopped answering does not hold the
+        socket's end up (the subscription then stays, as it did before this method)."""
+        delete = getattr(self.channel_layer, "delete_channel", None)
+        if delete is None:
+            return
+        try:
+            await asyncio.wait_for(delete(self.channel_name), CHANNEL_DELETE_WAIT)
+        except Exception as exc:
+            _warn_unless_redis_outage(
+                exc,
+                "unsubscribing an ended socket's channel failed",
+                "channels of ended sockets stay subscribed",
+            )
 
     async def _dispatch_until_stopped(self, receive: Callable[[], Awaitable[Any]]) -> None:
         """Dispatch the client's messages (Daphne's `receive`) and the channel layer's

@@ -15,6 +15,8 @@ subscriber connection is back and has re-subscribed, every channel of this proce
 consumer) receives a message of that type. notifications.consumers turns it into one
 resync for the whole process (docs/protocol.md, "After the server lost Redis").
 
+It also adds `delete_channel`, which channels_redis leaves to receive() (see there).
+
 The subclass touches two names of channels_redis 4.3 (pinned in requirements.txt): the
 loop layer's `_shards` and a shard's `_ensure_redis`/`_redis`/`_pubsub`. An upgrade must
 re-read channels_redis/pubsub.py; notifications/tests/test_reconnect.py restarts a real
@@ -171,3 +173,16 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
                 message = self.serialize({"type": self.on_reconnect})
                 layer._shards = [_Shard(shard.host, layer, message) for shard in layer._shards]
         return layer
+
+    async def delete_channel(self, channel: str) -> None:
+        """Forget a channel of new_channel(): its queue and its Redis subscription.
+
+        channels_redis does this only inside receive(), when a receive waiting on the
+        channel is cancelled (its comment names this method as the one that should).
+        A consumer whose reader ended elsewhere (a handler that raised, a push still in
+        hand when the socket ended) left the queue in this process and the channel
+        subscribed in Redis for the life of the process. Nothing to do, no round trip,
+        when receive() already did it, as on every ordinary close."""
+        layer = self._get_layer()
+        if layer.channels.pop(channel, None) is not None:
+            await layer._get_shard(channel).unsubscribe(channel)

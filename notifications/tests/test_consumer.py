@@ -15,6 +15,7 @@ from chat.models import ChatRoom
 from conftest import access_token_for
 from devserver.wsclient import eventually, open_in_process
 from notifications import consumers, protocol, selectors
+from notifications.redis_client import async_redis
 from notifications.tests.conftest import publish_event, publish_event_data
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -424,6 +425,30 @@ async def test_a_layer_message_no_handler_takes_ends_the_socket_and_releases_it(
     with pytest.raises(ValueError, match=r"No handler for message type no\.such"):
         application.result()
     await eventually(lambda: selectors.active_connection_count() == 0, message="released")
+
+
+async def test_a_socket_ended_by_a_layer_handler_leaves_no_channel_subscribed(alice, connect):
+    # channels_redis unsubscribes a channel only when a receive waiting on it is
+    # cancelled; a reader that ended in a handler never is. Left so, every such socket
+    # kept a queue in this process and a subscription in Redis for the life of Daphne.
+    layer = get_channel_layer()
+    before = set(layer._get_layer().channels)
+    client = await _socket_for(alice)
+    (channel,) = set(layer._get_layer().channels) - before
+    assert await subscribers(channel) == 1
+
+    await layer.group_send(protocol.user_group(alice.pk), {"type": "no.such"})
+
+    await _ended(client)
+    assert channel not in layer._get_layer().channels
+    assert await subscribers(channel) == 0
+
+
+async def subscribers(channel: str) -> int:
+    """How many Redis connections subscribe `channel` (PUBSUB NUMSUB)."""
+    client = async_redis()
+    [(_, count)] = await client.pubsub_numsub(channel)
+    return count
 
 
 async def test_a_layer_handler_cancelled_from_outside_ends_the_socket_with_an_error(
