@@ -188,6 +188,25 @@ DATABASES = {
 }
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
+# How a PostgreSQL connection notices a peer that went silent: libpq's parameters, which
+# Django passes on from OPTIONS to every connection (the ORM's pool, the sockets' async
+# reads in notifications/selectors.py, Celery's processes). Without them a connect to a
+# host that drops packets waited out the kernel's SYN retries (about 2 min), and a
+# connection waiting for a reply from a host that vanished (a failover, a NAT or firewall
+# that forgot an idle flow) waited for ever. Keepalive probes find the latter within
+# DB_KEEPALIVE_IDLE + 3 x 10 s; TCP_USER_TIMEOUT bounds a statement whose bytes are never
+# acknowledged. A long query is not cut short: the server's kernel answers the probes.
+# A DATABASE_URL that sets one of these itself (?keepalives_idle=60) keeps its value.
+_DB_SILENT_PEER = {
+    "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
+    "keepalives": 1,
+    "keepalives_idle": env_int("DB_KEEPALIVE_IDLE", 30, minimum=1),
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": env_int("DB_TCP_USER_TIMEOUT", 30, minimum=1) * 1000,  # libpq: ms
+}
+for _key, _value in _DB_SILENT_PEER.items():
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(_key, _value)
 # Django's PostgreSQL backend wrapped by django-prometheus: query and error counters
 # (taskhub/db_backend: its cursor class built once, not on every connect).
 DATABASES["default"]["ENGINE"] = "taskhub.db_backend"

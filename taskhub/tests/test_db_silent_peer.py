@@ -1,0 +1,64 @@
+"""Every PostgreSQL connection asks the kernel to notice a database host that went silent
+(settings: DB_CONNECT_TIMEOUT, DB_KEEPALIVE_IDLE, DB_TCP_USER_TIMEOUT). Read off the real
+connections' sockets, as `ss -o` would show them to an operator."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from django.db import connection
+
+from notifications import selectors
+from taskhub.tests.test_settings import run_manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def probes_of(fileno: int) -> dict[str, int]:
+    """The keepalive and user-timeout options of a connection's TCP socket."""
+    with socket.socket(fileno=os.dup(fileno)) as sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            pytest.skip("the test database is reached over a Unix socket: no TCP to probe")
+        return {
+            "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "user_timeout_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+
+
+EXPECTED = {"keepalive": 1, "idle": 30, "interval": 10, "count": 3, "user_timeout_ms": 30_000}
+
+
+def test_the_orms_connections_probe_a_silent_database():
+    connection.ensure_connection()
+    assert probes_of(connection.connection.fileno()) == EXPECTED
+
+
+async def test_the_sockets_async_reads_probe_a_silent_database(alice):
+    await selectors.anewest_event_id(user_id=alice.pk)  # opens the loop's pool connection
+    pool = selectors._pool()
+    try:
+        assert probes_of(pool.idle[0].fileno()) == EXPECTED
+    finally:
+        await selectors.close_async_pool()
+
+
+def test_a_database_url_that_sets_its_own_keepalive_keeps_it():
+    url = os.environ["DATABASE_URL"]
+    separator = "&" if "?" in url else "?"
+    result = run_manage(
+        "shell",
+        "--verbosity=0",
+        "-c",
+        "from django.conf import settings; o = settings.DATABASES['default']['OPTIONS'];"
+        "print(o['keepalives_idle'], o['connect_timeout'])",
+        DEBUG="1",
+        DATABASE_URL=f"{url}{separator}keepalives_idle=60",
+        DB_CONNECT_TIMEOUT="7",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["60", "7"]
