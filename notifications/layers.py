@@ -15,10 +15,12 @@ subscriber connection is back and has re-subscribed, every channel of this proce
 consumer) receives a message of that type. notifications.consumers turns it into one
 resync for the whole process (docs/protocol.md, "After the server lost Redis").
 
-It also adds `delete_channel`, which channels_redis leaves to receive() (see there).
+It also adds `delete_channel`, which channels_redis leaves to receive(), and a
+`new_channel` that leaves nothing behind when its SUBSCRIBE fails (see both).
 
-The subclass touches two names of channels_redis 4.3 (pinned in requirements.txt): the
-loop layer's `_shards` and a shard's `_ensure_redis`/`_redis`/`_pubsub`. An upgrade must
+The subclass touches these names of channels_redis 4.3 (pinned in requirements.txt): the
+loop layer's `_shards`, `channels`, `prefix`, `_get_shard` and `_subscribe_to_channel`, and
+a shard's `_ensure_redis`/`_redis`/`_pubsub`/`unsubscribe`. An upgrade must
 re-read channels_redis/pubsub.py; notifications/tests/test_reconnect.py restarts a real
 Redis under live sockets to catch a mismatch.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -174,6 +177,20 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
                 layer._shards = [_Shard(shard.host, layer, message) for shard in layer._shards]
         return layer
 
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """channels_redis' new_channel, less its leftover when the SUBSCRIBE fails: it
+        registers the channel's queue before subscribing, and a subscribe that raised
+        (Redis down: the connect is closed with 4503) left the queue in this process for
+        good, to be sent every later on_reconnect message."""
+        layer = self._get_layer()
+        channel = f"{layer.prefix}{prefix}{uuid.uuid4().hex}"
+        try:
+            await layer._subscribe_to_channel(channel)
+        except BaseException:
+            layer.channels.pop(channel, None)
+            raise
+        return channel
+
     async def delete_channel(self, channel: str) -> None:
         """Forget a channel of new_channel(): its queue and its Redis subscription.
 
@@ -182,7 +199,34 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         A consumer whose reader ended elsewhere (a handler that raised, a push still in
         hand when the socket ended) left the queue in this process and the channel
         subscribed in Redis for the life of the process. Nothing to do, no round trip,
-        when receive() already did it, as on every ordinary close."""
+        when receive() already did it, as on every ordinary close.
+
+        The unsubscribe runs in a task of its own, so that a caller who stops waiting
+        (a time limit, Daphne cancelling the application) does not cut it off halfway:
+        the queue is already gone by then, and nothing else would ever retry it. Its
+        failure is logged there (Redis away: the process's one outage line), not raised."""
         layer = self._get_layer()
-        if layer.channels.pop(channel, None) is not None:
-            await layer._get_shard(channel).unsubscribe(channel)
+        if layer.channels.pop(channel, None) is None:
+            return
+        unsubscribe = asyncio.ensure_future(layer._get_shard(channel).unsubscribe(channel))
+        _unsubscribing.add(unsubscribe)
+        unsubscribe.add_done_callback(_unsubscribe_done)
+        await asyncio.wait({unsubscribe})  # a cancel of the caller leaves it running
+
+
+# Unsubscribes under way (delete_channel), held here so that none is garbage-collected
+# before it is done.
+_unsubscribing: set[asyncio.Future[Any]] = set()
+
+
+def _unsubscribe_done(task: asyncio.Future[Any]) -> None:
+    _unsubscribing.discard(task)
+    if task.cancelled():  # the loop is being shut down
+        return
+    exc = task.exception()
+    if exc is None:
+        return
+    if outages.is_redis_outage(exc):
+        outages.REDIS.failed(exc, "channels of ended sockets stay subscribed")
+    else:
+        logger.warning("unsubscribing an ended socket's channel failed", exc_info=exc)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisSingleShardConnection
 from django.test import Client as DjangoClient
 from django.test import override_settings
 
@@ -441,7 +443,30 @@ async def test_a_socket_ended_by_a_layer_handler_leaves_no_channel_subscribed(al
 
     await _ended(client)
     assert channel not in layer._get_layer().channels
-    assert await subscribers(channel) == 0
+
+    async def unsubscribed() -> bool:  # an UNSUBSCRIBE is not answered before NUMSUB is
+        return await subscribers(channel) == 0
+
+    await eventually(unsubscribed, message="the channel was unsubscribed in Redis")
+
+
+async def test_a_connect_whose_subscribe_fails_leaves_no_channel_behind(
+    alice, connect, monkeypatch
+):
+    # channels_redis makes the channel's queue before it subscribes; a subscribe that
+    # failed (Redis away) left the queue in the process for good.
+    async def redis_away(shard, channel):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(RedisSingleShardConnection, "subscribe", redis_away)
+    layer = get_channel_layer()
+    before = set(layer._get_layer().channels)
+
+    client = await open_in_process(token=await sync_to_async(access_token_for)(alice))
+    code, _ = await client.receive_close()
+
+    assert code == consumers.CLOSE_SERVICE_UNAVAILABLE
+    assert set(layer._get_layer().channels) == before
 
 
 async def subscribers(channel: str) -> int:
