@@ -193,17 +193,30 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
 # reads in notifications/selectors.py, Celery's processes). Without them a connect to a
 # host that drops packets waited out the kernel's SYN retries (about 2 min), and a
 # connection waiting for a reply from a host that vanished (a failover, a NAT or firewall
-# that forgot an idle flow) waited for ever. Keepalive probes find the latter within
-# DB_KEEPALIVE_IDLE + 3 x 10 s; TCP_USER_TIMEOUT bounds a statement whose bytes are never
-# acknowledged. A long query is not cut short: the server's kernel answers the probes.
-# A DATABASE_URL that sets one of these itself (?keepalives_idle=60) keeps its value.
+# that forgot an idle flow) waited for the kernel's default keepalive, over 2 hours.
+# Keepalive probes (after DB_KEEPALIVE_IDLE s of silence, then every 10 s) and
+# TCP_USER_TIMEOUT (how long sent bytes or unanswered probes may go unacknowledged) end
+# such a connection within DB_TCP_USER_TIMEOUT, by default the idle time plus three
+# probes. On Linux the user timeout also decides when probing gives up, so by default it
+# is that long: one lost probe does not end a healthy connection. A long query is not
+# cut short: the server's kernel answers the probes. Behind PgBouncer, PgBouncer is the
+# peer: its own tcp_keepidle and tcp_user_timeout cover the server side
+# (docs/scaling.md). A DATABASE_URL that sets one of these itself (?keepalives_idle=60)
+# keeps its value.
+_DB_KEEPALIVE_IDLE = env_int("DB_KEEPALIVE_IDLE", 30, minimum=1)
+_DB_KEEPALIVE_INTERVAL, _DB_KEEPALIVE_COUNT = 10, 3
 _DB_SILENT_PEER = {
     "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
     "keepalives": 1,
-    "keepalives_idle": env_int("DB_KEEPALIVE_IDLE", 30, minimum=1),
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "tcp_user_timeout": env_int("DB_TCP_USER_TIMEOUT", 30, minimum=1) * 1000,  # libpq: ms
+    "keepalives_idle": _DB_KEEPALIVE_IDLE,
+    "keepalives_interval": _DB_KEEPALIVE_INTERVAL,
+    "keepalives_count": _DB_KEEPALIVE_COUNT,
+    "tcp_user_timeout": 1000  # libpq: milliseconds
+    * env_int(
+        "DB_TCP_USER_TIMEOUT",
+        _DB_KEEPALIVE_IDLE + _DB_KEEPALIVE_INTERVAL * _DB_KEEPALIVE_COUNT,
+        minimum=1,
+    ),
 }
 for _key, _value in _DB_SILENT_PEER.items():
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(_key, _value)
