@@ -71,6 +71,7 @@ class Load:
     def __init__(self) -> None:
         self.sockets: dict[int, UserSocket] = {}
         self.latencies: list[float] = []  # seconds, arrival - data.t
+        self.sent_at: list[float] = []  # data.t of each latency, in the same order
         self.arrivals: list[tuple[int, int, float, float]] = []  # user, id, t, arrived
         self.record_arrivals = False
         self.closing = False
@@ -139,6 +140,7 @@ class Load:
                 sock.ids.add(event_id)
                 sock.last_id = max(sock.last_id, event_id)
                 self.latencies.append(arrived - sent)
+                self.sent_at.append(sent)
                 if self.record_arrivals:
                     self.arrivals.append((sock.user_id, event_id, sent, arrived))
         except ConnectionClosed:
@@ -200,6 +202,7 @@ class Load:
         """Latencies (and arrivals) since the last collect; every id seen when `ids`."""
         result: dict[str, Any] = {
             "latencies": self.latencies,
+            "sent_at": self.sent_at,
             "arrivals": self.arrivals,
             "duplicates": sum(s.duplicates for s in self.sockets.values()),
             "out_of_order": sum(s.out_of_order for s in self.sockets.values()),
@@ -212,7 +215,7 @@ class Load:
         }
         if ids:
             result["ids"] = {s.user_id: sorted(s.ids) for s in self.sockets.values()}
-        self.latencies, self.arrivals = [], []
+        self.latencies, self.sent_at, self.arrivals = [], [], []
         return result
 
     # --- a reconnect storm ---------------------------------------------------------------
@@ -408,6 +411,7 @@ class Clients:
         replies = self._call("collect", self._same(ids=ids), 60)
         merged: dict[str, Any] = {
             "latencies": [v for r in replies for v in r["latencies"]],
+            "sent_at": [v for r in replies for v in r["sent_at"]],
             "arrivals": [v for r in replies for v in r["arrivals"]],
             "duplicates": sum(r["duplicates"] for r in replies),
             "out_of_order": sum(r["out_of_order"] for r in replies),

@@ -50,6 +50,12 @@ class Target:
     publish_rate: bool = True
 
 
+# stall_figures: windows of publish time, and how late an event must be to make its
+# window a stall (the delivery p99 target).
+STALL_WINDOW_S = 0.25
+STALL_LATE_MS = 50.0
+
+
 def latency_figures(latencies: list[float]) -> dict[str, Any]:
     if not latencies:
         return {"n": 0}
@@ -136,12 +142,36 @@ def sockets(
 # --- delivery, publish rate and the storm: one session of open sockets --------------------
 
 
+def stall_figures(sent_at: list[float], latencies: list[float]) -> dict[str, Any]:
+    """How often delivery stalls: the events bucketed by the moment they were published,
+    in windows of STALL_WINDOW_S; a window in which any event took longer than
+    STALL_LATE_MS is a stall. A p99 says how late the worst events were, this says how
+    often that happened (one long pause a minute and a pause every second can share a
+    p99). Latencies of the same stall share a window, so a pause counts about once."""
+    if not latencies:
+        return {"windows": 0}
+    worst: dict[int, float] = {}
+    for sent, latency in zip(sent_at, latencies, strict=True):
+        window = int(sent // STALL_WINDOW_S)
+        if latency > worst.get(window, -1.0):
+            worst[window] = latency
+    late = [ms for ms in (v * MS for v in worst.values()) if ms > STALL_LATE_MS]
+    return {
+        "window_ms": STALL_WINDOW_S * MS,
+        "late_ms": STALL_LATE_MS,
+        "windows": len(worst),
+        "stalled_windows": len(late),
+        "stalled_share": round(len(late) / len(worst), 4),
+    }
+
+
 def _drain(
     clients: Clients,
     published: dict[int, list[int]],
     grace: float,
     latencies: list[float],
     arrivals: list[Any],
+    sent_at: list[float] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Collect until every published id has arrived or `grace` seconds have passed."""
     deadline = time.monotonic() + grace
@@ -149,6 +179,8 @@ def _drain(
         seen = clients.collect(ids=True)
         latencies.extend(seen["latencies"])
         arrivals.extend(seen["arrivals"])
+        if sent_at is not None:
+            sent_at.extend(seen["sent_at"])
         missing = lost(published, seen["ids"])
         if not missing or time.monotonic() > deadline:
             return missing, seen
@@ -247,7 +279,8 @@ def _delivery(
     finally:
         pubs.stop()
     latencies: list[float] = []
-    missing, seen = _drain(clients, done["ids"], 10.0, latencies, [])
+    sent_at: list[float] = []
+    missing, seen = _drain(clients, done["ids"], 10.0, latencies, [], sent_at)
     meter.stop()
     delivered = done["published"] - missing
     return {
@@ -262,6 +295,7 @@ def _delivery(
         "out_of_order": seen["out_of_order"],
         "foreign_frames": seen["foreign"],
         "latency_ms": latency_figures(latencies),
+        "stalls": stall_figures(sent_at, latencies),
         "server_cpu_ms_per_event": meter.per("server", delivered),
         "redis_cpu_ms_per_event": meter.per("redis", delivered),
         **meter.postgres_per(delivered, "event"),

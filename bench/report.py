@@ -296,6 +296,14 @@ def _publish_rows(p: Any, r: Any, key: str, title: str) -> list[tuple[str, Any, 
     return rows
 
 
+def _stalls(result: Any, *path: str) -> str | None:
+    """'stalled of windows' (bench/realtime.py, stall_figures), or None before there was one."""
+    stalls = _get(result, *path, "stalls")
+    if not stalls or not stalls.get("windows"):
+        return None
+    return f"{stalls['stalled_windows']} of {stalls['windows']}"
+
+
 def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
     p, r = part.get("project", {}), part.get("reference", {})
     d = ("delivery",)
@@ -332,6 +340,12 @@ def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
             )
         )
     out += [
+        (
+            "delivery: stalled 250 ms windows (> 50 ms)",
+            _stalls(p, *d),
+            _stalls(r, *d),
+            "",
+        ),
         (
             "delivery: delivered within 5 s",
             _get(p, *d, "latency_ms", "within_5s"),
