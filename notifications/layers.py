@@ -208,11 +208,19 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         layer = self._get_layer()
         if layer.channels.pop(channel, None) is None:
             return
-        unsubscribe = asyncio.ensure_future(layer._get_shard(channel).unsubscribe(channel))
+        # Bounded too: the shard's lock is held meanwhile, and its publishes, subscribes
+        # and group_adds wait behind a stuck unsubscribe.
+        unsubscribe = asyncio.ensure_future(
+            asyncio.wait_for(layer._get_shard(channel).unsubscribe(channel), UNSUBSCRIBE_LIMIT)
+        )
         _unsubscribing.add(unsubscribe)
         unsubscribe.add_done_callback(_unsubscribe_done)
         await asyncio.wait({unsubscribe})  # a cancel of the caller leaves it running
 
+
+# How long delete_channel's unsubscribe may take before it is given up (the channel then
+# stays subscribed, as it did before delete_channel existed).
+UNSUBSCRIBE_LIMIT = 15.0
 
 # Unsubscribes under way (delete_channel), held here so that none is garbage-collected
 # before it is done.
@@ -226,7 +234,7 @@ def _unsubscribe_done(task: asyncio.Future[Any]) -> None:
     exc = task.exception()
     if exc is None:
         return
-    if outages.is_redis_outage(exc):
+    if outages.is_redis_outage(exc) or isinstance(exc, TimeoutError):
         outages.REDIS.failed(exc, "channels of ended sockets stay subscribed")
     else:
         logger.warning("unsubscribing an ended socket's channel failed", exc_info=exc)

@@ -203,23 +203,24 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
 # peer: its own tcp_keepidle and tcp_user_timeout cover the server side
 # (docs/scaling.md). A DATABASE_URL that sets one of these itself (?keepalives_idle=60)
 # keeps its value.
-_DB_KEEPALIVE_IDLE = env_int("DB_KEEPALIVE_IDLE", 30, minimum=1)
-_DB_KEEPALIVE_INTERVAL, _DB_KEEPALIVE_COUNT = 10, 3
 _DB_SILENT_PEER = {
     "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
     "keepalives": 1,
-    "keepalives_idle": _DB_KEEPALIVE_IDLE,
-    "keepalives_interval": _DB_KEEPALIVE_INTERVAL,
-    "keepalives_count": _DB_KEEPALIVE_COUNT,
-    "tcp_user_timeout": 1000  # libpq: milliseconds
-    * env_int(
-        "DB_TCP_USER_TIMEOUT",
-        _DB_KEEPALIVE_IDLE + _DB_KEEPALIVE_INTERVAL * _DB_KEEPALIVE_COUNT,
-        minimum=1,
-    ),
+    "keepalives_idle": env_int("DB_KEEPALIVE_IDLE", 30, minimum=1),
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
 }
+_DB_OPTIONS = DATABASES["default"].setdefault("OPTIONS", {})
 for _key, _value in _DB_SILENT_PEER.items():
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(_key, _value)
+    _DB_OPTIONS.setdefault(_key, _value)
+# From the keepalive values the connection actually gets (the URL's, if it set them).
+_DB_PROBING = int(_DB_OPTIONS["keepalives_idle"]) + int(_DB_OPTIONS["keepalives_interval"]) * int(
+    _DB_OPTIONS["keepalives_count"]
+)
+_DB_OPTIONS.setdefault(
+    "tcp_user_timeout",
+    1000 * env_int("DB_TCP_USER_TIMEOUT", _DB_PROBING, minimum=1),  # ms
+)
 # Django's PostgreSQL backend wrapped by django-prometheus: query and error counters
 # (taskhub/db_backend: its cursor class built once, not on every connect).
 DATABASES["default"]["ENGINE"] = "taskhub.db_backend"

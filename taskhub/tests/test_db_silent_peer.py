@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -50,17 +51,20 @@ async def test_the_sockets_async_reads_probe_a_silent_database(alice):
 
 def test_a_database_url_that_sets_its_own_keepalive_keeps_it():
     db = connection.settings_dict
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    url = f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    user = quote(db["USER"], safe="") + (
+        f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
+    )
+    url = f"postgres://{user}@{quote(db['HOST'], safe='')}:{db['PORT']}/{db['NAME']}"
     result = run_manage(
         "shell",
         "--verbosity=0",
         "-c",
         "from django.conf import settings; o = settings.DATABASES['default']['OPTIONS'];"
-        "print(o['keepalives_idle'], o['connect_timeout'])",
+        "print(o['keepalives_idle'], o['connect_timeout'], o['tcp_user_timeout'])",
         DEBUG="1",
         DATABASE_URL=f"{url}?keepalives_idle=60",
         DB_CONNECT_TIMEOUT="7",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["60", "7"]
+    # The user timeout follows the URL's idle time: still the idle time plus three probes.
+    assert result.stdout.split() == ["60", "7", str((60 + 3 * 10) * 1000)]
