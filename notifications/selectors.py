@@ -159,9 +159,10 @@ def user_connection_count(*, user_id: int) -> int:
 
 
 class _LoopPool:
-    def __init__(self, *, max_size: int, timeout: float) -> None:
+    def __init__(self, *, max_size: int, timeout: float, read_timeout: float) -> None:
         self.kwargs = _pool_kwargs()
         self.timeout = timeout
+        self.read_timeout = read_timeout
         self.slots = asyncio.Semaphore(max_size)
         self.idle: list[psycopg.AsyncConnection[Any]] = []
         # Reads by key waiting for the next batched query, per kind (see _batched).
@@ -169,6 +170,21 @@ class _LoopPool:
         self.batch_tasks: set[asyncio.Task[None]] = set()
 
     async def fetch(self, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read, within read_timeout in all. Without that bound a database
+        host gone silent holds a read for the kernel's TCP user timeout (DB_TCP_USER_TIMEOUT,
+        60 s) on every idle connection it retries on, then for a connect: minutes in which
+        the socket gets no welcome and its slot serves no one. Past it the read fails as an
+        outage (the connect is closed with 4503); the connection it was on is closed."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await self._fetch_in_time(query, params)
+        except TimeoutError:
+            raise psycopg.OperationalError(
+                f"a read of the sockets' pool took over {self.read_timeout:g} s"
+                " (WS_DB_READ_TIMEOUT)"
+            ) from None
+
+    async def _fetch_in_time(self, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:
             await asyncio.wait_for(self.slots.acquire(), self.timeout)
         except TimeoutError:
@@ -232,7 +248,9 @@ def _pool() -> _LoopPool:
     pool = _pools.get(loop)
     if pool is None:
         pool = _pools[loop] = _LoopPool(
-            max_size=settings.TASKHUB_WS_DB_POOL_SIZE, timeout=settings.TASKHUB_WS_DB_POOL_TIMEOUT
+            max_size=settings.TASKHUB_WS_DB_POOL_SIZE,
+            timeout=settings.TASKHUB_WS_DB_POOL_TIMEOUT,
+            read_timeout=settings.TASKHUB_WS_DB_READ_TIMEOUT,
         )
         _close_with_loop(loop)
     return pool

@@ -556,9 +556,11 @@ TASKHUB_WS_GC_FREEZE_MIN_SOCKETS = env_int("WS_GC_FREEZE_MIN_SOCKETS", 500, mini
 # How long one process trusts a REST token's user row (taskhub/auth_jwt.py); 0: no cache.
 TASKHUB_REST_AUTH_CACHE_SECONDS = env_float("REST_AUTH_CACHE_SECONDS", 5.0, minimum=0.0)
 # The sockets' own small pool of async PostgreSQL connections per web process
-# (notifications.selectors): its size and how long a read waits for a free connection.
+# (notifications.selectors): its size, how long a read waits for a free connection, and
+# how long a read may take in all (that wait, retries on dead connections and a connect).
 TASKHUB_WS_DB_POOL_SIZE = env_int("WS_DB_POOL_SIZE", 4, minimum=1)
 TASKHUB_WS_DB_POOL_TIMEOUT = env_float("WS_DB_POOL_TIMEOUT", 5.0, minimum=0.1)
+TASKHUB_WS_DB_READ_TIMEOUT = env_float("WS_DB_READ_TIMEOUT", 10.0, minimum=0.1)
 
 # --- Static files, i18n ------------------------------------------------------------------
 

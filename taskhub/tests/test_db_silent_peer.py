@@ -4,14 +4,18 @@ connections' sockets, as `ss -o` would show them to an operator."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from django.db import connection
 
 from notifications import selectors
+from notifications.models import EventCounter
 from taskhub.tests.test_settings import run_manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,3 +72,30 @@ def test_a_database_url_that_sets_its_own_keepalive_keeps_it():
     assert result.returncode == 0, result.stderr
     # The user timeout follows the URL's idle time: still the idle time plus three probes.
     assert result.stdout.split() == ["60", "7", str((60 + 3 * 10) * 1000)]
+
+
+async def test_a_socket_read_that_gets_no_answer_fails_within_its_time_limit(alice, settings):
+    """A database that accepts a read and never answers it (here: the table locked by
+    another session; a host gone silent looks the same to the client) holds the read for
+    WS_DB_READ_TIMEOUT, not for the kernel's minutes: it fails as an outage (a connect
+    is closed with 4503), and the pool serves the next read once the database answers."""
+    settings.TASKHUB_WS_DB_READ_TIMEOUT = 0.5
+    db = connection.settings_dict
+    locker = await psycopg.AsyncConnection.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        dbname=db["NAME"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+    )
+    try:
+        await locker.execute(f"LOCK TABLE {EventCounter._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="WS_DB_READ_TIMEOUT"):
+            await selectors.anewest_event_id(user_id=alice.pk)
+        assert time.monotonic() - started < 3
+        await locker.rollback()  # the database answers again
+        assert await asyncio.wait_for(selectors.anewest_event_id(user_id=alice.pk), 5) == 0
+    finally:
+        await locker.close()
+        await selectors.close_async_pool()
