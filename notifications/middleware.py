@@ -160,18 +160,29 @@ class JWTAuthMiddleware:
         self.session_application = session_application or application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        query = parse_qs(scope.get("query_string", b"").decode("latin1"))
-        raw_token = (query.get("token") or [None])[0]
-        subprotocol = token_subprotocol(scope)
-        if raw_token is None and subprotocol is not None:
-            raw_token = subprotocol
-        if raw_token is None:
+        token_scope = await _with_token_user(scope)
+        if token_scope is None:
             return await self.session_application(scope, receive, send)
-        scope = dict(scope)
-        scope["auth_via"] = "token"
-        scope["user"] = await user_from_token(raw_token)
-        scope["auth_subprotocol"] = subprotocol
-        return await self.application(scope, receive, send)
+        return await self.application(token_scope, receive, send)
+
+
+async def _with_token_user(scope: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of `scope` with the token's user, or None when the socket brought no token.
+    (Its own function: the middleware's frame lives as long as the socket, and would keep
+    the parsed query and the token with it.)"""
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    raw_token = (query.get("token") or [None])[0]
+    subprotocol = token_subprotocol(scope)
+    if raw_token is None and subprotocol is not None:
+        raw_token = subprotocol
+    if raw_token is None:
+        return None
+    return {
+        **scope,
+        "auth_via": "token",
+        "user": await user_from_token(raw_token),
+        "auth_subprotocol": subprotocol,
+    }
 
 
 def WebsocketAuthStack(application: Any) -> Any:  # channels names its stacks this way

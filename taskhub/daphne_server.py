@@ -31,6 +31,11 @@ Every `daphne` option works as documented; this adds (docs/protocol.md, "Limits"
   before it (send_now), as asyncio's transports do; Twisted's write always queues it for
   a later turn of the event loop, which was a quarter of Daphne's time delivering 1,000
   events/s to 5,000 sockets.
+* Each connection's application reads its input from a LeanQueue, not an asyncio.Queue
+  (taskhub/lean_queue.py): a WebSocket holds that queue for its whole life, nearly
+  always empty, and asyncio.Queue's four empty deques were about 3 KiB of the socket.
+  Once a WebSocket is open, what autobahn and Daphne kept of its opening handshake (about
+  4 KiB, the token among it) is let go (ClosingWebSocketProtocol.onOpen).
 * The access log goes through taskhub.redaction: `/ws?token=<jwt>` (and any other
   credential in a request line) is written as [redacted].
 * A closed connection is freed by reference counting once Daphne lets go of it (its
@@ -54,6 +59,7 @@ docker-compose.yml, the Dockerfile and devserver/processes.py start web with thi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -61,6 +67,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 # daphne.cli imports daphne.server first, which installs Twisted's asyncio reactor before
@@ -74,6 +81,7 @@ from twisted.internet import abstract, reactor, tcp
 from twisted.web import http
 
 from taskhub import body_limit
+from taskhub.lean_queue import LeanQueue
 from taskhub.redaction import redact
 
 # How long a connection answered 413 may go on sending the body it declared (discarded)
@@ -116,6 +124,17 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
         # It fires with None here (Daphne and TaskHub never wait on it).
         self.is_closed.addCallback(_forget)
 
+    def onOpen(self) -> None:
+        super().onOpen()
+        # The opening handshake is over, but autobahn keeps its request for the socket's
+        # life (the raw bytes, the status line, the URI, the header and query dicts) and
+        # Daphne keeps autobahn's request object, which holds the same dicts: about 4 KiB
+        # per socket, the token in the query among them. Nothing reads them once the
+        # socket is open, except Daphne's log lines, which want the path.
+        self.request = _OpenedRequest(self.request.path)
+        for name in _HANDSHAKE_KEPT_BY_AUTOBAHN:
+            setattr(self, name, None)
+
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
         self._in_peer_close = True
         try:
@@ -154,6 +173,26 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
             self._linger.cancel()
         self._linger = None
         super().connectionLost(reason)
+
+
+# What autobahn's server protocol keeps of the opening handshake; it reads them only while
+# it processes the handshake.
+_HANDSHAKE_KEPT_BY_AUTOBAHN = (
+    "http_request_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_params",
+)
+
+
+class _OpenedRequest:
+    """The part of autobahn's ConnectionRequest that Daphne reads after the handshake."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 def send_now(transport: Any, data: bytes) -> bool:
@@ -229,6 +268,25 @@ class TaskHubServer(Server):
         self.http_factory.buildProtocol = build_protocol
         if self._then_ready is not None:
             self._then_ready()
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> LeanQueue:
+        """Start the ASGI application for a new connection and return the queue its
+        receive() reads: Daphne's method, with a LeanQueue for that queue instead of an
+        asyncio.Queue (taskhub/lean_queue.py: a WebSocket holds it for its whole life,
+        nearly always empty, and asyncio.Queue's empty deques cost about 3 KiB of it)."""
+        details = self.connections[protocol]
+        if "application_instance" in details:  # Daphne asserts this
+            raise RuntimeError(f"{protocol!r} has an application already")
+        input_queue = LeanQueue()
+        scope.setdefault("asgi", {"version": "3.0"})
+        instance = self.application(
+            scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
+        )
+        # Daphne's loop argument: this runs in a Twisted callback on the asyncio reactor.
+        details["application_instance"] = asyncio.ensure_future(
+            instance, loop=asyncio.get_event_loop()
+        )
+        return input_queue
 
     # Daphne visits every connection in one turn of the loop: application_checker every
     # second (reap finished applications, cancel those past their close timeout) and

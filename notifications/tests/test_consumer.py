@@ -19,6 +19,7 @@ from devserver.wsclient import eventually, open_in_process
 from notifications import consumers, protocol, selectors
 from notifications.redis_client import async_redis
 from notifications.tests.conftest import publish_event, publish_event_data
+from taskhub.lean_queue import LeanQueue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -438,6 +439,8 @@ async def test_a_socket_ended_by_a_layer_handler_leaves_no_channel_subscribed(al
     client = await _socket_for(alice)
     (channel,) = set(layer._get_layer().channels) - before
     assert await subscribers(channel) == 1
+    # Held for the socket's life: the lean queue, not asyncio.Queue's four deques.
+    assert isinstance(layer._get_layer().channels[channel], LeanQueue)
 
     await layer.group_send(protocol.user_group(alice.pk), {"type": "no.such"})
 
