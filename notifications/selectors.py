@@ -174,7 +174,12 @@ class _LoopPool:
         host gone silent holds a read for the kernel's TCP user timeout (DB_TCP_USER_TIMEOUT,
         60 s) on every idle connection it retries on, then for a connect: minutes in which
         the socket gets no welcome and its slot serves no one. Past it the read fails as an
-        outage (the connect is closed with 4503); the connection it was on is closed."""
+        outage (the connect is closed with 4503); the connection it was on is closed.
+
+        One bound this does not set: a query cut off mid-flight is first cancelled on the
+        server by psycopg (its own limits: 5 s to send the cancel, 5 s for the query to
+        end, then it drops the connection and logs a warning). A server that answers takes
+        milliseconds; a silent host adds up to those 10 s."""
         try:
             async with asyncio.timeout(self.read_timeout):
                 return await self._fetch_in_time(query, params)
@@ -186,7 +191,10 @@ class _LoopPool:
 
     async def _fetch_in_time(self, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:
-            await asyncio.wait_for(self.slots.acquire(), self.timeout)
+            # Not asyncio.wait_for: on Python 3.11 it can swallow the cancel of the
+            # enclosing time limit when the slot comes in the same turn.
+            async with asyncio.timeout(self.timeout):
+                await self.slots.acquire()
         except TimeoutError:
             raise psycopg.OperationalError("no free connection in the sockets' pool") from None
         try:

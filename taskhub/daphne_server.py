@@ -35,7 +35,7 @@ Every `daphne` option works as documented; this adds (docs/protocol.md, "Limits"
   (taskhub/lean_queue.py): a WebSocket holds that queue for its whole life, nearly
   always empty, and asyncio.Queue's four empty deques were about 3 KiB of the socket.
   Once a WebSocket is open, what autobahn and Daphne kept of its opening handshake (about
-  4 KiB, the token among it) is let go (ClosingWebSocketProtocol.onOpen).
+  4 KiB) is let go (ClosingWebSocketProtocol.onOpen).
 * The access log goes through taskhub.redaction: `/ws?token=<jwt>` (and any other
   credential in a request line) is written as [redacted].
 * A closed connection is freed by reference counting once Daphne lets go of it (its
@@ -129,8 +129,8 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
         # The opening handshake is over, but autobahn keeps its request for the socket's
         # life (the raw bytes, the status line, the URI, the header and query dicts) and
         # Daphne keeps autobahn's request object, which holds the same dicts: about 4 KiB
-        # per socket, the token in the query among them. Nothing reads them once the
-        # socket is open, except Daphne's log lines, which want the path.
+        # per socket. Nothing reads them once the socket is open, except Daphne's log
+        # lines, which want the path. (The scope keeps its own query string and headers.)
         self.request = _OpenedRequest(self.request.path)
         for name in _HANDSHAKE_KEPT_BY_AUTOBAHN:
             setattr(self, name, None)

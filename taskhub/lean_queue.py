@@ -21,6 +21,8 @@ from typing import Any
 
 
 class LeanQueue:
+    # No __len__ on purpose: Daphne tests the queue itself for truth (`if
+    # self.application_queue:`) before it sends http.disconnect, so it must stay true.
     __slots__ = ("_getters", "_items")
 
     def __init__(self) -> None:

@@ -75,10 +75,11 @@ def test_a_database_url_that_sets_its_own_keepalive_keeps_it():
 
 
 async def test_a_socket_read_that_gets_no_answer_fails_within_its_time_limit(alice, settings):
-    """A database that accepts a read and never answers it (here: the table locked by
-    another session; a host gone silent looks the same to the client) holds the read for
-    WS_DB_READ_TIMEOUT, not for the kernel's minutes: it fails as an outage (a connect
-    is closed with 4503), and the pool serves the next read once the database answers."""
+    """A database that accepts a read and does not answer it (here: the table locked by
+    another session) holds the read for WS_DB_READ_TIMEOUT, not for as long as it likes:
+    it fails as an outage (a connect is closed with 4503), and the pool serves the next
+    read once the database answers. (A silent host adds psycopg's own cancel attempt, up
+    to 10 s: the selectors' fetch() says why; this server answers the cancel at once.)"""
     settings.TASKHUB_WS_DB_READ_TIMEOUT = 0.5
     db = connection.settings_dict
     locker = await psycopg.AsyncConnection.connect(
