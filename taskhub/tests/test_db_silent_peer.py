@@ -17,6 +17,7 @@ from django.db import connection
 from notifications import selectors
 from notifications.models import EventCounter
 from taskhub.tests.test_settings import run_manage
+from tasks.tests.row_lock import _conninfo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,14 +82,7 @@ async def test_a_socket_read_that_gets_no_answer_fails_within_its_time_limit(ali
     read once the database answers. (A silent host adds psycopg's own cancel attempt, up
     to 10 s: the selectors' fetch() says why; this server answers the cancel at once.)"""
     settings.TASKHUB_WS_DB_READ_TIMEOUT = 0.5
-    db = connection.settings_dict
-    locker = await psycopg.AsyncConnection.connect(
-        host=db["HOST"],
-        port=db["PORT"],
-        dbname=db["NAME"],
-        user=db["USER"],
-        password=db["PASSWORD"] or None,
-    )
+    locker = await psycopg.AsyncConnection.connect(_conninfo())
     try:
         await locker.execute(f"LOCK TABLE {EventCounter._meta.db_table} IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()

@@ -11,6 +11,13 @@ import pytest
 from taskhub.lean_queue import LeanQueue
 
 
+async def waiting_get(queue: LeanQueue) -> asyncio.Future:
+    """A get() that has started and is waiting on the queue."""
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    return getter
+
+
 async def test_items_come_out_in_the_order_they_went_in():
     queue = LeanQueue()
     for item in range(100):
@@ -39,10 +46,8 @@ async def test_an_empty_queue_says_so_without_waiting():
 
 async def test_waiting_gets_are_served_in_the_order_they_came():
     queue = LeanQueue()
-    first = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
-    second = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
+    first = await waiting_get(queue)
+    second = await waiting_get(queue)
     queue.put_nowait("a")
     queue.put_nowait("b")
     assert await asyncio.wait_for(asyncio.gather(first, second), 1) == ["a", "b"]
@@ -50,8 +55,7 @@ async def test_waiting_gets_are_served_in_the_order_they_came():
 
 async def test_a_cancelled_get_loses_no_item_put_after_it():
     queue = LeanQueue()
-    getter = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
+    getter = await waiting_get(queue)
     getter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await getter
@@ -61,10 +65,8 @@ async def test_a_cancelled_get_loses_no_item_put_after_it():
 
 async def test_a_get_woken_then_cancelled_hands_its_item_to_the_next_waiter():
     queue = LeanQueue()
-    woken = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
-    other = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
+    woken = await waiting_get(queue)
+    other = await waiting_get(queue)
     queue.put_nowait("only")  # wakes `woken`, which is cancelled before it runs again
     woken.cancel()
     with pytest.raises(asyncio.CancelledError):
