@@ -107,14 +107,14 @@ async def checks(port: int) -> bool:
         with connection.cursor() as cursor:
             for i in range(n):
                 cursor.execute(
-                    _INSERT_EVENT,
-                    {
-                        "user_id": user.pk,
-                        "type": protocol.NOTIFICATION_NEW,
-                        "data": json.dumps({"silent": i}),
-                        "task_id": None,
-                        "created_at": datetime.now(UTC),
-                    },
+                    _INSERT_EVENT,  # user_id, type, data, task_id, created_at
+                    [
+                        user.pk,
+                        protocol.NOTIFICATION_NEW,
+                        json.dumps({"silent": i}),
+                        None,
+                        datetime.now(UTC),
+                    ],
                 )
                 seqs.append(cursor.fetchone()[1])
         return seqs

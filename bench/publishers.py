@@ -94,14 +94,8 @@ def _lean_publisher() -> Callable[[list[int], int], list[int]]:
                 data = {"t": time.time(), "n": counter + offset}
                 now = datetime.now(UTC)
                 row = conn.execute(
-                    _INSERT_EVENT,
-                    {
-                        "user_id": user_id,
-                        "type": protocol.NOTIFICATION_NEW,
-                        "data": json.dumps(data),
-                        "task_id": None,
-                        "created_at": now,
-                    },
+                    _INSERT_EVENT,  # user_id, type, data, task_id, created_at
+                    [user_id, protocol.NOTIFICATION_NEW, json.dumps(data), None, now],
                     prepare=True,
                 ).fetchone()
                 seq = row[1]

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -49,18 +50,15 @@ def next_event_seq(*, user_id: int) -> int:
 
 # The event and its number in one round trip, through the function migration 0003 made
 # (it says why a function): the counter row's upsert takes the user's next number and keeps
-# the row locked until commit, exactly as next_event_seq() does.
-_INSERT_EVENT = """
-    SELECT id, seq FROM notifications_publish_event(
-        %(user_id)s, %(type)s, %(data)s::jsonb, %(task_id)s::uuid, %(created_at)s
-    )
-"""
+# the row locked until commit, exactly as next_event_seq() does. Parameters: user_id, type,
+# data, task_id, created_at.
+_INSERT_EVENT = "SELECT id, seq FROM notifications_publish_event(%s, %s, %s::jsonb, %s::uuid, %s)"
 _EVENT_FIELDS = ["id", "user_id", "seq", "type", "data", "task_id", "created_at"]
 
 
-def _insert_event(db: BaseDatabaseWrapper, params: dict[str, Any]) -> tuple[int, int]:
-    """Run _INSERT_EVENT on Django's connection, in whatever transaction it is in, and
-    return (id, seq).
+def _insert_event(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[int, int]:
+    """Run `sql` (_INSERT_EVENT, with a write in front of it or not) on Django's connection,
+    in whatever transaction it is in, and return the event's (id, seq).
 
     Why not `connection.cursor()`: publish() is the hottest statement of the product (a
     task's life writes ~5 events, a dispatcher run or a fan-out hundreds), and Django's
@@ -85,7 +83,7 @@ def _insert_event(db: BaseDatabaseWrapper, params: dict[str, Any]) -> tuple[int,
         with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
             # Never prepared (Django sets psycopg's prepare_threshold to None): a prepared
             # statement is a server session's state, which PgBouncer does not keep.
-            cursor.execute(_INSERT_EVENT, params)
+            cursor.execute(sql, params)
             pk, seq = cursor.fetchone()
     except BaseException:
         # As atomic(savepoint=False) did, for any exception (a closed connection's
@@ -95,11 +93,19 @@ def _insert_event(db: BaseDatabaseWrapper, params: dict[str, Any]) -> tuple[int,
             db.needs_rollback = True
         raise
     if db.queries_logged:
-        db.queries_log.append({"sql": _INSERT_EVENT, "time": f"{time.monotonic() - started:.3f}"})
+        db.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
     return pk, seq
 
 
-def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | None = None) -> Event:
+def publish(
+    *,
+    user_id: int,
+    type: str,
+    data: dict[str, Any],
+    task_id: UUID | None = None,
+    write: tuple[str, list[Any]] | None = None,
+    after_write: Callable[[], None] | None = None,
+) -> Event:
     """Persist an event for `user_id` and push it to their sockets after commit.
 
     Inside a caller's transaction this is a step of the caller's write, not something to
@@ -108,19 +114,32 @@ def publish(*, user_id: int, type: str, data: dict[str, Any], task_id: UUID | No
     push of the transaction go out in one batch (notifications/push.py). Outside one, the
     statement is its own transaction (it is one statement: the counter and the event
     commit together or not at all), so no BEGIN and COMMIT round trips either.
+
+    `write`: a data-modifying statement, (sql, params) with `%s` placeholders and no
+    RETURNING, to run in the event's statement (a WITH clause in front of it), so the
+    caller's row and its event commit together without a transaction: how a task's create
+    is one round trip (taskhub/model_insert.py says why). `after_write`: called once that
+    statement has run and before the push is registered, for the caller's own after-commit
+    callbacks that must run before the push (with no transaction, on_commit runs them at
+    once, so they could not be registered earlier: they would run before the write).
     """
     db = transaction.get_connection()  # the thread's wrapper, looked up once (it costs)
     created_at = timezone.now()
-    pk, seq = _insert_event(
-        db,
-        {
-            "user_id": user_id,
-            "type": type,
-            "data": json.dumps(data),
-            "task_id": str(task_id) if task_id is not None else None,
-            "created_at": created_at,
-        },
-    )
+    sql = _INSERT_EVENT
+    params: list[Any] = [
+        user_id,
+        type,
+        json.dumps(data),
+        str(task_id) if task_id is not None else None,
+        created_at,
+    ]
+    if write is not None:
+        write_sql, write_params = write
+        sql = f"WITH written AS ({write_sql}) {_INSERT_EVENT}"
+        params = [*write_params, *params]
+    pk, seq = _insert_event(db, sql, params)
+    if after_write is not None:
+        after_write()
     event = Event.from_db(
         db.alias,
         _EVENT_FIELDS,

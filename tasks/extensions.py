@@ -7,7 +7,9 @@ registered they do nothing.
 
 - status listeners run inside the transaction that changed a task's status (after the
   row and its event are written), so whatever they write commits or rolls back with the
-  change itself: an outbox row, not a side effect. They must not do I/O.
+  change itself: an outbox row, not a side effect. They must not do I/O. A create is no
+  status change (a new task is pending) and calls none: its row and event are one
+  statement with no room for a listener's write (tasks.services.task_create).
 - callback URL validators refuse a task's callback_url with a ValidationError
   ({"callback_url": [...]}) at create, on every surface alike.
 - tick hooks run on every dispatcher tick (tasks.tasks.dispatch_pending_tasks, beat's one
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tasks.models import Task
 
-StatusListener = Callable[["Task", "str | None"], None]
+StatusListener = Callable[["Task", str], None]
 CallbackUrlValidator = Callable[[str], None]
 
 _status_listeners: list[StatusListener] = []
@@ -33,8 +35,8 @@ _tick_hooks: dict[str, Callable[[], object]] = {}
 
 
 def register_status_listener(listener: StatusListener) -> None:
-    """`listener(task, previous_status)` in the transaction of every create and status
-    change (previous_status None for a create). Registering twice registers once."""
+    """`listener(task, previous_status)` in the transaction of every status change (not of
+    a create). Registering twice registers once."""
     if listener not in _status_listeners:
         _status_listeners.append(listener)
 
@@ -44,7 +46,7 @@ def register_callback_url_validator(validator: CallbackUrlValidator) -> None:
         _callback_url_validators.append(validator)
 
 
-def task_status_changed(task: Task, *, previous_status: str | None) -> None:
+def task_status_changed(task: Task, *, previous_status: str) -> None:
     for listener in _status_listeners:
         listener(task, previous_status)
 

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from notifications import protocol
 from notifications.services import notify, publish, publish_ephemeral
+from taskhub import model_insert
 from taskhub.exceptions import ConflictError, UnprocessableError
 from taskhub.outages import DATABASE, is_database_outage
 from tasks import change_hooks, extensions, queue
@@ -77,15 +78,16 @@ def task_event_data(task: Task, *, previous_status: str | None) -> dict[str, Any
 
 
 def _record_change(
-    task: Task, *, previous_status: str | None, event_extra: dict[str, Any] | None = None
+    task: Task, *, previous_status: str, event_extra: dict[str, Any] | None = None
 ) -> None:
-    """Write the task.updated event in the caller's transaction (owned tasks only: a legacy
-    anonymous task has nobody to tell). `event_extra` joins the event's data (an automatic
-    retry's `retry`, a manual retry's `params_changed`: docs/protocol.md, "Retries")."""
+    """Write a status change's task.updated event in the caller's transaction (owned tasks
+    only: a legacy anonymous task has nobody to tell; a create writes its own event,
+    task_create). `event_extra` joins the event's data (an automatic retry's `retry`, a
+    manual retry's `params_changed`: docs/protocol.md, "Retries")."""
     logger.info(
         "task %s status %s -> %s (attempt %s)",
         task.id,
-        previous_status or "-",
+        previous_status,
         task.status,
         task.attempts,
     )
@@ -198,22 +200,48 @@ def task_create(
     max_attempts, retry_backoff = task_retry_policy(
         kind=kind, max_attempts=max_attempts, retry_backoff=retry_backoff
     )
-    with transaction.atomic():
-        task = Task.objects.create(
-            owner=owner,
-            title=title,
-            description=description,
-            kind=kind,
-            params=params,
-            timeout=timeout,
-            run_at=run_at,
-            max_attempts=max_attempts,
-            retry_backoff=retry_backoff,
-            callback_url=callback_url,
+    task = Task(
+        owner=owner,
+        title=title,
+        description=description,
+        kind=kind,
+        params=params,
+        timeout=timeout,
+        run_at=run_at,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+        callback_url=callback_url,
+    )
+    using = router.db_for_write(Task)
+    if task.owner_id is None:
+        # A legacy anonymous task: nobody to tell, the row is the whole write.
+        task.save(force_insert=True, using=using)
+        _created(task, using=using)
+    else:
+        # The row and its task.updated event in one statement: atomic without a
+        # transaction's BEGIN and COMMIT round trips (taskhub/model_insert.py says why).
+        write = model_insert.insert_statement(task, using=using)  # sets the timestamps
+        publish(
+            user_id=task.owner_id,
+            type=protocol.TASK_UPDATED,
+            data=task_event_data(task, previous_status=None),
+            task_id=task.id,
+            write=write,
+            after_write=lambda: _created(task, using=using),
         )
-        _record_change(task, previous_status=None)
-        transaction.on_commit(nudge_dispatcher, robust=True)
+    transaction.on_commit(nudge_dispatcher, robust=True)
     return task
+
+
+def _created(task: Task, *, using: str) -> None:
+    """A create's row is written (committed, or in the caller's transaction): what follows
+    it, before its event's push. Status listeners (tasks.extensions) are not called: a
+    create is no status change, and its write is one statement with no room for theirs."""
+    model_insert.mark_inserted(task, using=using)
+    logger.info("task %s status - -> %s (attempt %s)", task.id, task.status, task.attempts)
+    # After commit (at once outside a transaction): the owner's cached lists die, the
+    # create is counted (docs/metrics.md).
+    change_hooks.task_changed(task, previous_status=None)
 
 
 # Fields an operator may edit after create: what a task says at any time, how it runs only

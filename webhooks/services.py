@@ -94,7 +94,7 @@ def payload_build(task: Task, *, event_id: UUID, event: str) -> dict[str, Any]:
     }
 
 
-def delivery_enqueue_for_change(task: Task, previous_status: str | None) -> None:
+def delivery_enqueue_for_change(task: Task, previous_status: str) -> None:
     """tasks.extensions' status listener: in the transaction of the change, the outbox row
     of a terminal status (completed, failed, cancelled) of an owned task with a callback
     URL (its own, else its owner's default). An automatic retry (in_progress -> pending)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import DataError
 
+from notifications import protocol
 from notifications.models import Event
 from taskhub.exceptions import ConflictError
 from tasks import services
@@ -32,6 +34,24 @@ def test_create_writes_the_created_event_in_the_same_transaction(alice):
     assert event.data["status"] == "pending"
     assert event.data["previous_status"] is None
     assert event.seq == 1
+    # The event tells the row as written: the same timestamp, not one taken a moment apart.
+    task.refresh_from_db()
+    assert event.data["updated_at"] == protocol.format_ts(task.updated_at)
+
+
+@pytest.mark.django_db(transaction=True)  # no test transaction around it: as in production
+def test_a_create_whose_row_is_refused_leaves_no_event_and_takes_no_number(alice):
+    services.task_create(owner=alice, title="first")
+
+    # The title column holds 200 characters: PostgreSQL refuses the row, and the event
+    # written in the same statement goes with it.
+    with pytest.raises(DataError):
+        services.task_create(owner=alice, title="x" * 201)
+
+    assert list(Task.objects.values_list("title", flat=True)) == ["first"]
+    assert list(Event.objects.filter(user=alice).values_list("seq", flat=True)) == [1]
+    assert services.task_create(owner=alice, title="second").pk
+    assert list(Event.objects.filter(user=alice).values_list("seq", flat=True)) == [1, 2]
 
 
 def test_create_nudges_the_dispatcher_only_after_commit(alice, django_capture_on_commit_callbacks):
