@@ -24,7 +24,7 @@ from uuid import UUID
 
 from kombu.exceptions import ChannelError
 
-from taskhub.celery import app
+from taskhub.celery import app, send_task
 from taskhub.outages import REDIS, is_redis_outage
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def send_run_messages(orders: Iterable[RunOrder]) -> int:
     orders = list(orders)
     for sent, order in enumerate(orders):
         try:
-            app.send_task(
+            send_task(
                 RUN_TASK,
                 args=[order.task_id],
                 # Only for operators: `celery inspect active|reserved` shows them, so a
@@ -129,7 +129,7 @@ def revoke_run_message(task_id: UUID | str, attempt: int) -> None:
 def send_dispatch(*, expires: float) -> None:
     """One run of the dispatcher, now (tasks/nudge.py decides when)."""
     try:
-        app.send_task(DISPATCH_PENDING_TASKS, expires=expires)
+        send_task(DISPATCH_PENDING_TASKS, expires=expires)
     except Exception as exc:
         if not is_redis_outage(exc):
             raise

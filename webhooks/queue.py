@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from taskhub.celery import app
+from taskhub.celery import send_task
 from taskhub.outages import REDIS, is_redis_outage
 
 DELIVER_WEBHOOK = "webhooks.deliver_webhook"
@@ -16,7 +16,7 @@ SWEEP_DUE_DELIVERIES = "webhooks.sweep_due_deliveries"
 
 def send_deliver(delivery_id: UUID | str, *, countdown: float | None = None) -> None:
     try:
-        app.send_task(DELIVER_WEBHOOK, args=[str(delivery_id)], countdown=countdown)
+        send_task(DELIVER_WEBHOOK, args=[str(delivery_id)], countdown=countdown)
     except Exception as exc:
         if not is_redis_outage(exc):
             raise
