@@ -818,7 +818,7 @@ def stop_leftover_servers(data_dir: Path) -> None:
 def env_file_text(data_dir: Path, database_url: str, redis_url: str) -> str:
     return (
         f"# Written by devserver.launcher (pid {os.getpid()}); valid while it runs.\n"
-        f"# Usage: source {data_dir}/env && python manage.py shell\n"
+        f"# Usage: source {data_dir}/env && .venv/bin/python manage.py shell\n"
         f"export DATABASE_URL={database_url}\n"
         f"export REDIS_URL={redis_url}\n"
         f'export DEBUG="${{DEBUG:-1}}"\n'
