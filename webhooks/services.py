@@ -21,7 +21,7 @@ from django.utils import timezone
 from notifications import protocol
 from tasks.api.serializers import TaskOutputSerializer
 from tasks.models import TERMINAL_STATUSES, Task
-from webhooks import client, queue, signing, urlguard
+from webhooks import client, queue, selectors, signing, urlguard
 from webhooks.models import (
     DeliveryState,
     WebhookAttempt,
@@ -101,11 +101,7 @@ def delivery_enqueue_for_change(task: Task, previous_status: str) -> None:
     is not terminal and sends nothing."""
     if task.status not in TERMINAL_STATUSES or task.owner_id is None:
         return
-    url = task.callback_url or (
-        WebhookSettings.objects.filter(user_id=task.owner_id)
-        .values_list("default_url", flat=True)
-        .first()
-    )
+    url = task.callback_url or selectors.default_url_of(user_id=task.owner_id)
     if not url:
         return
     delivery_create(task=task, url=url)
