@@ -1,9 +1,9 @@
 """Event publishers: separate processes, as Celery workers are, calling the real path.
 
 - `project`: notifications.services.publish(), whatever it does in the tree today (the
-  event row, the user's counter, the push after commit). Batched = `batch` publish()
-  calls in one transaction, so their pushes happen together at its commit (what a
-  dispatcher run or a fan-out does).
+  event row, the user's counter, the push after commit). Batched = `batch` events given
+  to publish_many() in one transaction, so they are one statement and their pushes go
+  out together at its commit (what a dispatcher run does).
 - `lean`: the project's SQL and push writer without Django's database layer (see
   `_lean_publisher`): how much of publish()'s cost is Django's.
 - `reference`: the bare equivalent in Redis: per event one pipelined round trip of XADD
@@ -42,17 +42,18 @@ def _project_publisher() -> Callable[[list[int], int], list[int]]:
     from django.db import transaction
 
     from notifications import protocol
-    from notifications.services import publish
+    from notifications.services import NewEvent, publish, publish_many
 
     def send(users: list[int], counter: int) -> list[int]:
-        def one(offset: int, user_id: int) -> int:
-            data = {"t": time.time(), "n": counter + offset}
-            return publish(user_id=user_id, type=protocol.NOTIFICATION_NEW, data=data).seq
-
         if len(users) == 1:
-            return [one(0, users[0])]
+            data = {"t": time.time(), "n": counter}
+            return [publish(user_id=users[0], type=protocol.NOTIFICATION_NEW, data=data).seq]
         with transaction.atomic():
-            return [one(offset, user_id) for offset, user_id in enumerate(users)]
+            events = [
+                NewEvent(user_id, protocol.NOTIFICATION_NEW, {"t": time.time(), "n": counter + i})
+                for i, user_id in enumerate(users)
+            ]
+            return [event.seq for event in publish_many(events)]
 
     return send
 

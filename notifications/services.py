@@ -7,13 +7,15 @@ user's Channels group only after that transaction commits.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import weakref
-from collections.abc import Callable
-from datetime import timedelta
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
@@ -56,9 +58,10 @@ _INSERT_EVENT = "SELECT id, seq FROM notifications_publish_event(%s, %s, %s::jso
 _EVENT_FIELDS = ["id", "user_id", "seq", "type", "data", "task_id", "created_at"]
 
 
-def _insert_event(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[int, int]:
-    """Run `sql` (_INSERT_EVENT, with a write in front of it or not) on Django's connection,
-    in whatever transaction it is in, and return the event's (id, seq).
+def _run_publish(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> list[tuple[int, int]]:
+    """Run `sql` (_INSERT_EVENT, with a write in front of it or not, or _INSERT_EVENTS) on
+    Django's connection, in whatever transaction it is in, and return each event's
+    (id, seq), in order.
 
     Why not `connection.cursor()`: publish() is the hottest statement of the product (a
     task's life writes ~5 events, a dispatcher run or a fan-out hundreds), and Django's
@@ -84,7 +87,7 @@ def _insert_event(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple
             # Never prepared (Django sets psycopg's prepare_threshold to None): a prepared
             # statement is a server session's state, which PgBouncer does not keep.
             cursor.execute(sql, params)
-            pk, seq = cursor.fetchone()
+            rows = cursor.fetchall()
     except BaseException:
         # As atomic(savepoint=False) did, for any exception (a closed connection's
         # InterfaceError, a time limit mid-statement): the caller's transaction is broken
@@ -94,7 +97,7 @@ def _insert_event(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple
         raise
     if db.queries_logged:
         db.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
-    return pk, seq
+    return rows
 
 
 def publish(
@@ -137,14 +140,70 @@ def publish(
         write_sql, write_params = write
         sql = f"WITH written AS ({write_sql}) {_INSERT_EVENT}"
         params = [*write_params, *params]
-    pk, seq = _insert_event(db, sql, params)
+    [(pk, seq)] = _run_publish(db, sql, params)
     if after_write is not None:
         after_write()
-    event = Event.from_db(
-        db.alias,
-        _EVENT_FIELDS,
-        [pk, user_id, seq, type, data, UUID(str(task_id)) if task_id else None, created_at],
+    event = _published(db, pk, seq, NewEvent(user_id, type, data, task_id), created_at)
+    db.on_commit(metrics.EVENTS_PUBLISHED.labels(type=type).inc, robust=True)
+    return event
+
+
+class NewEvent(NamedTuple):
+    """One event for publish_many(): publish()'s arguments."""
+
+    user_id: int
+    type: str
+    data: dict[str, Any]
+    task_id: UUID | None = None
+
+
+# publish_many()'s statement, through the function migration 0004 made (each event through
+# notifications_publish_event, in array order). Parameters: user ids, types, data (JSON
+# text), task ids, created_at.
+_INSERT_EVENTS = (
+    "SELECT id, seq FROM notifications_publish_events("
+    "%s::integer[], %s::varchar[], %s::jsonb[], %s::uuid[], %s)"
+)
+
+
+def publish_many(events: Sequence[NewEvent]) -> list[Event]:
+    """publish() for several events, in one statement: what a transaction that records
+    many changes at once (a dispatcher run) calls instead of publish() per event. Each
+    user's events are numbered in the order given, and their pushes go out after commit
+    in that order, in one batch with the transaction's other pushes (notifications/push.py).
+    One statement whatever the count: a dispatcher run of 200 tasks was 200 statements
+    (docs/benchmarks.md, "Publishing in batches: one statement")."""
+    if len(events) <= 1:
+        return [publish(**event._asdict()) for event in events]
+    db = transaction.get_connection()
+    created_at = timezone.now()
+    rows = _run_publish(
+        db,
+        _INSERT_EVENTS,
+        [
+            [event.user_id for event in events],
+            [event.type for event in events],
+            [json.dumps(event.data) for event in events],
+            [str(event.task_id) if event.task_id is not None else None for event in events],
+            created_at,
+        ],
     )
+    published = [
+        _published(db, pk, seq, event, created_at)
+        for (pk, seq), event in zip(rows, events, strict=True)
+    ]
+    for type, count in Counter(event.type for event in events).items():
+        db.on_commit(
+            functools.partial(metrics.EVENTS_PUBLISHED.labels(type=type).inc, count), robust=True
+        )
+    return published
+
+
+def _published(
+    db: BaseDatabaseWrapper, pk: int, seq: int, event: NewEvent, created_at: datetime
+) -> Event:
+    """The event as written, its push registered for after commit."""
+    user_id, type, data, task_id = event
     frame = protocol.envelope(type, data, id=seq, ts=created_at)
     push.push_after_commit(
         group=protocol.user_group(user_id),
@@ -152,8 +211,11 @@ def publish(
         recipient=f"user {user_id}",
         connection=db,
     )
-    db.on_commit(metrics.EVENTS_PUBLISHED.labels(type=type).inc, robust=True)
-    return event
+    return Event.from_db(
+        db.alias,
+        _EVENT_FIELDS,
+        [pk, user_id, seq, type, data, UUID(str(task_id)) if task_id else None, created_at],
+    )
 
 
 def publish_ephemeral(*, user_id: int, type: str, data: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -93,15 +93,23 @@ def _bump(*keys: str) -> None:
 def task_versions_bump(*, task_id: UUID | str, owner_id: int | None) -> None:
     """Make every cached read of this task (and of its owner's lists) dead. Call after
     commit only (tasks.change_hooks does)."""
-    keys = [_task_version_key(task_id)]
-    if owner_id is not None:
-        keys.append(_owner_version_key(owner_id))
+    tasks_versions_bump([(task_id, owner_id)])
+
+
+def tasks_versions_bump(changed: Sequence[tuple[UUID | str, int | None]]) -> None:
+    """task_versions_bump for many (task_id, owner_id) pairs at once: one Redis call (a
+    dispatcher run changes hundreds of tasks in one commit)."""
+    keys = [_task_version_key(task_id) for task_id, _ in changed]
+    owners = dict.fromkeys(owner for _, owner in changed if owner is not None)
+    keys += [_owner_version_key(owner) for owner in owners]
+    if not keys:
+        return
     try:
         _bump(*keys)
     except Exception as exc:
         _failed(
             exc,
-            f"cache versions not bumped (task {task_id} first); cached reads may be "
+            f"cache versions not bumped (task {changed[0][0]} first); cached reads may be "
             "stale for up to CACHE_TTL seconds",
         )
     else:

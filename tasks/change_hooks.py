@@ -7,6 +7,7 @@ race), and a metric counted before the commit would count changes that were roll
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from django.db import transaction
@@ -18,20 +19,35 @@ from tasks.models import Task
 
 def task_changed(task: Task, *, previous_status: str | None) -> None:
     """A create or a status change was written in the current transaction."""
-    # Copied now: the instance may change again before the callback runs.
-    task_id, owner_id, kind = task.pk, task.owner_id, task.kind
-    outcome = task.status if task.is_terminal else None
-    started_at, finished_at = task.started_at, task.finished_at
+    tasks_changed([task], previous_status=previous_status)
+
+
+def tasks_changed(tasks: Sequence[Task], *, previous_status: str | None) -> None:
+    """task_changed for tasks that changed together (a dispatcher run): one callback, one
+    Redis call for all their cache versions."""
+    # Copied now: the instances may change again before the callback runs.
+    changes = [
+        (
+            task.pk,
+            task.owner_id,
+            task.kind,
+            task.status if task.is_terminal else None,
+            task.started_at,
+            task.finished_at,
+        )
+        for task in tasks
+    ]
 
     def after_commit() -> None:
-        cache.task_versions_bump(task_id=task_id, owner_id=owner_id)
-        metrics.task_change_observed(
-            kind=kind,
-            created=previous_status is None,
-            outcome=outcome,
-            started_at=started_at,
-            finished_at=finished_at,
-        )
+        cache.tasks_versions_bump([(task_id, owner_id) for task_id, owner_id, *_ in changes])
+        for _, _, kind, outcome, started_at, finished_at in changes:
+            metrics.task_change_observed(
+                kind=kind,
+                created=previous_status is None,
+                outcome=outcome,
+                started_at=started_at,
+                finished_at=finished_at,
+            )
 
     transaction.on_commit(after_commit, robust=True)
 

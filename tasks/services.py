@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -26,7 +26,7 @@ from django.db import IntegrityError, connection, connections, router, transacti
 from django.utils import timezone
 
 from notifications import protocol
-from notifications.services import notify, publish, publish_ephemeral
+from notifications.services import NewEvent, notify, publish, publish_ephemeral, publish_many
 from taskhub import model_insert
 from taskhub.exceptions import ConflictError, UnprocessableError
 from taskhub.outages import DATABASE, is_database_outage
@@ -84,13 +84,7 @@ def _record_change(
     only: a legacy anonymous task has nobody to tell; a create writes its own event,
     task_create). `event_extra` joins the event's data (an automatic retry's `retry`, a
     manual retry's `params_changed`: docs/protocol.md, "Retries")."""
-    logger.info(
-        "task %s status %s -> %s (attempt %s)",
-        task.id,
-        previous_status,
-        task.status,
-        task.attempts,
-    )
+    _log_change(task, previous_status=previous_status)
     # After commit: cached reads of the task die, the change is counted (docs/metrics.md).
     change_hooks.task_changed(task, previous_status=previous_status)
     # Apps built on tasks write what the change owes in this same transaction (webhooks:
@@ -110,6 +104,45 @@ def _record_change(
             body=task.error if task.status != TaskStatus.COMPLETED else "",
             task_id=task.id,
         )
+
+
+def _record_changes(tasks: Sequence[Task], *, previous_status: str) -> None:
+    """_record_change for tasks that changed together from the same status (a dispatcher
+    run), with one statement for all their events (publish_many) and one after-commit
+    callback for all their cache versions, instead of one of each per task. Changes to a
+    terminal status go through _record_change one by one: each writes an inbox entry and
+    its event after the task's, and a user's events must keep that order."""
+    if any(task.status in TERMINAL_STATUSES for task in tasks):
+        for task in tasks:
+            _record_change(task, previous_status=previous_status)
+        return
+    for task in tasks:
+        _log_change(task, previous_status=previous_status)
+    change_hooks.tasks_changed(tasks, previous_status=previous_status)
+    for task in tasks:
+        extensions.task_status_changed(task, previous_status=previous_status)
+    publish_many(
+        [
+            NewEvent(
+                user_id=task.owner_id,
+                type=protocol.TASK_UPDATED,
+                data=task_event_data(task, previous_status=previous_status),
+                task_id=task.id,
+            )
+            for task in tasks
+            if task.owner_id is not None
+        ]
+    )
+
+
+def _log_change(task: Task, *, previous_status: str) -> None:
+    logger.info(
+        "task %s status %s -> %s (attempt %s)",
+        task.id,
+        previous_status,
+        task.status,
+        task.attempts,
+    )
 
 
 # --- Create ------------------------------------------------------------------------------
@@ -1057,8 +1090,8 @@ def dispatch_pending_tasks(*, limit: int | None = None) -> list[queue.RunOrder]:
         )
         for task in due:
             task.status, task.queued_at, task.updated_at = TaskStatus.QUEUED, now, moved_at
-            _record_change(task, previous_status=TaskStatus.PENDING)
             orders.append(queue.RunOrder.of(task))
+        _record_changes(due, previous_status=TaskStatus.PENDING)
 
         stale = list(
             Task.objects.select_for_update(skip_locked=True)

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from notifications import protocol
 from notifications.models import Event
-from notifications.services import publish
+from notifications.services import NewEvent, publish, publish_many
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,3 +83,35 @@ def test_no_statement_stays_prepared_on_the_server_so_pgbouncer_can_hand_out_any
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")
         assert cursor.fetchone()[0] == 0
+
+
+def test_many_events_are_one_statement_numbered_per_user_in_the_order_given(alice, bob):
+    _publish(alice, 0)  # alice's numbers go on from her last
+    given = [(alice, 1), (bob, 1), (alice, 2), (alice, 3), (bob, 2)]
+
+    with CaptureQueriesContext(connection) as queries:
+        events = publish_many(
+            [NewEvent(user.pk, protocol.NOTIFICATION_NEW, {"n": n}) for user, n in given]
+        )
+
+    assert len(queries) == 1
+    assert [(event.user_id, event.seq, event.data["n"]) for event in events] == [
+        (alice.pk, 2, 1),
+        (bob.pk, 1, 1),
+        (alice.pk, 3, 2),
+        (alice.pk, 4, 3),
+        (bob.pk, 2, 2),
+    ]
+    stored = {event.pk: (event.user_id, event.seq, event.data) for event in Event.objects.all()}
+    assert [stored[event.pk] for event in events] == [
+        (event.user_id, event.seq, event.data) for event in events
+    ]
+
+
+def test_many_events_in_a_rolled_back_transaction_leave_nothing_and_no_gap(alice, bob):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish_many([NewEvent(user.pk, protocol.NOTIFICATION_NEW, {}) for user in (alice, bob)])
+        raise RuntimeError("the caller fails after publishing")
+
+    assert not Event.objects.exists()
+    assert _publish(alice).seq == 1

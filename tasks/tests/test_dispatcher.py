@@ -10,6 +10,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from notifications import push
 from notifications.models import Event
 from tasks import nudge, queue, services
 from tasks.models import Task, TaskStatus
@@ -313,3 +314,41 @@ def test_a_batch_that_is_not_full_leaves_the_dispatcher_to_its_tick(
 
     assert queue.waiting_messages() == 1
     assert queue.waiting_messages(dispatch_queue) == 0
+
+
+@pytest.mark.django_db
+def test_a_run_records_its_tasks_in_a_fixed_number_of_queries_each_owners_events_in_order(
+    alice, bob, sent, monkeypatch, django_capture_on_commit_callbacks
+):
+    pushed: list[tuple[str, dict]] = []
+    monkeypatch.setattr(
+        push, "group_send_now", lambda messages, what: pushed.extend(messages) or True
+    )
+
+    def dispatch(per_owner: int) -> int:
+        for number in range(per_owner):
+            make_task(owner=alice, title=f"alice {number}")
+            make_task(owner=bob, title=f"bob {number}")
+        with (
+            CaptureQueriesContext(connection) as queries,
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            services.dispatch_pending_tasks()
+        return len(queries)
+
+    # Ten times the tasks, the same queries: one statement for all the events.
+    assert dispatch(2) == dispatch(20)
+
+    for owner in (alice, bob):
+        events = list(Event.objects.filter(user=owner).order_by("seq"))
+        claimed = Task.objects.filter(owner=owner).order_by("created_at")
+        assert [event.seq for event in events] == list(range(1, 23))
+        assert [event.task_id for event in events] == [task.pk for task in claimed]
+        assert {(e.data["status"], e.data["previous_status"]) for e in events} == {
+            ("queued", "pending")
+        }
+        assert [e.data["title"] for e in events] == [t.title for t in claimed]
+        # Pushed after commit, in the same order and numbers as stored.
+        frames = [message["frame"] for group, message in pushed if group == f"user.{owner.pk}"]
+        assert [frame["id"] for frame in frames] == [event.seq for event in events]
+        assert [frame["data"] for frame in frames] == [event.data for event in events]
