@@ -121,7 +121,11 @@ def publish(
     `write`: a data-modifying statement, (sql, params) with `%s` placeholders and no
     RETURNING, to run in the event's statement (a WITH clause in front of it), so the
     caller's row and its event commit together without a transaction: how a task's create
-    is one round trip (taskhub/model_insert.py says why). `after_write`: called once that
+    is one round trip (taskhub/model_insert.py says why). The SQL must be the ORM's own
+    (model_insert.insert_statement), never text built from input. Which of the two writes
+    PostgreSQL runs first is not specified (a WITH clause nobody reads runs after the main
+    query): nothing may depend on the order, such as a non-deferred foreign key or a
+    trigger between the two rows. `after_write`: called once that
     statement has run and before the push is registered, for the caller's own after-commit
     callbacks that must run before the push (with no transaction, on_commit runs them at
     once, so they could not be registered earlier: they would run before the write).
@@ -162,7 +166,8 @@ class NewEvent(NamedTuple):
 # text), task ids, created_at.
 _INSERT_EVENTS = (
     "SELECT id, seq FROM notifications_publish_events("
-    "%s::integer[], %s::varchar[], %s::jsonb[], %s::uuid[], %s)"
+    "%s::integer[], %s::varchar[], %s::jsonb[], %s::uuid[], %s) WITH ORDINALITY "
+    "ORDER BY ordinality"
 )
 
 

@@ -26,9 +26,8 @@ app.autodiscover_tasks()
 def send_task(name: str, **options: Any) -> None:
     """app.send_task for a message whose result nobody reads (none are: results live in the
     Task row, CELERY_TASK_IGNORE_RESULT). A message sent by name does not see the task's
-    ignore_result, so send_task asks the result backend to note the call, and the backend
-    is made once per thread: a web process runs each request on a new thread, so every
-    create that nudged the dispatcher built one (py-spy: a quarter of a nudge's CPU)."""
+    ignore_result, so without it send_task also asks the result backend to note the call
+    (the backend itself is shared by the process: CELERY_RESULT_BACKEND_THREAD_SAFE)."""
     app.send_task(name, ignore_result=True, **options)
 
 

@@ -6,7 +6,8 @@ a transaction costs two round trips more than the writes (BEGIN and COMMIT; psyc
 BEGIN on its own), and on the hottest write of the REST API those were a third of its
 database time (docs/benchmarks.md, "REST create: one statement"). One statement is atomic
 by itself: the caller puts this INSERT in a WITH clause in front of its other write
-(notifications.services.publish's `write=`).
+(notifications.services.publish's `write=`). PostgreSQL does not promise which of the two
+runs first, so nothing may depend on it (no non-deferred foreign key between them).
 
 The SQL is the ORM's own, built as save() builds it: the same fields and values, each
 field's pre_save() run, so auto_now and auto_now_add timestamps are set on the instance

@@ -381,6 +381,11 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Results live in the Task row, never in a Celery result backend.
 CELERY_TASK_IGNORE_RESULT = True
+# send_task reads app.backend (the disabled one, holding no state) for its AsyncResult.
+# Not thread-safe, Celery makes one per thread, and a web process runs each request on a
+# new thread: every create that nudged the dispatcher built a backend (py-spy: a quarter
+# of a nudge's CPU). Shared, it is made once per process.
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

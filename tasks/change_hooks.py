@@ -18,7 +18,8 @@ from tasks.models import Task
 
 
 def task_changed(task: Task, *, previous_status: str | None) -> None:
-    """A create or a status change was written in the current transaction."""
+    """A create or a status change was written: in the current transaction, or already
+    committed when there is none (a create is one statement)."""
     tasks_changed([task], previous_status=previous_status)
 
 

@@ -9,7 +9,9 @@ registered they do nothing.
   row and its event are written), so whatever they write commits or rolls back with the
   change itself: an outbox row, not a side effect. They must not do I/O. A create is no
   status change (a new task is pending) and calls none: its row and event are one
-  statement with no room for a listener's write (tasks.services.task_create).
+  statement with no room for a listener's write (tasks.services.task_create). Until
+  December 2026 listeners were also called for a create, with previous_status None; a
+  listener written for that gets no such call now.
 - callback URL validators refuse a task's callback_url with a ValidationError
   ({"callback_url": [...]}) at create, on every surface alike.
 - tick hooks run on every dispatcher tick (tasks.tasks.dispatch_pending_tasks, beat's one

@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, router, transaction
 from django.utils import timezone
 
 from notifications import protocol
@@ -109,13 +109,11 @@ def _record_change(
 def _record_changes(tasks: Sequence[Task], *, previous_status: str) -> None:
     """_record_change for tasks that changed together from the same status (a dispatcher
     run), with one statement for all their events (publish_many) and one after-commit
-    callback for all their cache versions, instead of one of each per task. Changes to a
-    terminal status go through _record_change one by one: each writes an inbox entry and
-    its event after the task's, and a user's events must keep that order."""
+    callback for all their cache versions, instead of one of each per task. Not for a
+    change to a terminal status: each of those writes an inbox entry and its event after
+    the task's event, and a user's events must keep that order (_record_change)."""
     if any(task.status in TERMINAL_STATUSES for task in tasks):
-        for task in tasks:
-            _record_change(task, previous_status=previous_status)
-        return
+        raise ValueError("terminal changes are recorded one by one (_record_change)")
     for task in tasks:
         _log_change(task, previous_status=previous_status)
     change_hooks.tasks_changed(tasks, previous_status=previous_status)
@@ -245,7 +243,7 @@ def task_create(
         retry_backoff=retry_backoff,
         callback_url=callback_url,
     )
-    using = router.db_for_write(Task)
+    using = DEFAULT_DB_ALIAS  # publish() writes on the default database, so the row does too
     if task.owner_id is None:
         # A legacy anonymous task: nobody to tell, the row is the whole write.
         task.save(force_insert=True, using=using)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import DataError
+from django.db import DataError, transaction
 
-from notifications import protocol
+from notifications import protocol, push
+from notifications import services as notification_services
 from notifications.models import Event
 from taskhub.exceptions import ConflictError
-from tasks import services
+from tasks import cache, services
 from tasks.models import StopRequest, Task, TaskStatus
 from tasks.tests.factories import make_task
 
@@ -26,7 +29,7 @@ def test_create_inserts_a_pending_task_with_the_default_timeout(alice, settings)
     assert task.attempts == 1
 
 
-def test_create_writes_the_created_event_in_the_same_transaction(alice):
+def test_create_writes_the_created_event_in_the_same_statement(alice):
     task = services.task_create(owner=alice, title="Resize photos")
 
     event = Event.objects.get(task_id=task.pk)
@@ -52,6 +55,44 @@ def test_a_create_whose_row_is_refused_leaves_no_event_and_takes_no_number(alice
     assert list(Event.objects.filter(user=alice).values_list("seq", flat=True)) == [1]
     assert services.task_create(owner=alice, title="second").pk
     assert list(Event.objects.filter(user=alice).values_list("seq", flat=True)) == [1, 2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_create_whose_event_is_refused_leaves_no_task(alice, monkeypatch):
+    # The event's half of the statement fails (a division by zero where the event goes):
+    # the task's half, in the same statement, goes with it.
+    monkeypatch.setattr(
+        notification_services,
+        "_INSERT_EVENT",
+        "SELECT id, seq FROM notifications_publish_event(%s, %s, %s::jsonb, %s::uuid, %s) "
+        "WHERE 1 / 0 = 1",
+    )
+
+    with pytest.raises(DataError):
+        services.task_create(owner=alice, title="lost together")
+
+    assert not Task.objects.exists()
+    assert not Event.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # on_commit as in production
+@pytest.mark.parametrize("in_a_transaction", [False, True], ids=["alone", "in a transaction"])
+def test_a_creates_cache_versions_are_bumped_after_its_row_and_before_its_push(
+    alice, monkeypatch, in_a_transaction
+):
+    # A client that reads its task list when the event arrives must see the new task.
+    calls: list[str] = []
+    bump = cache._bump
+    monkeypatch.setattr(cache, "_bump", lambda *keys: calls.append("bump") or bump(*keys))
+    monkeypatch.setattr(push, "group_send_now", lambda messages, what: calls.append("push"))
+    monkeypatch.setattr(services, "nudge_dispatcher", lambda: calls.append("nudge"))
+
+    with transaction.atomic() if in_a_transaction else contextlib.nullcontext():
+        task = services.task_create(owner=alice, title="listed")
+        assert calls == ([] if in_a_transaction else ["bump", "push", "nudge"])
+        assert Task.objects.filter(pk=task.pk).exists()
+
+    assert calls == ["bump", "push", "nudge"]
 
 
 def test_create_nudges_the_dispatcher_only_after_commit(alice, django_capture_on_commit_callbacks):
