@@ -403,8 +403,8 @@ async def test_an_instance_killed_under_500_sockets_loses_its_clients_nothing(fa
         assert on_web1 and len(on_web1) < len(followers), "nginx should spread the sockets"
         # Both instances count every socket of both (the registry is in Redis), once the
         # sockets that closed before these opened are released: a release is asynchronous
-        # (the server's disconnect, in batches), and one CI run read 502 here, the two
-        # sockets the previous test of this farm had just closed.
+        # (the server's disconnect, in batches), and one CI run read 502 here: most likely
+        # the two sockets the previous test of this farm (chat) had just closed.
         for name in ("web1", "web2"):
             url = farm.instance_url(name)
             await wait_for(
