@@ -176,8 +176,8 @@ def _fire_one(schedule: Schedule, now: datetime) -> ScheduleOccurrence | None:
     except (OperationalError, InterfaceError):
         raise  # the database is gone: the whole tick fails, and the next one fires it all
     except Exception as exc:
-        # A defect (a value the database refuses, say): this
-        # occurrence records it with a traceback in the log, the schedule keeps its rhythm.
+        # A defect (a value the database refuses, say): this occurrence records it with a
+        # traceback in the log, the schedule keeps its rhythm.
         occurrence.error = f"internal error: {outages.describe(exc)}"
         logger.exception("schedule %s: no task created (internal error)", schedule.pk)
     occurrence.save(update_fields=["task", "error"])

@@ -133,11 +133,12 @@ def _record_changes(tasks: Sequence[Task], *, previous_status: str) -> None:
     )
 
 
-def _log_change(task: Task, *, previous_status: str) -> None:
+def _log_change(task: Task, *, previous_status: str | None) -> None:
+    """The log line of a create (previous_status None) or a status change."""
     logger.info(
         "task %s status %s -> %s (attempt %s)",
         task.id,
-        previous_status,
+        previous_status or "-",
         task.status,
         task.attempts,
     )
@@ -247,7 +248,7 @@ def task_create(
     if task.owner_id is None:
         # A legacy anonymous task: nobody to tell, the row is the whole write.
         task.save(force_insert=True, using=using)
-        _created(task, using=using)
+        _created(task)
     else:
         # The row and its task.updated event in one statement: atomic without a
         # transaction's BEGIN and COMMIT round trips (taskhub/model_insert.py says why).
@@ -258,18 +259,18 @@ def task_create(
             data=task_event_data(task, previous_status=None),
             task_id=task.id,
             write=write,
-            after_write=lambda: _created(task, using=using),
+            after_write=lambda: _created(task),
         )
+        model_insert.mark_inserted(task, using=using)  # as save() does
     transaction.on_commit(nudge_dispatcher, robust=True)
     return task
 
 
-def _created(task: Task, *, using: str) -> None:
+def _created(task: Task) -> None:
     """A create's row is written (committed, or in the caller's transaction): what follows
     it, before its event's push. Status listeners (tasks.extensions) are not called: a
     create is no status change, and its write is one statement with no room for theirs."""
-    model_insert.mark_inserted(task, using=using)
-    logger.info("task %s status - -> %s (attempt %s)", task.id, task.status, task.attempts)
+    _log_change(task, previous_status=None)
     # After commit (at once outside a transaction): the owner's cached lists die, the
     # create is counted (docs/metrics.md).
     change_hooks.task_changed(task, previous_status=None)
