@@ -202,6 +202,50 @@ def task_retry_policy(
     return max_attempts, retry_backoff
 
 
+def task_build(
+    *,
+    owner: AbstractBaseUser | None,
+    title: str,
+    description: str = "",
+    kind: str = "simulate",
+    params: dict[str, Any] | None = None,
+    timeout: int | None = None,
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+    retry_backoff: int | None = None,
+    callback_url: str = "",
+) -> Task:
+    """The unsaved pending task a create writes, its input checked and its defaults filled
+    in (ValidationError for bad input): task_create's first half, with no I/O, so that a
+    surface that writes the row another way builds the same one
+    (bench/proto_http.py, docs/benchmarks.md "The design that would pass: a lean HTTP path")."""
+    params = {} if params is None else params
+    timeout = settings.TASKHUB_TASK_DEFAULT_TIMEOUT if timeout is None else timeout
+    task_validate_run(
+        kind=kind,
+        params=params,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+    )
+    extensions.callback_url_validate(callback_url)
+    max_attempts, retry_backoff = task_retry_policy(
+        kind=kind, max_attempts=max_attempts, retry_backoff=retry_backoff
+    )
+    return Task(
+        owner=owner,
+        title=title,
+        description=description,
+        kind=kind,
+        params=params,
+        timeout=timeout,
+        run_at=run_at,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+        callback_url=callback_url,
+    )
+
+
 def task_create(
     *,
     owner: AbstractBaseUser | None,
@@ -219,20 +263,7 @@ def task_create(
     `callback_url`: POSTed to, signed, when the task ends (docs/webhooks.md); "" for the
     owner's default, if any.
     `max_attempts`/`retry_backoff` None: the kind's default, else the settings'."""
-    params = {} if params is None else params
-    timeout = settings.TASKHUB_TASK_DEFAULT_TIMEOUT if timeout is None else timeout
-    task_validate_run(
-        kind=kind,
-        params=params,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        retry_backoff=retry_backoff,
-    )
-    extensions.callback_url_validate(callback_url)
-    max_attempts, retry_backoff = task_retry_policy(
-        kind=kind, max_attempts=max_attempts, retry_backoff=retry_backoff
-    )
-    task = Task(
+    task = task_build(
         owner=owner,
         title=title,
         description=description,

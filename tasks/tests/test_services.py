@@ -120,6 +120,27 @@ def test_create_refuses_bad_input_naming_the_field(alice, fields, bad_field):
     assert not Task.objects.exists()
 
 
+def test_build_fills_in_the_defaults_a_create_writes_and_writes_nothing(
+    alice, django_assert_num_queries
+):
+    with django_assert_num_queries(0):
+        task = services.task_build(owner=alice, title="Resize photos", kind="echo")
+
+    assert task._state.adding
+    assert (task.status, task.timeout, task.attempts) == (TaskStatus.PENDING, 240, 1)
+    # The kind's retry policy, as task_create fills it in.
+    created = services.task_create(owner=alice, title="Resize photos", kind="echo")
+    assert (task.max_attempts, task.retry_backoff) == (created.max_attempts, created.retry_backoff)
+    assert Task.objects.count() == 1
+
+
+def test_build_refuses_what_a_create_refuses(alice):
+    with pytest.raises(ValidationError) as excinfo:
+        services.task_build(owner=alice, title="t", kind="no-such-kind")
+
+    assert "kind" in excinfo.value.message_dict
+
+
 def test_anonymous_task_writes_no_event():
     task = services.task_create(owner=None, title="legacy")
 
