@@ -7,6 +7,10 @@ throttling, validation, the task's event and the dispatcher nudge).
 
 The row is a tasks_task row, as the project's create inserts (the same table, indexes
 and generated search column), but `cancelled` so the dispatcher never picks it up.
+
+The same server also routes the lean HTTP path prototype (bench/proto_http.py) under
+/proto/: measured on this process, beside the reference's view, in the `rest` and
+`search` parts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from django.http import HttpRequest, JsonResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 
+from bench import proto_http  # noqa: E402
 from tasks.models import Task, TaskStatus  # noqa: E402
 
 
@@ -38,4 +43,8 @@ def create(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"id": str(task.pk)}, status=201)
 
 
-urlpatterns = [path("ref/create", create)]
+urlpatterns = [
+    path("ref/create", create),
+    path("proto/tasks/", proto_http.create),
+    path("proto/search", proto_http.search),
+]

@@ -422,7 +422,13 @@ def _realtime_rows(part: dict[str, Any]) -> list[Compare]:
 def _rest_rows(part: dict[str, Any]) -> list[Compare]:
     ref = part.get("reference", {})
     out: list[Compare] = []
-    for name, label in (("api", "POST /api/tasks/"), ("legacy", "POST /task/create")):
+    for name, label in (
+        ("api", "POST /api/tasks/"),
+        ("legacy", "POST /task/create"),
+        ("prototype", "lean HTTP prototype"),  # bench/proto_http.py, with --proto
+    ):
+        if name == "prototype" and name not in part:
+            continue
         mine = part.get(name, {})
         out += [
             (f"{label}: req/s", mine.get("req_per_s"), ref.get("req_per_s"), "/s"),
@@ -481,6 +487,20 @@ def _search_rows(part: dict[str, Any]) -> list[Compare]:
             (f"{name}: p99", c.get("p99_ms"), None, "ms"),
             (f"{name}: server CPU per search", c.get("server_cpu_ms_per_search"), None, "ms"),
             *_pg_rows(f"{name}: ", c, None, "search"),
+        ]
+    for name, c in (part.get("prototype") or {}).items():
+        if not isinstance(c, dict):  # {"error": ...}
+            out.append(("lean HTTP prototype", f"FAILED: {c}"[:40], None, ""))
+            break
+        out += [
+            (f"{name}: lean HTTP prototype p50", c.get("p50_ms"), None, "ms"),
+            (f"{name}: lean HTTP prototype p99", c.get("p99_ms"), None, "ms"),
+            (
+                f"{name}: lean HTTP prototype server CPU",
+                c.get("server_cpu_ms_per_search"),
+                None,
+                "ms",
+            ),
         ]
     out.append(
         (

@@ -5,7 +5,9 @@ and search at scale (bench/search_scale.py).
 Each part runs the project first and then its reference on the same machine within a
 minute or two, so a ratio compares like with like even when the neighbours' load moves.
 With `proto` (on with --scale), sockets and realtime also run the lean socket tier
-prototype (bench/proto_socket_tier.py) between the two, as a third column.
+prototype (bench/proto_socket_tier.py) between the two, as a third column; rest and
+search also time the lean HTTP path prototype (bench/proto_http.py, served by the
+reference's Daphne), as rows of their own.
 Synchronous code (run in a thread by the runner): the client load is in other processes.
 """
 
@@ -183,7 +185,8 @@ def run(
     proto: bool = False,
 ) -> dict[str, Any]:
     """`proto`: the lean socket tier prototype as a third column in sockets and realtime
-    (docs/benchmarks.md, "The design that would pass: a lean socket tier")."""
+    (docs/benchmarks.md, "The design that would pass: a lean socket tier"), and the lean
+    HTTP path prototype's rows in rest and search ("... a lean HTTP path")."""
     refs = References(stack)
     out: dict[str, Any] = {}
     needs_sockets = not only or {"sockets", "realtime"} & set(only)
@@ -289,15 +292,17 @@ def run(
             ),
         )
     )
-    steps.append(("rest", lambda: _rest(stack, refs, sizes, token, redis_url)))
+    steps.append(("rest", lambda: _rest(stack, refs, sizes, token, redis_url, proto)))
     steps.append(("drain", lambda: _drain(stack, refs, sizes, owner_id, redis_url)))
-    steps.append(("search", lambda: _search(stack, sizes, run_id, database_url, redis_url)))
+    steps.append(
+        ("search", lambda: _search(stack, refs, sizes, run_id, database_url, redis_url, proto))
+    )
 
     for name, step in steps:
         if only and name not in only:
             continue
         started = time.monotonic()
-        with_proto = proto and name in ("sockets", "realtime")
+        with_proto = proto and name in ("sockets", "realtime", "rest", "search")
         sides = "project, prototype and reference" if with_proto else "project and reference"
         print(f"bench: {name} ({sides}) ...", file=sys.stderr, flush=True)
         try:
@@ -310,7 +315,7 @@ def run(
 
 
 def _rest(
-    stack: Stack, refs: References, sizes: Sizes, token: str, redis_url: str
+    stack: Stack, refs: References, sizes: Sizes, token: str, redis_url: str, proto: bool
 ) -> dict[str, Any]:
     from taskhub.celery import app
 
@@ -344,6 +349,16 @@ def _rest(
                 **common,
             ),
         }
+        if proto:
+            # The lean HTTP path prototype (bench/proto_http.py), on the reference's server:
+            # the same create as POST /api/tasks/, with the same token and body.
+            out["prototype"] = rest.run_wrk(
+                f"http://127.0.0.1:{refs.django_port}/proto/tasks/",
+                token=token,
+                body='{"title":"bench wrk","kind":"echo"}',
+                server_pids={"server": ref_pid},
+                **common,
+            )
     finally:
         _cancel_created_since(started)
         app.control.purge()
@@ -395,7 +410,13 @@ def _drain(
 
 
 def _search(
-    stack: Stack, sizes: Sizes, run_id: str, database_url: str, redis_url: str
+    stack: Stack,
+    refs: References,
+    sizes: Sizes,
+    run_id: str,
+    database_url: str,
+    redis_url: str,
+    proto: bool,
 ) -> dict[str, Any]:
     from django.contrib.auth import get_user_model
     from rest_framework_simplejwt.tokens import AccessToken
@@ -404,14 +425,21 @@ def _search(
         database_url, rows=sizes.search_rows, owners=sizes.search_owners, run_id=run_id
     )
     user = get_user_model()(pk=made["first_owner"])
-    result = search_scale.run(
-        stack.base_url,
-        str(AccessToken.for_user(user)),
-        user_id=made["first_owner"],
-        database_url=database_url,
-        daphne_pid=stack.daphne_pid,
-        redis_url=redis_url,
-        samples=sizes.search_samples,
-        seconds_per_class=sizes.search_seconds_per_class,
-    )
+    # The lean HTTP path prototype's /proto/search runs in the reference's Daphne.
+    prototype = (f"http://127.0.0.1:{refs.django_port}", refs.start_django()) if proto else None
+    try:
+        result = search_scale.run(
+            stack.base_url,
+            str(AccessToken.for_user(user)),
+            user_id=made["first_owner"],
+            database_url=database_url,
+            daphne_pid=stack.daphne_pid,
+            redis_url=redis_url,
+            samples=sizes.search_samples,
+            seconds_per_class=sizes.search_seconds_per_class,
+            prototype=prototype,
+        )
+    finally:
+        if prototype is not None:
+            refs.stack.stop_extra("ref_django")
     return {"generated": made, **result}

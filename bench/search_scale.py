@@ -150,6 +150,40 @@ def _sql_plan(user_id: int, query: str) -> dict[str, Any]:
     }
 
 
+def _classes(
+    url: str, token: str, server_pid: int, redis_url: str, samples: int, seconds: float
+) -> dict[str, Any]:
+    """GET `url` for each term class, one request at a time: p50 / p99, server CPU."""
+    out: dict[str, Any] = {}
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(headers=headers, timeout=30) as http:
+        http.get(url, params={"query": "warm up "})
+        for name, query in TERMS.items():
+            times: list[float] = []
+            hits = None
+            meter = CpuMeter({"server": server_pid}, redis_url).start()
+            deadline = time.monotonic() + seconds
+            while len(times) < samples and time.monotonic() < deadline:
+                sent = time.perf_counter()
+                response = http.get(url, params={"query": query})
+                times.append(time.perf_counter() - sent)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url} {query!r} -> {response.status_code}")
+                hits = response.json().get("count")
+            meter.stop()
+            ms = [t * MS for t in times]
+            out[name] = {
+                "query": query,
+                "n": len(ms),
+                "hits": hits,
+                "p50_ms": round(percentile(ms, 50), 2),
+                "p99_ms": round(percentile(ms, 99), 2),
+                "server_cpu_ms_per_search": meter.per("server", len(ms)),
+                **meter.postgres_per(len(ms), "search"),
+            }
+    return out
+
+
 def run(
     base_url: str,
     token: str,
@@ -160,35 +194,25 @@ def run(
     redis_url: str,
     samples: int,
     seconds_per_class: float,
+    prototype: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"classes": {}}
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
-        http.get("/search", params={"query": "warm up "})
-        for name, query in TERMS.items():
-            times: list[float] = []
-            hits = None
-            meter = CpuMeter({"server": daphne_pid}, redis_url).start()
-            deadline = time.monotonic() + seconds_per_class
-            while len(times) < samples and time.monotonic() < deadline:
-                sent = time.perf_counter()
-                response = http.get("/search", params={"query": query})
-                times.append(time.perf_counter() - sent)
-                if response.status_code != 200:
-                    raise RuntimeError(f"/search {query!r} -> {response.status_code}")
-                hits = response.json().get("count")
-            meter.stop()
-            ms = [t * MS for t in times]
-            out["classes"][name] = {
-                "query": query,
-                "n": len(ms),
-                "hits": hits,
-                "p50_ms": round(percentile(ms, 50), 2),
-                "p99_ms": round(percentile(ms, 99), 2),
-                "server_cpu_ms_per_search": meter.per("server", len(ms)),
-                **meter.postgres_per(len(ms), "search"),
-                **_sql_plan(user_id, query),
-            }
+    """`prototype`: (base URL, server PID) of the lean HTTP path prototype
+    (bench/proto_http.py), whose /proto/search is then timed the same way, per class."""
+    out: dict[str, Any] = {
+        "classes": _classes(
+            f"{base_url}/search", token, daphne_pid, redis_url, samples, seconds_per_class
+        )
+    }
+    for figures in out["classes"].values():
+        figures.update(_sql_plan(user_id, figures["query"]))
+    if prototype is not None:
+        proto_url, proto_pid = prototype
+        try:
+            out["prototype"] = _classes(
+                f"{proto_url}/proto/search", token, proto_pid, redis_url, samples, seconds_per_class
+            )
+        except Exception as exc:  # the prototype must not cost the product's figures
+            out["prototype"] = {"error": f"{type(exc).__name__}: {exc}"}
     with psycopg.connect(database_url, autocommit=True) as conn:
         ilike: list[float] = []
         for _ in range(3):
