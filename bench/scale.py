@@ -351,14 +351,18 @@ def _rest(
         }
         if proto:
             # The lean HTTP path prototype (bench/proto_http.py), on the reference's server:
-            # the same create as POST /api/tasks/, with the same token and body.
-            out["prototype"] = rest.run_wrk(
-                f"http://127.0.0.1:{refs.django_port}/proto/tasks/",
-                token=token,
-                body='{"title":"bench wrk","kind":"echo"}',
-                server_pids={"server": ref_pid},
-                **common,
-            )
+            # the same create as POST /api/tasks/, with the same token and body. A broken
+            # prototype must not cost the run the product's and the reference's figures.
+            try:
+                out["prototype"] = rest.run_wrk(
+                    f"http://127.0.0.1:{refs.django_port}/proto/tasks/",
+                    token=token,
+                    body='{"title":"bench wrk","kind":"echo"}',
+                    server_pids={"server": ref_pid},
+                    **common,
+                )
+            except Exception as exc:
+                out["prototype"] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         _cancel_created_since(started)
         app.control.purge()
@@ -425,8 +429,12 @@ def _search(
         database_url, rows=sizes.search_rows, owners=sizes.search_owners, run_id=run_id
     )
     user = get_user_model()(pk=made["first_owner"])
-    # The lean HTTP path prototype's /proto/search runs in the reference's Daphne.
-    prototype = (f"http://127.0.0.1:{refs.django_port}", refs.start_django()) if proto else None
+
+    def start_prototype() -> tuple[str, int]:
+        # The lean HTTP path prototype's /proto/search runs in the reference's Daphne,
+        # started only once the product's classes are timed.
+        return f"http://127.0.0.1:{refs.django_port}", refs.start_django()
+
     try:
         result = search_scale.run(
             stack.base_url,
@@ -437,9 +445,8 @@ def _search(
             redis_url=redis_url,
             samples=sizes.search_samples,
             seconds_per_class=sizes.search_seconds_per_class,
-            prototype=prototype,
+            prototype=start_prototype if proto else None,
         )
     finally:
-        if prototype is not None:
-            refs.stack.stop_extra("ref_django")
+        refs.stack.stop_extra("ref_django")  # a no-op when it was never started
     return {"generated": made, **result}
