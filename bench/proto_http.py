@@ -1,7 +1,11 @@
-"""A lean HTTP path for REST create and search: the design that would pass issue 10's REST
-and search targets, as a prototype measured in the same harness as the product and the
-minimal-Django reference (docs/benchmarks.md, "The design that would pass: a lean HTTP
-path").
+"""A lean HTTP path for REST create and search: the design tried for issue 10's REST and
+search targets, as a prototype measured in the same harness as the product and the
+minimal-Django reference (docs/benchmarks.md, "The lean HTTP path: the design tried for
+REST create and search"). Its work is written once, as `create_answer` and
+`search_answer`, and served two ways: by the views below, on Daphne with Django's
+handler (the design tried), and by bench/proto_http_tier.py, a plain asyncio HTTP server
+with no Django request handling in front (the design that would pass, "An asyncio HTTP
+tier measured").
 
 **A measurement artefact, not product code.** It is routed only by the reference's
 URLconf (bench/ref_django.py), so it runs in the reference's Daphne with TaskHub's own
@@ -39,10 +43,12 @@ loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -54,7 +60,7 @@ from django.core.cache import cache as django_cache
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ValidationError as DrfValidationError
 from rest_framework.fields import get_error_detail
@@ -73,7 +79,7 @@ from tasks.api.serializers import TaskCreateInputSerializer, TaskOutputSerialize
 from tasks.models import Task
 from tasks.services import task_build, task_event_data
 
-# One of each per process: Daphne runs every request on its one loop.
+# One of each per process: the server runs every request on its one event loop.
 _state: dict[str, Any] = {}
 
 
@@ -85,14 +91,27 @@ def _redis() -> aioredis.Redis:
     return _state["redis"]
 
 
+# At most this many PostgreSQL sessions per process: requests past it wait for one. Two
+# cores cannot run more statements at once than a few; 32 wrk connections each holding a
+# session would only add sessions (and, beside the stack, reach max_connections).
+DB_CONNECTIONS = 8
+
+
 async def _connection() -> psycopg.AsyncConnection[Any]:
     """A connection from a small idle list (autocommit, no prepared statements: the
-    sockets' pool settings); one statement per request needs no more. The list keeps one
-    connection per request that was ever in flight at once (32 under wrk -c32)."""
-    idle: list[psycopg.AsyncConnection[Any]] = _state.setdefault("idle", [])
-    if idle:
-        return idle.pop()
-    return await psycopg.AsyncConnection.connect(**_pool_kwargs())
+    sockets' pool settings), after taking one of DB_CONNECTIONS slots (`_fetch` gives it
+    back); one statement per request needs no more."""
+    if "slots" not in _state:
+        _state["slots"] = asyncio.Semaphore(DB_CONNECTIONS)
+        _state["idle"] = []
+    await _state["slots"].acquire()
+    try:
+        if _state["idle"]:
+            return _state["idle"].pop()
+        return await psycopg.AsyncConnection.connect(**_pool_kwargs())
+    except BaseException:
+        _state["slots"].release()
+        raise
 
 
 async def _fetch(
@@ -115,16 +134,32 @@ async def _fetch(
     except BaseException:
         await conn.close()
         raise
-    _state["idle"].append(conn)
+    else:
+        _state["idle"].append(conn)
+    finally:
+        _state["slots"].release()
     return names, rows
 
 
-def _error(status: int, detail: Any) -> JsonResponse:
-    return JsonResponse(detail if isinstance(detail, dict) else {"detail": detail}, status=status)
+@dataclass
+class Answer:
+    """A response, whichever server sends it: Daphne through the views below, or the
+    asyncio HTTP tier (bench/proto_http_tier.py)."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def content(self) -> bytes:
+        return json.dumps(self.body, cls=DjangoJSONEncoder).encode()
 
 
-async def _authenticate(request: HttpRequest) -> Any:
-    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+def error_answer(status: int, detail: Any) -> Answer:
+    return Answer(status, detail if isinstance(detail, dict) else {"detail": detail})
+
+
+async def _authenticate(authorization: str) -> Any:
+    scheme, _, raw = authorization.partition(" ")
     if scheme != "Bearer" or not raw:
         return None
     user = await user_from_token(raw)
@@ -151,42 +186,43 @@ async def _throttled(user: Any) -> float | None:
     return max(0.0, duration - (now - float(oldest)))
 
 
-async def _gate(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
-    user = await _authenticate(request)
+async def _gate(authorization: str) -> tuple[Any, Answer | None]:
+    user = await _authenticate(authorization)
     if user is None:
-        return None, _error(401, "Authentication credentials were not provided.")
+        return None, error_answer(401, "Authentication credentials were not provided.")
     wait = await _throttled(user)
     if wait is not None:
         seconds = math.ceil(wait)
-        response = _error(429, f"Request was throttled. Expected available in {seconds} seconds.")
-        response["Retry-After"] = str(seconds)
-        return None, response
+        refused = error_answer(
+            429, f"Request was throttled. Expected available in {seconds} seconds."
+        )
+        refused.headers["Retry-After"] = str(seconds)
+        return None, refused
     return user, None
 
 
-def _validation_error(exc: Exception) -> JsonResponse:
+def _validation_error(exc: Exception) -> Answer:
     if isinstance(exc, DjangoValidationError):
         exc = DrfValidationError(detail=get_error_detail(exc))
-    return _error(400, exc.detail)  # type: ignore[attr-defined]
+    return error_answer(400, exc.detail)  # type: ignore[attr-defined]
 
 
-@csrf_exempt
-async def create(request: HttpRequest) -> JsonResponse:
-    if request.method != "POST":
-        return _error(405, f'Method "{request.method}" not allowed.')
-    user, refused = await _gate(request)
+async def create_answer(*, authorization: str, idempotency_key: bool, body: bytes) -> Answer:
+    """POST /api/tasks/'s work: `authorization` is the header's value ("" when absent),
+    `idempotency_key` whether the request carries one, `body` the raw JSON."""
+    user, refused = await _gate(authorization)
     if refused is not None:
         return refused
-    if "Idempotency-Key" in request.headers:
-        return _error(501, "The prototype has no idempotent creates.")
+    if idempotency_key:
+        return error_answer(501, "The prototype has no idempotent creates.")
     try:
-        payload = TaskCreateInputSerializer(data=json.loads(request.body or b"{}"))
+        payload = TaskCreateInputSerializer(data=json.loads(body or b"{}"))
         payload.is_valid(raise_exception=True)
         task = task_build(owner=user, **payload.validated_data)
     except (DrfValidationError, DjangoValidationError) as exc:
         return _validation_error(exc)
     except ValueError:
-        return _error(400, "JSON parse error.")
+        return error_answer(400, "JSON parse error.")
     # task_create's statement: the row and its event, one round trip, no transaction.
     write_sql, write_params = model_insert.insert_statement(task, using=DEFAULT_DB_ALIAS)
     created_at = task.created_at
@@ -197,7 +233,28 @@ async def create(request: HttpRequest) -> JsonResponse:
     )
     model_insert.mark_inserted(task, using=DEFAULT_DB_ALIAS)
     await _after_create(task, seq, data)
-    return JsonResponse(TaskOutputSerializer(task).data, status=201, encoder=DjangoJSONEncoder)
+    return Answer(201, TaskOutputSerializer(task).data)
+
+
+def _response(answer: Answer) -> HttpResponse:
+    return HttpResponse(
+        answer.content(),
+        status=answer.status,
+        content_type="application/json",
+        headers=answer.headers,
+    )
+
+
+@csrf_exempt
+async def create(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _response(error_answer(405, f'Method "{request.method}" not allowed.'))
+    answer = await create_answer(
+        authorization=request.headers.get("Authorization", ""),
+        idempotency_key="Idempotency-Key" in request.headers,
+        body=request.body,
+    )
+    return _response(answer)
 
 
 async def _after_create(task: Task, seq: int, data: dict[str, Any]) -> None:
@@ -227,11 +284,13 @@ async def _after_create(task: Task, seq: int, data: dict[str, Any]) -> None:
 _HIT = SearchHitOutputSerializer()
 
 
-async def search(request: HttpRequest) -> JsonResponse:
-    user, refused = await _gate(request)
+async def search_answer(*, authorization: str, query: QueryDict, url: str) -> Answer:
+    """GET /search's work: `query` the request's parameters, `url` its absolute URL
+    (the page links are built from it)."""
+    user, refused = await _gate(authorization)
     if refused is not None:
         return refused
-    filters = SearchFilterSerializer(data=request.GET)
+    filters = SearchFilterSerializer(data=query)
     try:
         filters.is_valid(raise_exception=True)
         results = task_search_for(user=user, **filters.validated_data)
@@ -239,7 +298,7 @@ async def search(request: HttpRequest) -> JsonResponse:
         return _validation_error(exc)
     paginator = SearchPagination()
     size = paginator.page_size
-    number = request.GET.get("page", "1")
+    number = query.get("page", "1")
     page = int(number) if number.isdigit() and int(number) >= 1 else 1
     hits: list[SearchHit] = []
     count = 0
@@ -254,14 +313,22 @@ async def search(request: HttpRequest) -> JsonResponse:
                 setattr(task, name, value)
             hits.append(_hit(task))
         count = int(rows[0][names.index("total")]) if rows else 0
-    url = request.build_absolute_uri()
     more = page * size < count
-    return JsonResponse(
+    return Answer(
+        200,
         {
             "count": count,
             "next": replace_query_param(url, "page", page + 1) if more else None,
             "previous": replace_query_param(url, "page", page - 1) if page > 1 else None,
             "results": [_HIT.to_representation(hit) for hit in hits],
         },
-        encoder=DjangoJSONEncoder,
     )
+
+
+async def search(request: HttpRequest) -> HttpResponse:
+    answer = await search_answer(
+        authorization=request.headers.get("Authorization", ""),
+        query=request.GET,
+        url=request.build_absolute_uri(),
+    )
+    return _response(answer)

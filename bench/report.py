@@ -426,8 +426,9 @@ def _rest_rows(part: dict[str, Any]) -> list[Compare]:
         ("api", "POST /api/tasks/"),
         ("legacy", "POST /task/create"),
         ("prototype", "lean HTTP prototype"),  # bench/proto_http.py, with --proto
+        ("tier", "asyncio HTTP tier prototype"),  # bench/proto_http_tier.py, with --proto
     ):
-        if name == "prototype" and name not in part:
+        if name in ("prototype", "tier") and name not in part:
             continue
         mine = part.get(name, {})
         out += [
@@ -488,20 +489,19 @@ def _search_rows(part: dict[str, Any]) -> list[Compare]:
             (f"{name}: server CPU per search", c.get("server_cpu_ms_per_search"), None, "ms"),
             *_pg_rows(f"{name}: ", c, None, "search"),
         ]
-    for name, c in (part.get("prototype") or {}).items():
-        if not isinstance(c, dict):  # {"error": ...}
-            out.append(("lean HTTP prototype", f"FAILED: {c}"[:40], None, ""))
-            break
-        out += [
-            (f"{name}: lean HTTP prototype p50", c.get("p50_ms"), None, "ms"),
-            (f"{name}: lean HTTP prototype p99", c.get("p99_ms"), None, "ms"),
-            (
-                f"{name}: lean HTTP prototype server CPU",
-                c.get("server_cpu_ms_per_search"),
-                None,
-                "ms",
-            ),
-        ]
+    for key, label in (
+        ("prototype", "lean HTTP prototype"),  # bench/proto_http.py, with --proto
+        ("tier", "asyncio HTTP tier prototype"),  # bench/proto_http_tier.py, with --proto
+    ):
+        for name, c in (part.get(key) or {}).items():
+            if not isinstance(c, dict):  # {"error": ...}
+                out.append((label, f"FAILED: {c}"[:40], None, ""))
+                break
+            out += [
+                (f"{name}: {label} p50", c.get("p50_ms"), None, "ms"),
+                (f"{name}: {label} p99", c.get("p99_ms"), None, "ms"),
+                (f"{name}: {label} server CPU", c.get("server_cpu_ms_per_search"), None, "ms"),
+            ]
     out.append(
         (
             "ILIKE on an absent word (whole table) / search p50",

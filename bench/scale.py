@@ -7,7 +7,8 @@ minute or two, so a ratio compares like with like even when the neighbours' load
 With `proto` (on with --scale), sockets and realtime also run the lean socket tier
 prototype (bench/proto_socket_tier.py) between the two, as a third column; rest and
 search also time the lean HTTP path prototype (bench/proto_http.py, served by the
-reference's Daphne), as rows of their own.
+reference's Daphne) and the asyncio HTTP tier prototype (bench/proto_http_tier.py, its own
+process), as rows of their own.
 Synchronous code (run in a thread by the runner): the client load is in other processes.
 """
 
@@ -109,6 +110,7 @@ class References:
         self.stack = stack
         self.ws_port = free_port()
         self.proto_port = free_port()
+        self.http_tier_port = free_port()
         self.django_port = free_port()
         self.celery_node = f"benchref-{uuid.uuid4().hex[:8]}@%h"
 
@@ -126,6 +128,15 @@ class References:
             "proto_ws",
             [sys.executable, "-m", "bench.proto_socket_tier", "--port", str(self.proto_port)],
             ready_text="proto_socket_tier listening",
+        )
+        return process.proc.pid
+
+    def start_http_tier(self) -> int:
+        """The asyncio HTTP tier prototype (bench/proto_http_tier.py), a fresh process."""
+        process = self.stack.start_extra(
+            "proto_http_tier",
+            [sys.executable, "-m", "bench.proto_http_tier", "--port", str(self.http_tier_port)],
+            ready_text="proto_http_tier listening",
         )
         return process.proc.pid
 
@@ -185,8 +196,10 @@ def run(
     proto: bool = False,
 ) -> dict[str, Any]:
     """`proto`: the lean socket tier prototype as a third column in sockets and realtime
-    (docs/benchmarks.md, "The design that would pass: a lean socket tier"), and the lean
-    HTTP path prototype's rows in rest and search ("... a lean HTTP path")."""
+    (docs/benchmarks.md, "The design that would pass: a lean socket tier"), and in rest and
+    search the rows of the lean HTTP path prototype ("The lean HTTP path: the design tried
+    for REST create and search") and of the asyncio HTTP tier prototype ("An asyncio HTTP
+    tier measured")."""
     refs = References(stack)
     out: dict[str, Any] = {}
     needs_sockets = not only or {"sockets", "realtime"} & set(only)
@@ -363,6 +376,22 @@ def _rest(
                 )
             except Exception as exc:
                 out["prototype"] = {"error": f"{type(exc).__name__}: {exc}"}
+            # The same work from the asyncio HTTP tier (bench/proto_http_tier.py): no
+            # Daphne, no Django handler in front; its own process, stopped after. The
+            # reference's server goes first: its idle PostgreSQL sessions add up.
+            refs.stack.stop_extra("ref_django")
+            try:
+                out["tier"] = rest.run_wrk(
+                    f"http://127.0.0.1:{refs.http_tier_port}/api/tasks/",
+                    token=token,
+                    body='{"title":"bench wrk","kind":"echo"}',
+                    server_pids={"server": refs.start_http_tier()},
+                    **common,
+                )
+            except Exception as exc:
+                out["tier"] = {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                refs.stack.stop_extra("proto_http_tier")
     finally:
         _cancel_created_since(started)
         app.control.purge()
@@ -433,7 +462,11 @@ def _search(
     def start_prototype() -> tuple[str, int]:
         # The lean HTTP path prototype's /proto/search runs in the reference's Daphne,
         # started only once the product's classes are timed.
-        return f"http://127.0.0.1:{refs.django_port}", refs.start_django()
+        return f"http://127.0.0.1:{refs.django_port}/proto/search", refs.start_django()
+
+    def start_tier() -> tuple[str, int]:
+        # The asyncio HTTP tier prototype (bench/proto_http_tier.py), after the above.
+        return f"http://127.0.0.1:{refs.http_tier_port}/search", refs.start_http_tier()
 
     try:
         result = search_scale.run(
@@ -445,8 +478,9 @@ def _search(
             redis_url=redis_url,
             samples=sizes.search_samples,
             seconds_per_class=sizes.search_seconds_per_class,
-            prototype=start_prototype if proto else None,
+            prototypes={"prototype": start_prototype, "tier": start_tier} if proto else {},
         )
     finally:
         refs.stack.stop_extra("ref_django")  # a no-op when it was never started
+        refs.stack.stop_extra("proto_http_tier")
     return {"generated": made, **result}

@@ -195,11 +195,13 @@ def run(
     redis_url: str,
     samples: int,
     seconds_per_class: float,
-    prototype: Callable[[], tuple[str, int]] | None = None,
+    prototypes: dict[str, Callable[[], tuple[str, int]]] | None = None,
 ) -> dict[str, Any]:
-    """`prototype`: starts the lean HTTP path prototype (bench/proto_http.py) and returns
-    its (base URL, server PID); its /proto/search is then timed the same way, per class,
-    after the product's (so it meets a warmer cache: docs/benchmarks.md says so)."""
+    """`prototypes`: by name (the JSON key), a callable that starts a prototype server
+    and returns its (search URL, server PID): the lean HTTP path (bench/proto_http.py)
+    as "prototype", the asyncio HTTP tier (bench/proto_http_tier.py) as "tier". Each is
+    timed the same way, per class, after the product's (so it meets a warmer cache:
+    docs/benchmarks.md says so)."""
     out: dict[str, Any] = {
         "classes": _classes(
             f"{base_url}/search", token, daphne_pid, redis_url, samples, seconds_per_class
@@ -207,14 +209,12 @@ def run(
     }
     for figures in out["classes"].values():
         figures.update(_sql_plan(user_id, figures["query"]))
-    if prototype is not None:
+    for name, start in (prototypes or {}).items():
         try:
-            proto_url, proto_pid = prototype()
-            out["prototype"] = _classes(
-                f"{proto_url}/proto/search", token, proto_pid, redis_url, samples, seconds_per_class
-            )
-        except Exception as exc:  # the prototype must not cost the product's figures
-            out["prototype"] = {"error": f"{type(exc).__name__}: {exc}"}
+            url, pid = start()
+            out[name] = _classes(url, token, pid, redis_url, samples, seconds_per_class)
+        except Exception as exc:  # a prototype must not cost the product's figures
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
     with psycopg.connect(database_url, autocommit=True) as conn:
         ilike: list[float] = []
         for _ in range(3):

@@ -217,8 +217,8 @@ def task_build(
 ) -> Task:
     """The unsaved pending task a create writes, its input checked and its defaults filled
     in (ValidationError for bad input): task_create's first half, with no I/O, so that a
-    surface that writes the row another way builds the same one
-    (bench/proto_http.py, docs/benchmarks.md "The design that would pass: a lean HTTP path")."""
+    surface that writes the row another way builds the same one (bench/proto_http.py;
+    docs/benchmarks.md, "The lean HTTP path: the design tried for REST create and search")."""
     params = {} if params is None else params
     timeout = settings.TASKHUB_TASK_DEFAULT_TIMEOUT if timeout is None else timeout
     task_validate_run(
