@@ -6,6 +6,10 @@ resumes and we wait until every task is terminal: tasks/s and worker CPU (the ma
 process and its pool) per task. That is the dispatcher's runs, the run messages, each
 task's transitions and their events.
 
+Prototype (with --proto): the same burst drained by the batched-runs prototype
+(bench/proto_drain.py), a worker of its own with the same options, while the project's
+worker does not consume.
+
 Reference: the same count of bench_ref.noop messages (bench/ref_celery.py) for a worker
 with the same options, queued while it does not consume, then drained.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -58,24 +63,17 @@ def _unfinished(ids: list[str]) -> int:
     return Task.objects.filter(pk__in=ids).exclude(status__in=TERMINAL_STATUSES).count()
 
 
-def project(
-    *, worker_pid: int, node: str, owner_id: int, count: int, deadline_s: float, redis_url: str
-) -> dict[str, Any]:
-    from taskhub.celery import app
-
-    queues = ["celery", "dispatch"]
-    set_consuming(app, node, queues, on=False)
-    try:
-        ids = _create_burst(owner_id, count)
-    finally:
-        set_consuming(app, node, queues, on=True)
-    meter = CpuMeter({"worker": worker_pid}, redis_url, children=True).start()
+def _wait_finished(ids: list[str], deadline_s: float) -> int:
+    """How many of `ids` are still unfinished when all are, or at the deadline."""
     deadline = time.monotonic() + deadline_s
-    left = count
+    left = len(ids)
     while left and time.monotonic() < deadline:
         time.sleep(0.25)
         left = _unfinished(ids)
-    meter.stop()
+    return left
+
+
+def _figures(count: int, left: int, meter: CpuMeter, deadline_s: float) -> dict[str, Any]:
     done = count - left
     seconds = meter.spent["wall"]
     result = {
@@ -91,6 +89,54 @@ def project(
     if left:
         result["error"] = f"{left} of {count} tasks unfinished after {deadline_s:g} s"
     return result
+
+
+def project(
+    *, worker_pid: int, node: str, owner_id: int, count: int, deadline_s: float, redis_url: str
+) -> dict[str, Any]:
+    from taskhub.celery import app
+
+    queues = ["celery", "dispatch"]
+    set_consuming(app, node, queues, on=False)
+    try:
+        ids = _create_burst(owner_id, count)
+    finally:
+        set_consuming(app, node, queues, on=True)
+    meter = CpuMeter({"worker": worker_pid}, redis_url, children=True).start()
+    left = _wait_finished(ids, deadline_s)
+    meter.stop()
+    return _figures(count, left, meter, deadline_s)
+
+
+def prototype(
+    *,
+    node: str,
+    start_worker: Callable[[], int],
+    owner_id: int,
+    count: int,
+    deadline_s: float,
+    redis_url: str,
+) -> dict[str, Any]:
+    """The burst drained by bench/proto_drain.py's worker (`start_worker` starts it and
+    returns its PID), from its first dispatcher run. The project's worker (`node`) does
+    not consume meanwhile: its dispatcher would claim the burst first."""
+    from bench.proto_drain import DISPATCH, QUEUE
+    from taskhub.celery import app
+
+    queues = ["celery", "dispatch"]
+    set_consuming(app, node, queues, on=False)
+    try:
+        ids = _create_burst(owner_id, count)
+        meter = CpuMeter({"worker": start_worker()}, redis_url, children=True).start()
+        app.send_task(DISPATCH, queue=QUEUE, ignore_result=True)
+        left = _wait_finished(ids, deadline_s)
+        meter.stop()
+    finally:
+        # The creates' nudges and beat's ticks queued dispatcher runs for the project's
+        # worker; the burst is done (or given up), so they would only claim nothing.
+        app.control.purge()
+        set_consuming(app, node, queues, on=True)
+    return _figures(count, left, meter, deadline_s)
 
 
 def reference(

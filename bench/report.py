@@ -454,22 +454,31 @@ def _rest_rows(part: dict[str, Any]) -> list[Compare]:
 
 def _drain_rows(part: dict[str, Any]) -> list[Compare]:
     p, r = part.get("project", {}), part.get("reference", {})
+    out = _drain_side(p, r, "")
+    if "prototype" in part:  # bench/proto_drain.py, with --proto
+        out += _drain_side(part["prototype"], r, "batched runs prototype: ")
+    return out
+
+
+def _drain_side(p: dict[str, Any], r: dict[str, Any], label: str) -> list[Compare]:
+    if "error" in p and "finished" not in p:
+        return [(f"{label}drain", f"FAILED: {p['error']}"[:40], None, "")]
     return [
-        ("tasks drained", p.get("finished"), r.get("finished"), ""),
-        ("drain rate", p.get("tasks_per_s"), r.get("tasks_per_s"), "tasks/s"),
+        (f"{label}tasks drained", p.get("finished"), r.get("finished"), ""),
+        (f"{label}drain rate", p.get("tasks_per_s"), r.get("tasks_per_s"), "tasks/s"),
         (
-            "worker CPU per task",
+            f"{label}worker CPU per task",
             p.get("worker_cpu_ms_per_task"),
             r.get("worker_cpu_ms_per_task"),
             "ms",
         ),
         (
-            "Redis CPU per task",
+            f"{label}Redis CPU per task",
             p.get("redis_cpu_ms_per_task"),
             r.get("redis_cpu_ms_per_task"),
             "ms",
         ),
-        *_pg_rows("", p, r, "task"),
+        *_pg_rows(label, p, r, "task"),
     ]
 
 

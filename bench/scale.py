@@ -8,7 +8,7 @@ With `proto` (on with --scale), sockets and realtime also run the lean socket ti
 prototype (bench/proto_socket_tier.py) between the two, as a third column; rest and
 search also time the lean HTTP path prototype (bench/proto_http.py, served by the
 reference's Daphne) and the asyncio HTTP tier prototype (bench/proto_http_tier.py, its own
-process), as rows of their own.
+process), as rows of their own; drain, the batched-runs prototype (bench/proto_drain.py).
 Synchronous code (run in a thread by the runner): the client load is in other processes.
 """
 
@@ -157,6 +157,30 @@ class References:
         )
         return process.proc.pid
 
+    def start_proto_drain(self, concurrency: int) -> int:
+        """The batched-runs prototype's worker (bench/proto_drain.py): the project's
+        worker options, on a queue of its own."""
+        process = self.stack.start_extra(
+            "proto_drain",
+            [
+                str(BIN_DIR / "celery"),
+                "-A",
+                "bench.proto_drain",
+                "worker",
+                "-n",
+                f"benchproto-{uuid.uuid4().hex[:8]}@%h",
+                "--loglevel=INFO",
+                "--concurrency",
+                str(concurrency),
+                "-Q",
+                "bench_proto_drain",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            ready_text=" ready.",
+        )
+        return process.proc.pid
+
     def start_celery(self, concurrency: int) -> int:
         process = self.stack.start_extra(
             "ref_celery",
@@ -199,7 +223,8 @@ def run(
     (docs/benchmarks.md, "The design that would pass: a lean socket tier"), and in rest and
     search the rows of the lean HTTP path prototype ("The lean HTTP path: the design tried
     for REST create and search") and of the asyncio HTTP tier prototype ("An asyncio HTTP
-    tier measured")."""
+    tier measured"), and in drain the batched-runs prototype's ("Batched runs: a drain
+    prototype measured")."""
     refs = References(stack)
     out: dict[str, Any] = {}
     needs_sockets = not only or {"sockets", "realtime"} & set(only)
@@ -306,7 +331,7 @@ def run(
         )
     )
     steps.append(("rest", lambda: _rest(stack, refs, sizes, token, redis_url, proto)))
-    steps.append(("drain", lambda: _drain(stack, refs, sizes, owner_id, redis_url)))
+    steps.append(("drain", lambda: _drain(stack, refs, sizes, owner_id, redis_url, proto)))
     steps.append(
         ("search", lambda: _search(stack, refs, sizes, run_id, database_url, redis_url, proto))
     )
@@ -315,7 +340,7 @@ def run(
         if only and name not in only:
             continue
         started = time.monotonic()
-        with_proto = proto and name in ("sockets", "realtime", "rest", "search")
+        with_proto = proto and name in ("sockets", "realtime", "rest", "drain", "search")
         sides = "project, prototype and reference" if with_proto else "project and reference"
         print(f"bench: {name} ({sides}) ...", file=sys.stderr, flush=True)
         try:
@@ -416,7 +441,7 @@ def _cancel_created_since(started: float) -> None:
 
 
 def _drain(
-    stack: Stack, refs: References, sizes: Sizes, owner_id: int, redis_url: str
+    stack: Stack, refs: References, sizes: Sizes, owner_id: int, redis_url: str, proto: bool
 ) -> dict[str, Any]:
     out = {
         "project": drain.project(
@@ -428,6 +453,22 @@ def _drain(
             redis_url=redis_url,
         )
     }
+    if proto:
+        # The batched-runs prototype (bench/proto_drain.py), its own worker; a broken
+        # prototype must not cost the run the project's and the reference's figures.
+        try:
+            out["prototype"] = drain.prototype(
+                node=drain.node_name(stack.node),
+                start_worker=lambda: refs.start_proto_drain(stack.concurrency),
+                owner_id=owner_id,
+                count=sizes.drain_tasks,
+                deadline_s=90,
+                redis_url=redis_url,
+            )
+        except Exception as exc:
+            out["prototype"] = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            stack.stop_extra("proto_drain")
     pid = refs.start_celery(stack.concurrency)
     try:
         out["reference"] = drain.reference(
