@@ -27,6 +27,11 @@ from celery import Celery
 from bench.measure import CpuMeter, load_1m
 from bench.stack import BenchError
 
+# The batched-runs prototype's queue and dispatcher task (bench/proto_drain.py, which
+# imports them from here: importing that module sets Django up, this one does not).
+PROTO_QUEUE = "bench_proto_drain"
+PROTO_DISPATCH = "bench_proto.dispatch"
+
 
 def node_name(pattern: str) -> str:
     return pattern.replace("%h", socket.gethostname())
@@ -63,14 +68,32 @@ def _unfinished(ids: list[str]) -> int:
     return Task.objects.filter(pk__in=ids).exclude(status__in=TERMINAL_STATUSES).count()
 
 
-def _wait_finished(ids: list[str], deadline_s: float) -> int:
-    """How many of `ids` are still unfinished when all are, or at the deadline."""
+def _wait_finished(
+    ids: list[str], deadline_s: float, tick: Callable[[], None] | None = None
+) -> int:
+    """How many of `ids` are still unfinished when all are, or at the deadline; `tick`
+    is called about every DISPATCH_INTERVAL meanwhile."""
+    from django.conf import settings
+
     deadline = time.monotonic() + deadline_s
+    next_tick = time.monotonic()
     left = len(ids)
     while left and time.monotonic() < deadline:
+        if tick is not None and time.monotonic() >= next_tick:
+            tick()
+            next_tick = time.monotonic() + settings.TASKHUB_DISPATCH_INTERVAL
         time.sleep(0.25)
         left = _unfinished(ids)
     return left
+
+
+def _cancel_unfinished(ids: list[str]) -> None:
+    """A burst given up at its deadline must not run later, in another part's figures."""
+    from tasks.models import TERMINAL_STATUSES, Task, TaskStatus
+
+    Task.objects.filter(pk__in=ids).exclude(status__in=TERMINAL_STATUSES).update(
+        status=TaskStatus.CANCELLED
+    )
 
 
 def _figures(count: int, left: int, meter: CpuMeter, deadline_s: float) -> dict[str, Any]:
@@ -105,6 +128,8 @@ def project(
     meter = CpuMeter({"worker": worker_pid}, redis_url, children=True).start()
     left = _wait_finished(ids, deadline_s)
     meter.stop()
+    if left:
+        _cancel_unfinished(ids)
     return _figures(count, left, meter, deadline_s)
 
 
@@ -112,6 +137,7 @@ def prototype(
     *,
     node: str,
     start_worker: Callable[[], int],
+    stop_worker: Callable[[], None],
     owner_id: int,
     count: int,
     deadline_s: float,
@@ -119,22 +145,32 @@ def prototype(
 ) -> dict[str, Any]:
     """The burst drained by bench/proto_drain.py's worker (`start_worker` starts it and
     returns its PID), from its first dispatcher run. The project's worker (`node`) does
-    not consume meanwhile: its dispatcher would claim the burst first."""
-    from bench.proto_drain import DISPATCH, QUEUE
+    not consume meanwhile (its dispatcher would claim the burst first), and beat's ticks
+    go to it: the harness sends the prototype's dispatcher a tick every DISPATCH_INTERVAL
+    instead, as beat would."""
     from taskhub.celery import app
 
+    def tick() -> None:
+        app.send_task(PROTO_DISPATCH, queue=PROTO_QUEUE, ignore_result=True)
+
     queues = ["celery", "dispatch"]
+    ids: list[str] = []
     set_consuming(app, node, queues, on=False)
     try:
         ids = _create_burst(owner_id, count)
         meter = CpuMeter({"worker": start_worker()}, redis_url, children=True).start()
-        app.send_task(DISPATCH, queue=QUEUE, ignore_result=True)
-        left = _wait_finished(ids, deadline_s)
+        left = _wait_finished(ids, deadline_s, tick)
         meter.stop()
     finally:
-        # The creates' nudges and beat's ticks queued dispatcher runs for the project's
-        # worker; the burst is done (or given up), so they would only claim nothing.
+        # In this order: nothing of the burst may run once the project's worker consumes
+        # again. The purge drops what queued up for the project's worker meanwhile (the
+        # creates' nudges, beat's dispatcher ticks, the reaper's and retention's runs:
+        # each would only have found nothing to do) and the prototype's own queue.
+        stop_worker()
+        _cancel_unfinished(ids)
         app.control.purge()
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_purge(PROTO_QUEUE)
         set_consuming(app, node, queues, on=True)
     return _figures(count, left, meter, deadline_s)
 

@@ -13,31 +13,36 @@ per transaction, not per task's work. This worker takes the dispatcher's run ord
 chunks of CHUNK tasks per message and records each chunk's transitions together, through
 the product's own modules:
 
-- dispatch: the product's dispatcher run (`services.dispatch_pending_tasks`: the claim,
-  the queued events, the resend of stale messages), with its send step replaced in this
-  process only: one message per CHUNK orders on this worker's queue, and the next run
-  sent at once while the batch was full, as the product's `_send_and_go_on` does;
+- dispatch: the product's dispatcher task (`tasks.tasks.dispatch_pending_tasks`: the tick
+  hooks, then `services.dispatch_pending_tasks`: the claim, the queued events, the resend
+  of stale messages), with its send step (`services._send_and_go_on`) replaced in this
+  worker's processes: one message per CHUNK orders on this worker's queue, and the next
+  run sent at once while the batch was full and the queue short, as the product's does
+  (the harness also sends one every DISPATCH_INTERVAL, as beat does);
 - start: the chunk's queued rows locked and moved to in_progress with the values
   `task_start` writes, in two statements, and their events recorded by
   `services._record_changes` (one statement for all, one cache bump after commit, each
   status listener called);
 - run: each task's processor with a `ProcessorContext` as `task_run` gives it;
 - completion: the completed rows written in one statement with the values `task_complete`
-  writes, then for each, in owner order, what `_record_change` writes for a terminal
-  change, batched: the status listeners (webhooks' outbox) per task, the inbox entries in
-  one INSERT, the task.updated and notification.new events in one `publish_many`
-  statement (each user's in the order the product writes them), one cache bump.
+  writes, then what `_record_change` writes for a terminal change, batched: the status
+  listeners (webhooks' outbox) and the log line per task, the inbox entries in one INSERT,
+  the task.updated and notification.new events in one `publish_many` statement (each
+  task's two at consecutive `seq`s, as the product writes them; a chunk's starts all come
+  before its completions), one cache bump.
 
-What it leaves out: a failed, cancelled or timed-out run goes the product's way, one by
-one (`task_fail`, `task_mark_cancelled`), so only the all-completed path is batched; the
-time limits are per message (CHUNK times the longest timeout would be the product's
-rule), the retry of a claim or a completion during a PostgreSQL outage, the
-`updated_at`-after-the-row's-own guard of the one-statement move, and the duplicate
-message's log line. A product version would batch only short kinds (a kind's declared
-cost) and keep one message per task for the rest.
+What it leaves out, so it measures the path every bench task takes and no other: a
+processor that raises is recorded with `task_fail` and the error's type and text, as
+`task_run` records an ordinary exception, but a cancel, a shutdown's stop, the soft time
+limit and a refused result are not told apart as `task_run` tells them, and there is no
+wait through a PostgreSQL outage; the time limits are per message (CHUNK times the
+longest timeout, plus the product's margin); the one-statement move's guard that
+`updated_at` comes after the row's own. A product version would batch only kinds declared
+short and keep one message per task for the rest.
 
 Run by the harness (bench/drain.py, `prototype`): `celery -A bench.proto_drain worker
--Q bench_proto_drain ...` in the stack's environment, then one `bench_proto.dispatch`.
+-Q bench_proto_drain ...` in the stack's environment, then a `bench_proto.dispatch` tick
+every DISPATCH_INTERVAL.
 """
 
 from __future__ import annotations
@@ -56,47 +61,58 @@ django.setup()  # the models below, before Celery's Django fixup would set it up
 from django.db import connection, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from bench.drain import PROTO_DISPATCH, PROTO_QUEUE  # noqa: E402
 from notifications import protocol  # noqa: E402
 from notifications.models import Notification  # noqa: E402
 from notifications.services import NewEvent, notification_data, publish_many  # noqa: E402
 from taskhub.celery import app  # noqa: E402
 from tasks import change_hooks, extensions, queue, services  # noqa: E402
+from tasks import tasks as product_tasks  # noqa: E402
 from tasks.models import StopRequest, Task, TaskStatus  # noqa: E402
 from tasks.processors import registry  # noqa: E402
 from tasks.processors.context import ProcessorContext  # noqa: E402
 
 logger = logging.getLogger("bench.proto_drain")
 
-QUEUE = "bench_proto_drain"
-DISPATCH = "bench_proto.dispatch"
 RUN_BATCH = "bench_proto.run_batch"
-# Tasks per run message: a dispatcher batch of 200 makes 20 messages, so both pool
-# processes stay busy while the next batch is claimed.
+# Tasks per run message: a dispatcher batch of 200 makes 20 messages.
 CHUNK = 10
 
 
 def _send_chunks(orders: list[queue.RunOrder], full: bool, batch: int) -> None:
-    """services._send_and_go_on's place in this process: one message per CHUNK orders."""
+    """services._send_and_go_on's place in this worker: one message per CHUNK orders,
+    and the next dispatcher run at once on the product's rule (the batch was full and
+    the queue holds less than two batches)."""
     with app.producer_or_acquire() as producer:
         for start in range(0, len(orders), CHUNK):
             chunk = orders[start : start + CHUNK]
+            soft = CHUNK * max(order.timeout for order in chunk)
             app.send_task(
                 RUN_BATCH,
                 args=[[order.task_id for order in chunk]],
-                queue=QUEUE,
+                queue=PROTO_QUEUE,
                 producer=producer,
                 ignore_result=True,
-                soft_time_limit=CHUNK * max(order.timeout for order in chunk),
+                soft_time_limit=soft,
+                time_limit=soft + queue.HARD_LIMIT_MARGIN,
             )
-        waiting = queue.waiting_messages(QUEUE)
-        if full and waiting is not None and waiting < 2 * batch / CHUNK:
-            app.send_task(DISPATCH, queue=QUEUE, producer=producer, ignore_result=True)
+        if not full:
+            return
+        waiting = queue.waiting_messages(PROTO_QUEUE)
+        if waiting is not None and waiting < 2 * batch / CHUNK:
+            app.send_task(PROTO_DISPATCH, queue=PROTO_QUEUE, producer=producer, ignore_result=True)
 
 
-@app.task(name=DISPATCH, ignore_result=True)
+# Once, at import, in every process of this worker; the product's dispatcher calls it by
+# its module-level name after commit, so the replacement is what it calls.
+services._send_and_go_on = _send_chunks
+
+
+@app.task(name=PROTO_DISPATCH, ignore_result=True)
 def dispatch() -> int:
-    services._send_and_go_on = _send_chunks  # this worker's processes only
-    return len(services.dispatch_pending_tasks())
+    if services._send_and_go_on is not _send_chunks:  # the product renamed or rebound it
+        raise RuntimeError("bench.proto_drain: the dispatcher's send step is not replaced")
+    return product_tasks.dispatch_pending_tasks()
 
 
 def _start_all(task_ids: list[str], worker: str) -> list[Task]:
@@ -136,6 +152,7 @@ def _complete_all(done: list[tuple[Task, Any]]) -> None:
             str(pk)
             for pk, attempt in Task.objects.select_for_update()
             .filter(pk__in=list(attempts), status=TaskStatus.IN_PROGRESS)
+            .order_by("owner_id", "created_at")
             .values_list("pk", "attempts")
             if attempts[str(pk)] == attempt
         }
@@ -194,21 +211,24 @@ def _complete_all(done: list[tuple[Task, Any]]) -> None:
 def run_batch(self: Any, task_ids: list[str]) -> None:
     tasks = _start_all(task_ids, self.request.hostname or "")
     done: list[tuple[Task, Any]] = []
-    for task in tasks:
-        try:
-            context = ProcessorContext(
-                task,
-                report_progress=lambda value, task=task: services.task_report_progress(
-                    task=task, progress=value
-                ),
-            )
-            result = registry.get_processor(task.kind)(context)
-            services.task_result_check(result)
-        except Exception as exc:  # the product's one-by-one path (not timed by the bench)
-            logger.info("task %s failed: %s: %s", task.pk, type(exc).__name__, exc)
-            services.task_fail(
-                task_id=task.pk, attempt=task.attempts, error=f"{type(exc).__name__}: {exc}"
-            )
-            continue
-        done.append((task, result))
-    _complete_all(done)
+    try:
+        for task in tasks:
+            try:
+                context = ProcessorContext(
+                    task,
+                    report_progress=lambda value, task=task: services.task_report_progress(
+                        task=task, progress=value
+                    ),
+                )
+                result = registry.get_processor(task.kind)(context)
+                services.task_result_check(result)
+            except Exception as exc:  # not every way task_run tells (module docstring)
+                logger.info("task %s failed: %s: %s", task.pk, type(exc).__name__, exc)
+                services.task_fail(
+                    task_id=task.pk, attempt=task.attempts, error=f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            done.append((task, result))
+    finally:
+        # What finished is recorded even when a later task's failure could not be.
+        _complete_all(done)

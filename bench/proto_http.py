@@ -91,9 +91,11 @@ def _redis() -> aioredis.Redis:
     return _state["redis"]
 
 
-# At most this many PostgreSQL sessions per process: requests past it wait for one. Two
-# cores cannot run more statements at once than a few; 32 wrk connections each holding a
-# session would only add sessions (and, beside the stack, reach max_connections).
+# At most this many PostgreSQL sessions per process for the statements below (the token's
+# user check has its own pool, notifications/selectors.py: WS_DB_POOL_SIZE more): requests
+# past it wait for one. Two cores cannot run more statements at once than a few; 32 wrk
+# connections each holding a session would only add sessions (and, beside the stack,
+# reach max_connections).
 DB_CONNECTIONS = 8
 
 

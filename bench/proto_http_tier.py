@@ -13,9 +13,15 @@ request, no middleware, no URL resolver, no per-request thread. It is the shape 
 sockets took in bench/proto_socket_tier.py; a product version would route these two
 paths to such a process (nginx, by path) and leave the rest of the API on Django.
 
-What it leaves out beyond proto_http's list: CORS and the security headers the
-middlewares add, the request-id and access log lines, Prometheus' per-view histograms,
-and HTTP keep-alive limits other than uvicorn's defaults.
+What it leaves out beyond proto_http's list, all of it what Django's middlewares and DRF
+do for every request (taskhub/settings.py, MIDDLEWARE): Prometheus' per-view metrics,
+the security headers (SecurityMiddleware, X-Frame-Options) and X-TaskHub-Server, the
+session, CSRF, auth and messages middlewares (a bearer-token API request uses none of
+them), DatabaseUnavailableMiddleware's 503 with Retry-After (here a 500), DRF's content
+negotiation (its 415 for a body that is not JSON; DRF also writes more compact JSON, so
+the bodies differ in whitespace), and HTTP keep-alive limits other than uvicorn's
+defaults. It does check the Host header against ALLOWED_HOSTS and the body against
+DATA_UPLOAD_MAX_MEMORY_SIZE (413), as CommonMiddleware and taskhub/body_limit.py do.
 
 Run by the harness: `python -m bench.proto_http_tier --port N` in the stack's
 environment (DATABASE_URL, REDIS_URL, SECRET_KEY, DJANGO_SETTINGS_MODULE).
@@ -37,25 +43,26 @@ import django
 django.setup()
 
 import uvicorn  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.http import QueryDict  # noqa: E402
+from django.http.request import split_domain_port, validate_host  # noqa: E402
 
 from bench import proto_http  # noqa: E402
 from bench.loadgen import raise_open_file_limit  # noqa: E402
 
 logger = logging.getLogger("bench.proto_http_tier")
 
-_BODY_LIMIT = 64 * 1024  # a create is a few hundred bytes; DRF's parser has no such cap
-
 
 async def _read_body(receive: Any) -> bytes | None:
-    """The request's body, or None when it is over the limit."""
+    """The request's body, or None when it is over MAX_REQUEST_BYTES (the product's
+    limit, taskhub/body_limit.py)."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > _BODY_LIMIT:
+        if size > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             return None
         chunks.append(chunk)
         if not message.get("more_body"):
@@ -75,6 +82,9 @@ async def _send(send: Any, answer: proto_http.Answer) -> None:
 
 async def _answer(scope: dict[str, Any], receive: Any) -> proto_http.Answer:
     headers = {name.decode("latin-1").lower(): value for name, value in scope["headers"]}
+    host = headers.get("host", b"").decode("latin-1")
+    if not validate_host(split_domain_port(host)[0], settings.ALLOWED_HOSTS):
+        return proto_http.error_answer(400, "Bad Request: the Host header is not allowed.")
     authorization = headers.get("authorization", b"").decode("latin-1")
     path, method = scope["path"], scope["method"]
     if path == "/api/tasks/":
@@ -92,7 +102,6 @@ async def _answer(scope: dict[str, Any], receive: Any) -> proto_http.Answer:
         if method != "GET":
             return proto_http.error_answer(405, f'Method "{method}" not allowed.')
         query_string = scope["query_string"].decode("latin-1")
-        host = headers.get("host", b"127.0.0.1").decode("latin-1")
         url = f"{scope['scheme']}://{host}{path}" + (f"?{query_string}" if query_string else "")
         return await proto_http.search_answer(
             authorization=authorization, query=QueryDict(query_string), url=url

@@ -8,10 +8,11 @@ the product is; it exists to show what the hot path of a socket costs on `websoc
 TaskHub's own protocol and data. It runs with Django set up and reuses the project's
 modules rather than copying them:
 
-- auth: `notifications.middleware.user_from_token` (simplejwt's AccessToken with the
-  project's SIMPLE_JWT settings: signature, expiry, token type; then the active-user
-  check through the middleware's process cache and `selectors.aactive_user`, the
-  batched psycopg read on the consumer's per-loop pool);
+- auth: what `notifications.middleware.user_from_token` does (simplejwt's AccessToken
+  with the project's SIMPLE_JWT settings: signature, expiry, token type; then the
+  active-user check through the middleware's process cache and `selectors.aactive_user`,
+  the batched psycopg read on the consumer's per-loop pool), with the token's check done
+  once per token string until it expires (`VerifiedTokens`);
 - the Origin check of `notifications.middleware.WebsocketOriginValidator` (its
   `valid_origin`, against ALLOWED_HOSTS; no Origin is allowed, as there);
 - the connection registry: `services.connection_register`'s Lua script, keys and
@@ -24,14 +25,17 @@ modules rather than copying them:
   layer's own naming and msgpack serializer, as notifications/push.py publishes), so the
   project's real publish path (services.publish -> push after commit) reaches it;
 - resume (`?last_event_id=` and the `resume` frame) and gap fills: the consumer's reads
-  in notifications/selectors.py (`anewest_event_id`, `aoldest_event_id`,
-  `aevent_frames_after`) on the Event table, with the consumer's rules: ids only
+  in notifications/selectors.py (`anewest_event_id`, `aoldest_event_id`, here batched
+  as the newest already is, `aevent_frames_after`) on the Event table, with the
+  consumer's rules: ids only
   increase, none twice, a gap is read from the log, an id from the future means "from
   the newest", `events_pruned` when retention took some.
 
 What it drops (the Channels consumer machinery and autobahn): Daphne's Twisted/autobahn
 handshake and ASGI message passing, the channel layer's per-consumer specific channel and
-its second SUBSCRIBE, Channels' dispatch; and, for brevity, what the scale figures do not
+its second SUBSCRIBE, Channels' dispatch (a user's channel stays subscribed for
+UNSUBSCRIBE_GRACE after their last socket closes, so a reconnect storm does not
+unsubscribe and subscribe again every user); and, for brevity, what the scale figures do not
 exercise: the idle timeout, the per-socket rate limit and bad-frame count (frames are
 still size-limited), task.progress coalescing, the chat commands (answered
 `unavailable`), session-cookie auth, the periodic catch-up sweep and the deactivated-user
@@ -50,6 +54,7 @@ import json
 import logging
 import os
 import signal
+import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlparse, urlsplit
@@ -64,7 +69,9 @@ import redis.asyncio as aioredis  # noqa: E402
 from channels.layers import get_channel_layer  # noqa: E402
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.contrib.auth.models import AnonymousUser  # noqa: E402
 from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.http11 import Request, Response  # noqa: E402
 
 from bench.loadgen import raise_open_file_limit  # noqa: E402
@@ -77,6 +84,7 @@ from notifications.consumers import (  # noqa: E402
     decode_message,
     parse_event_id,
 )
+from notifications.models import Event  # noqa: E402
 from notifications.redis_client import async_redis  # noqa: E402
 from taskhub.instance import instance_name  # noqa: E402
 
@@ -87,11 +95,59 @@ logger = logging.getLogger("bench.proto_socket_tier")
 SESSION_REVOKED = getattr(middleware, "SESSION_REVOKED", "session.revoked")
 # Gap fills whose log reads have not finished may hold at most this many frames each.
 HELD_MAX = 10_000
+# Seconds a user's channel stays subscribed after their last socket closed (Hub.leave).
+UNSUBSCRIBE_GRACE = 10.0
 
 
 def _text(frame: dict[str, Any]) -> str:
     # As EventConsumer.send_frame encodes.
     return json.dumps(frame, separators=(",", ":"), default=str)
+
+
+class VerifiedTokens:
+    """middleware.user_from_token with the token's check done once per token string: the
+    user id and expiry of every access token verified so far (signature, expiry, type:
+    simplejwt's AccessToken, as there), so a client that reconnects with the same token
+    (every client of a reconnect storm) costs a dict lookup and the expiry compared, not
+    a signature check; PyJWT's HMAC key preparation alone was 6 % of this tier's CPU in a
+    storm session. The user's active check runs on every connect, as there (its process
+    cache and batched read). Bounded: cleared when it reaches MAX entries."""
+
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Any, float]] = {}
+
+    async def user(self, raw_token: str) -> Any:
+        entry = self.entries.get(raw_token)
+        if entry is None or entry[1] <= time.time():
+            entry = middleware.token_user_id(raw_token)
+            if entry is None:
+                return AnonymousUser()
+            if len(self.entries) >= self.MAX:
+                self.entries.clear()
+            self.entries[raw_token] = entry
+        return await middleware.active_user(entry[0])
+
+
+_tokens = VerifiedTokens()
+
+
+async def _oldest_event_ids(user_ids: list[int]) -> dict[int, int]:
+    rows = await selectors._fetch(_OLDEST_MANY, [user_ids])
+    return {user_id: int(oldest) for user_id, oldest in rows}
+
+
+# selectors.aoldest_event_id for every resume of one event-loop turn, in one query (as
+# selectors.anewest_event_id is batched): a storm's resumes were one round trip each.
+_OLDEST_MANY = (
+    f"SELECT user_id, min(seq) FROM {Event._meta.db_table}"  # noqa: S608 (a model's table)
+    " WHERE user_id = ANY(%s) GROUP BY user_id"
+)
+
+
+async def oldest_event_id(user_id: int) -> int | None:
+    return await selectors._batched("oldest", int(user_id), _oldest_event_ids)
 
 
 class Registrations:
@@ -239,6 +295,8 @@ class Socket:
                 self.held = []
                 await self.from_log()
             self.held = None
+        except ConnectionClosed:
+            self.held = None  # gone meanwhile: its handler cleans up
         except Exception:
             logger.warning("delivery failed for user %s; closing", self.user.pk, exc_info=True)
             self.held = None
@@ -251,7 +309,7 @@ class Socket:
         self.held = self.held if self.held is not None else []
         newest = await selectors.anewest_event_id(user_id=self.user.pk)
         after_id = min(after_id, newest)
-        oldest = await selectors.aoldest_event_id(user_id=self.user.pk)
+        oldest = await oldest_event_id(self.user.pk)
         if after_id < newest and (oldest is None or oldest > after_id + 1):
             await self.error(
                 "events_pruned",
@@ -287,6 +345,9 @@ class Hub:
             self.clients.append(client)
             self.pubsubs.append(client.pubsub(ignore_subscribe_messages=True))
         self.listeners: dict[str, set[Socket]] = {}
+        # Channels subscribed to, and since when those with no listener have had none.
+        self.subscribed: set[str] = set()
+        self.unheard: dict[str, float] = {}
         self.sockets: set[Socket] = set()
         self.to_release: list[tuple[int, str]] = []
         self.releaser: asyncio.Task[None] | None = None
@@ -299,6 +360,7 @@ class Hub:
             await pubsub.subscribe(f"{self.naming.prefix}proto:keepalive")
             self.tasks.append(asyncio.ensure_future(self._read(index, stop)))
         self.tasks.append(asyncio.ensure_future(self._refresh(stop)))
+        self.tasks.append(asyncio.ensure_future(self._unsubscribe_unheard(stop)))
 
     def _shard(self, channel: str) -> int:
         return self.naming._shards.index(self.naming._get_shard(channel))
@@ -345,10 +407,16 @@ class Hub:
         listeners = self.listeners.setdefault(channel, set())
         listeners.add(sock)
         self.sockets.add(sock)
-        if len(listeners) == 1:
+        self.unheard.pop(channel, None)
+        if channel not in self.subscribed:
+            self.subscribed.add(channel)
             await self.pubsubs[self._shard(channel)].subscribe(channel)
 
-    async def leave(self, sock: Socket) -> None:
+    def leave(self, sock: Socket) -> None:
+        """The channel's subscription outlives its last socket by UNSUBSCRIBE_GRACE (see
+        `_unsubscribe_unheard`): a reconnect storm closes and reopens every socket within
+        seconds, and 5,000 UNSUBSCRIBEs then 5,000 SUBSCRIBEs, one command each, were a
+        share of the storm's CPU; a user who comes back in time finds it still there."""
         self.sockets.discard(sock)
         channel = self.naming._get_group_channel_name(protocol.user_group(sock.user.pk))
         listeners = self.listeners.get(channel)
@@ -357,7 +425,31 @@ class Hub:
         listeners.discard(sock)
         if not listeners:
             del self.listeners[channel]
-            await self.pubsubs[self._shard(channel)].unsubscribe(channel)
+            self.unheard[channel] = time.monotonic()
+
+    async def _unsubscribe_unheard(self, stop: asyncio.Future[None]) -> None:
+        """Every second: the channels nobody has listened to for UNSUBSCRIBE_GRACE, in one
+        UNSUBSCRIBE per shard. A push to such a channel meanwhile finds no listener and is
+        dropped, as it would be unsubscribed; the user's next socket reads the log."""
+        while not stop.done():  # ends with the process
+            await asyncio.sleep(1.0)
+            cutoff = time.monotonic() - UNSUBSCRIBE_GRACE
+            due = [channel for channel, since in self.unheard.items() if since < cutoff]
+            by_shard: dict[int, list[str]] = {}
+            for channel in due:
+                del self.unheard[channel]
+                self.subscribed.discard(channel)
+                by_shard.setdefault(self._shard(channel), []).append(channel)
+            for index, channels in by_shard.items():
+                try:
+                    await self.pubsubs[index].unsubscribe(*channels)
+                    # A user who came back while the UNSUBSCRIBE was on its way: their
+                    # join's SUBSCRIBE may have gone first; subscribing twice is harmless.
+                    again = [channel for channel in channels if channel in self.listeners]
+                    if again:
+                        await self.pubsubs[index].subscribe(*again)
+                except Exception:
+                    logger.warning("unsubscribe of %d channels failed", len(channels))
 
     def release(self, sock: Socket) -> None:
         """Its registry entry goes with every other socket closing now, in one pipeline."""
@@ -441,7 +533,7 @@ async def handle(ws: ServerConnection, hub: Hub) -> None:
         return
     query = parse_qs(urlsplit(ws.request.path).query)  # type: ignore[union-attr]
     raw_token = (query.get("token") or [None])[0] or ws.subprotocol
-    user = await middleware.user_from_token(raw_token) if raw_token else None
+    user = await _tokens.user(raw_token) if raw_token else None
     if user is None or not user.is_authenticated:
         await refuse(
             ws, CLOSE_UNAUTHENTICATED, "unauthenticated", "A valid token or session is required."
@@ -467,6 +559,8 @@ async def handle(ws: ServerConnection, hub: Hub) -> None:
             await hub.join(sock)
             sock.last_id = await selectors.anewest_event_id(user_id=user.pk)
             await sock.send(welcome(sock))
+        except ConnectionClosed:
+            return
         except Exception:
             logger.exception("websocket setup failed for user %s", user.pk)
             await ws.close(CLOSE_SERVICE_UNAVAILABLE)
@@ -483,11 +577,17 @@ async def handle(ws: ServerConnection, hub: Hub) -> None:
             await sock.drain()  # whatever was pushed between the join and the welcome
         async for text in ws:  # until the client goes
             await receive(sock, text)
+    except ConnectionClosed:
+        # A client gone without a close handshake (its network dropped: every socket of a
+        # reconnect storm) is no error of ours. Left to websockets, each logged a
+        # traceback: 9.5 % of this tier's CPU in a storm session, formatted while the
+        # clients were reconnecting.
+        pass
     finally:
         sock.closed = True
         if sock.filling is not None:
             sock.filling.cancel()
-        await hub.leave(sock)
+        hub.leave(sock)
         hub.release(sock)
 
 

@@ -431,6 +431,9 @@ def _rest_rows(part: dict[str, Any]) -> list[Compare]:
         if name in ("prototype", "tier") and name not in part:
             continue
         mine = part.get(name, {})
+        if "error" in mine and "req_per_s" not in mine:  # a prototype that failed
+            out.append((label, f"FAILED: {mine['error']}"[:40], None, ""))
+            continue
         out += [
             (f"{label}: req/s", mine.get("req_per_s"), ref.get("req_per_s"), "/s"),
             (f"{label}: p50", mine.get("p50_ms"), ref.get("p50_ms"), "ms"),

@@ -158,44 +158,34 @@ class References:
         return process.proc.pid
 
     def start_proto_drain(self, concurrency: int) -> int:
-        """The batched-runs prototype's worker (bench/proto_drain.py): the project's
-        worker options, on a queue of its own."""
-        process = self.stack.start_extra(
-            "proto_drain",
-            [
-                str(BIN_DIR / "celery"),
-                "-A",
-                "bench.proto_drain",
-                "worker",
-                "-n",
-                f"benchproto-{uuid.uuid4().hex[:8]}@%h",
-                "--loglevel=INFO",
-                "--concurrency",
-                str(concurrency),
-                "-Q",
-                "bench_proto_drain",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            ready_text=" ready.",
+        """The batched-runs prototype's worker (bench/proto_drain.py)."""
+        node = f"benchproto-{uuid.uuid4().hex[:8]}@%h"
+        return self._start_worker(
+            "proto_drain", "bench.proto_drain", node, drain.PROTO_QUEUE, concurrency
         )
-        return process.proc.pid
 
     def start_celery(self, concurrency: int) -> int:
+        """The bare-Celery reference's worker (bench/ref_celery.py)."""
+        return self._start_worker(
+            "ref_celery", "bench.ref_celery", self.celery_node, "bench_ref", concurrency
+        )
+
+    def _start_worker(self, name: str, app: str, node: str, queue: str, concurrency: int) -> int:
+        """A Celery worker with the project's worker options, on a queue of its own."""
         process = self.stack.start_extra(
-            "ref_celery",
+            name,
             [
                 str(BIN_DIR / "celery"),
                 "-A",
-                "bench.ref_celery",
+                app,
                 "worker",
                 "-n",
-                self.celery_node,
+                node,
                 "--loglevel=INFO",
                 "--concurrency",
                 str(concurrency),
                 "-Q",
-                "bench_ref",
+                queue,
                 "--without-gossip",
                 "--without-mingle",
             ],
@@ -460,6 +450,7 @@ def _drain(
             out["prototype"] = drain.prototype(
                 node=drain.node_name(stack.node),
                 start_worker=lambda: refs.start_proto_drain(stack.concurrency),
+                stop_worker=lambda: stack.stop_extra("proto_drain"),
                 owner_id=owner_id,
                 count=sizes.drain_tasks,
                 deadline_s=90,
@@ -468,7 +459,7 @@ def _drain(
         except Exception as exc:
             out["prototype"] = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
-            stack.stop_extra("proto_drain")
+            stack.stop_extra("proto_drain")  # a no-op when prototype() stopped it
     pid = refs.start_celery(stack.concurrency)
     try:
         out["reference"] = drain.reference(
@@ -506,7 +497,9 @@ def _search(
         return f"http://127.0.0.1:{refs.django_port}/proto/search", refs.start_django()
 
     def start_tier() -> tuple[str, int]:
-        # The asyncio HTTP tier prototype (bench/proto_http_tier.py), after the above.
+        # The asyncio HTTP tier prototype (bench/proto_http_tier.py), after the above,
+        # whose server goes first: its idle PostgreSQL sessions add up.
+        refs.stack.stop_extra("ref_django")
         return f"http://127.0.0.1:{refs.http_tier_port}/search", refs.start_http_tier()
 
     try:

@@ -135,16 +135,29 @@ def forget_user(user_id: Any) -> None:
     _user_cache.pop(str(user_id), None)
 
 
-async def user_from_token(raw_token: str) -> Any:
-    """The active user a valid access token names, else AnonymousUser."""
+def token_user_id(raw_token: str) -> tuple[Any, float] | None:
+    """(user id, expiry as a Unix time) of a valid access token (signature, expiry, type),
+    else None."""
     try:
         token = AccessToken(raw_token)
     except TokenError:
-        return AnonymousUser()
+        return None
     user_id = token.get(jwt_settings.USER_ID_CLAIM)
-    if user_id is None:
-        return AnonymousUser()
+    return None if user_id is None else (user_id, float(token["exp"]))
+
+
+async def active_user(user_id: Any) -> Any:
+    """The active user with that id (the process cache, then the batched read), else
+    AnonymousUser."""
     return await _active_user(user_id) or AnonymousUser()
+
+
+async def user_from_token(raw_token: str) -> Any:
+    """The active user a valid access token names, else AnonymousUser."""
+    claims = token_user_id(raw_token)
+    if claims is None:
+        return AnonymousUser()
+    return await active_user(claims[0])
 
 
 class JWTAuthMiddleware:
