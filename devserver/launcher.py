@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -313,6 +314,30 @@ def start_app_process(
     child.spec = spec
     child.restarts = restarts or []
     return child
+
+
+def loopback_of(host: str) -> str:
+    """The address this machine reaches a server listening on `host` at."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 (a listen address, read here)
+        return "127.0.0.1"
+    return "::1" if host == "::" else host
+
+
+def wait_until_listening(host: str, port: int, children: list[Child], signals: Signals) -> None:
+    """Wait until host:port takes a TCP connection; LaunchError if a child dies or 120 s
+    pass."""
+    deadline = time.monotonic() + 120
+    while True:
+        if signals.requested:
+            raise KeyboardInterrupt
+        dead = next((c for c in children if c.proc.poll() is not None), None)
+        if dead is not None:
+            raise LaunchError(f"{dead.name} exited with {describe_exit(dead.proc.returncode)}")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"nothing listens on {host}:{port} after 120 s")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2):
+            return
+        signals.wait(0.2)
 
 
 def wait_until_ready(urls: tuple[str, ...], children: list[Child], signals: Signals) -> None:
@@ -642,14 +667,20 @@ def cmd_run(console: Console, signals: Signals) -> int:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(data_dir))
         setup_database(console, env, signals)
         children: list[Child] = []
+        host, port = env.get("HOST") or "127.0.0.1", env.get("PORT") or "8000"
         try:
             for spec in app_commands(env, data_dir):
                 wait_until_ready(spec.wait_for, children, signals)
                 children.append(start_app_process(console, spec, env))
+            # "started" means the front (nginx, or the one web instance) takes connections.
+            # Logged as soon as nginx was spawned, the line came before it had bound its
+            # port, and a client that took it at its word was refused (a test's first
+            # request through nginx was, under CI's load). A TCP connect, not /readyz:
+            # that would need this address in ALLOWED_HOSTS.
+            wait_until_listening(loopback_of(host), int(port), children, signals)
         except BaseException:
             stop_children(children, signals)
             raise
-        host, port = env.get("HOST") or "127.0.0.1", env.get("PORT") or "8000"
         log.info("started %s; http://%s:%s/", ", ".join(c.name for c in children), host, port)
         code = supervise(
             children,
