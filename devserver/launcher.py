@@ -323,43 +323,54 @@ def loopback_of(host: str) -> str:
     return "::1" if host == "::" else host
 
 
-def wait_until_listening(host: str, port: int, children: list[Child], signals: Signals) -> None:
-    """Wait until host:port takes a TCP connection; LaunchError if a child dies or 120 s
-    pass."""
+def _wait(
+    done: Callable[[], bool],
+    waiting_for: Callable[[], str],
+    children: list[Child],
+    signals: Signals,
+) -> None:
+    """Poll `done` until it is true; LaunchError if a child dies meanwhile or 120 s pass
+    ("not ready after 120 s: " + `waiting_for()`)."""
     deadline = time.monotonic() + 120
-    while True:
+    while not done():
         if signals.requested:
             raise KeyboardInterrupt
         dead = next((c for c in children if c.proc.poll() is not None), None)
         if dead is not None:
             raise LaunchError(f"{dead.name} exited with {describe_exit(dead.proc.returncode)}")
         if time.monotonic() > deadline:
-            raise LaunchError(f"nothing listens on {host}:{port} after 120 s")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2):
-            return
+            raise LaunchError(f"not ready after 120 s: {waiting_for()}")
         signals.wait(0.2)
+
+
+def wait_until_listening(host: str, port: int, children: list[Child], signals: Signals) -> None:
+    """Wait until host:port takes a TCP connection (see _wait)."""
+
+    def listening() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2):
+            return True
+        return False
+
+    _wait(listening, lambda: f"nothing listens on {host}:{port}", children, signals)
 
 
 def wait_until_ready(urls: tuple[str, ...], children: list[Child], signals: Signals) -> None:
-    """Wait until every URL answers 200; LaunchError if a child dies or 120 s pass."""
-    deadline = time.monotonic() + 120
+    """Wait until every URL answers 200, one after another (see _wait)."""
     pending = list(urls)
-    while pending:
-        if signals.requested:
-            raise KeyboardInterrupt
-        dead = next((c for c in children if c.proc.poll() is not None), None)
-        if dead is not None:
-            raise LaunchError(f"{dead.name} exited with {describe_exit(dead.proc.returncode)}")
-        if time.monotonic() > deadline:
-            raise LaunchError(f"not ready after 120 s: {', '.join(pending)}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(pending[0], timeout=2) as response,
-        ):
-            if response.status == 200:
-                pending.pop(0)
-                continue
-        signals.wait(0.2)
+
+    def answered() -> bool:
+        while pending:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(pending[0], timeout=2) as response,
+            ):
+                if response.status == 200:
+                    pending.pop(0)
+                    continue
+            return False
+        return True
+
+    _wait(answered, lambda: ", ".join(pending), children, signals)
 
 
 # A restartable process that dies this often within the window is broken, not unlucky.
