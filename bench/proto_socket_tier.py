@@ -133,17 +133,17 @@ class VerifiedTokens:
 _tokens = VerifiedTokens()
 
 
-async def _oldest_event_ids(user_ids: list[int]) -> dict[int, int]:
-    rows = await selectors._fetch(_OLDEST_MANY, [user_ids])
-    return {user_id: int(oldest) for user_id, oldest in rows}
-
-
 # selectors.aoldest_event_id for every resume of one event-loop turn, in one query (as
 # selectors.anewest_event_id is batched): a storm's resumes were one round trip each.
 _OLDEST_MANY = (
     f"SELECT user_id, min(seq) FROM {Event._meta.db_table}"  # noqa: S608 (a model's table)
     " WHERE user_id = ANY(%s) GROUP BY user_id"
 )
+
+
+async def _oldest_event_ids(user_ids: list[int]) -> dict[int, int]:
+    rows = await selectors._fetch(_OLDEST_MANY, [user_ids])
+    return {user_id: int(oldest) for user_id, oldest in rows}
 
 
 async def oldest_event_id(user_id: int) -> int | None:
@@ -345,8 +345,8 @@ class Hub:
             self.clients.append(client)
             self.pubsubs.append(client.pubsub(ignore_subscribe_messages=True))
         self.listeners: dict[str, set[Socket]] = {}
-        # Channels subscribed to, and since when those with no listener have had none.
-        self.subscribed: set[str] = set()
+        # Since when each channel with no listener has had none; it is still subscribed.
+        # Subscribed = those with listeners and those here.
         self.unheard: dict[str, float] = {}
         self.sockets: set[Socket] = set()
         self.to_release: list[tuple[int, str]] = []
@@ -404,12 +404,10 @@ class Hub:
 
     async def join(self, sock: Socket) -> None:
         channel = self.naming._get_group_channel_name(protocol.user_group(sock.user.pk))
-        listeners = self.listeners.setdefault(channel, set())
-        listeners.add(sock)
+        subscribed = channel in self.listeners or self.unheard.pop(channel, None) is not None
+        self.listeners.setdefault(channel, set()).add(sock)
         self.sockets.add(sock)
-        self.unheard.pop(channel, None)
-        if channel not in self.subscribed:
-            self.subscribed.add(channel)
+        if not subscribed:
             await self.pubsubs[self._shard(channel)].subscribe(channel)
 
     def leave(self, sock: Socket) -> None:
@@ -438,7 +436,6 @@ class Hub:
             by_shard: dict[int, list[str]] = {}
             for channel in due:
                 del self.unheard[channel]
-                self.subscribed.discard(channel)
                 by_shard.setdefault(self._shard(channel), []).append(channel)
             for index, channels in by_shard.items():
                 try:

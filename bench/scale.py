@@ -115,28 +115,23 @@ class References:
         self.celery_node = f"benchref-{uuid.uuid4().hex[:8]}@%h"
 
     def restart_ws(self) -> int:
-        process = self.stack.start_extra(
-            "ref_ws",
-            [sys.executable, "-m", "bench.ref_ws", "--port", str(self.ws_port)],
-            ready_text="ref_ws listening",
-        )
-        return process.proc.pid
+        """The bare websockets reference (bench/ref_ws.py), a fresh process."""
+        return self._start_module("ref_ws", "bench.ref_ws", self.ws_port)
 
     def restart_proto(self) -> int:
         """The lean socket tier prototype (bench/proto_socket_tier.py), a fresh process."""
-        process = self.stack.start_extra(
-            "proto_ws",
-            [sys.executable, "-m", "bench.proto_socket_tier", "--port", str(self.proto_port)],
-            ready_text="proto_socket_tier listening",
-        )
-        return process.proc.pid
+        return self._start_module("proto_ws", "bench.proto_socket_tier", self.proto_port)
 
     def start_http_tier(self) -> int:
         """The asyncio HTTP tier prototype (bench/proto_http_tier.py), a fresh process."""
+        return self._start_module("proto_http_tier", "bench.proto_http_tier", self.http_tier_port)
+
+    def _start_module(self, name: str, module: str, port: int) -> int:
+        """`python -m <module> --port <port>`, ready when it prints "<last part> listening"."""
         process = self.stack.start_extra(
-            "proto_http_tier",
-            [sys.executable, "-m", "bench.proto_http_tier", "--port", str(self.http_tier_port)],
-            ready_text="proto_http_tier listening",
+            name,
+            [sys.executable, "-m", module, "--port", str(port)],
+            ready_text=f"{module.rpartition('.')[2]} listening",
         )
         return process.proc.pid
 
